@@ -1,0 +1,272 @@
+"""The DashScope embedding client every framework adapter is built on."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import httpx
+from pydantic import SecretStr, ValidationError
+
+from dashscope_embed.config import ClientConfig, Protocol
+from dashscope_embed.engine import Engine, Outcome
+from dashscope_embed.errors import ConfigurationError, PartialEmbeddingError
+from dashscope_embed.models import DEFAULT_MODEL, ModelSpec, OutputType, TextType
+from dashscope_embed.planner import Plan, assemble, plan, resolve_params, validate_texts
+from dashscope_embed.protocol import Codec, EmbedParams, ParsedBatch, codec_for
+from dashscope_embed.retry import RetryPolicy
+from dashscope_embed.transport import Transport
+from dashscope_embed.types import EmbeddingResult, PartialResult
+
+DEFAULT_MAX_CONCURRENCY = 4
+
+
+class DashScopeClient:
+    """Embeds texts with DashScope, sync or async, over the native or OpenAI-compatible API.
+
+    Every call validates its input before sending anything, splits it into requests within
+    the model's row limit (identical texts are sent once), runs the requests concurrently
+    (at most ``max_concurrency`` at a time), retries each one on its own, and returns the
+    vectors in input order.
+
+    Args:
+        api_key: DashScope key; default ``DASHSCOPE_API_KEY`` (read at first use).
+        region: ``cn-beijing`` (default), ``ap-southeast-1``/``singapore``,
+            ``cn-hongkong``, ...; default ``DASHSCOPE_REGION``.
+        base_url: another host (a proxy, the emulator); a host root or either documented
+            base URL; default ``DASHSCOPE_BASE_URL`` / ``DASHSCOPE_HTTP_BASE_URL``.
+        workspace: sub-workspace id, sent as ``X-DashScope-WorkSpace``.
+        protocol: ``"native"`` (every feature) or ``"openai-compatible"`` (dense only).
+        timeout: seconds per request; ``connect_timeout`` for connecting.
+        max_retries: resends per request on 408/409/429/5xx, timeouts, dropped connections.
+        max_concurrency: requests in flight at once, sync and async alike.
+        allow_insecure_http: permit plain ``http://`` to a non-loopback host.
+        http_client / async_http_client: your own httpx clients (proxies, custom TLS);
+            the client then does not close them.
+        retry: a full :class:`RetryPolicy` (overrides ``max_retries``).
+
+    Example::
+
+        client = DashScopeClient(region="singapore")
+        result = client.embed(["hello", "world"], dimension=512, output_type="dense&sparse")
+        result.dense[0][:3], result.sparse[0].as_dict(), result.usage.total_tokens
+    """
+
+    def __init__(
+        self,
+        *,
+        api_key: str | SecretStr | None = None,
+        region: str | None = None,
+        base_url: str | None = None,
+        workspace: str | None = None,
+        protocol: Protocol = "native",
+        timeout: float = 60.0,
+        connect_timeout: float = 10.0,
+        max_retries: int = 4,
+        max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+        allow_insecure_http: bool = False,
+        http_client: httpx.Client | None = None,
+        async_http_client: httpx.AsyncClient | None = None,
+        retry: RetryPolicy | None = None,
+        config: ClientConfig | None = None,
+    ) -> None:
+        if config is None:
+            config = make_config(
+                api_key=api_key,
+                region=region,
+                base_url=base_url,
+                workspace=workspace,
+                protocol=protocol,
+                timeout=timeout,
+                connect_timeout=connect_timeout,
+                max_retries=max_retries,
+                allow_insecure_http=allow_insecure_http,
+            )
+        if max_concurrency < 1:
+            raise ConfigurationError(f"max_concurrency must be >= 1, got {max_concurrency}")
+        self.config = config
+        self.retry = retry or RetryPolicy(max_retries=config.max_retries)
+        self.max_concurrency = max_concurrency
+        self._codec: Codec = codec_for(config.protocol)
+        self._engine = Engine(self.retry, max_concurrency)
+        self._transport = Transport(
+            config,
+            http_client=http_client,
+            async_http_client=async_http_client,
+            max_connections=max(max_concurrency, 10),
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"DashScopeClient(base_url={self._codec.base_url(self.config)!r}, "
+            f"protocol={self.config.protocol!r}, workspace={self.config.workspace!r}, "
+            f"max_concurrency={self.max_concurrency})"
+        )
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {
+            "config": self.config,
+            "retry": self.retry,
+            "max_concurrency": self.max_concurrency,
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(  # type: ignore[misc]
+            config=state["config"],
+            retry=state["retry"],
+            max_concurrency=state["max_concurrency"],
+        )
+
+    # ------------------------------------------------------------------ public API
+    def embed(
+        self,
+        texts: Sequence[str],
+        *,
+        model: str | ModelSpec = DEFAULT_MODEL,
+        text_type: TextType | None = None,
+        instruct: str | None = None,
+        dimension: int | None = None,
+        output_type: OutputType = "dense",
+        batch_size: int | None = None,
+    ) -> EmbeddingResult:
+        """Embed ``texts``; returns dense and/or sparse vectors in input order.
+
+        Args:
+            texts: non-empty strings. Bad ones are reported by position before sending.
+            model: a model name from :data:`~dashscope_embed.models.MODELS`, or a
+                :class:`ModelSpec` for any other model.
+            text_type: ``"query"`` for search queries, ``"document"`` for the corpus;
+                ``None`` sends nothing (the service treats it as a document).
+            instruct: task instruction for query embeddings (text-embedding-v4, qwen3.7).
+            dimension: vector length; one of the model's allowed sizes.
+            output_type: ``"dense"``, ``"sparse"`` or ``"dense&sparse"`` (one request
+                returns both halves of a hybrid index).
+            batch_size: texts per request; default and maximum is the model's row limit.
+
+        Raises:
+            InvalidInputError: bad texts or parameters (nothing was sent).
+            APIError subclasses: when every request failed; the first error is raised.
+            PartialEmbeddingError: some requests failed for good; the rest is attached.
+        """
+        params, the_plan, codec = self._prepare(
+            texts, model, text_type, instruct, dimension, output_type, batch_size
+        )
+        base = codec.base_url(self.config)
+
+        def send(batch: range) -> ParsedBatch:
+            batch_texts = the_plan.batch_texts(batch)
+            request = codec.build(batch_texts, params)
+            content = self._transport.post(base + request.path, request.body)
+            return codec.parse(content, len(batch_texts), params)
+
+        outcome = self._engine.run(the_plan.batches, send)
+        return _finish(the_plan, outcome, params)
+
+    async def aembed(
+        self,
+        texts: Sequence[str],
+        *,
+        model: str | ModelSpec = DEFAULT_MODEL,
+        text_type: TextType | None = None,
+        instruct: str | None = None,
+        dimension: int | None = None,
+        output_type: OutputType = "dense",
+        batch_size: int | None = None,
+    ) -> EmbeddingResult:
+        """Async twin of :meth:`embed`, with the same arguments, result and errors."""
+        params, the_plan, codec = self._prepare(
+            texts, model, text_type, instruct, dimension, output_type, batch_size
+        )
+        base = codec.base_url(self.config)
+
+        async def send(batch: range) -> ParsedBatch:
+            batch_texts = the_plan.batch_texts(batch)
+            request = codec.build(batch_texts, params)
+            content = await self._transport.apost(base + request.path, request.body)
+            return codec.parse(content, len(batch_texts), params)
+
+        outcome = await self._engine.arun(the_plan.batches, send)
+        return _finish(the_plan, outcome, params)
+
+    def close(self) -> None:
+        """Close pooled connections (the client stays usable; it reconnects on demand)."""
+        self._transport.close()
+
+    async def aclose(self) -> None:
+        """Close the async connection pool of the running event loop."""
+        await self._transport.aclose()
+
+    def __enter__(self) -> DashScopeClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> DashScopeClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # ------------------------------------------------------------------ internals
+    def _prepare(
+        self,
+        texts: Sequence[str],
+        model: str | ModelSpec,
+        text_type: str | None,
+        instruct: str | None,
+        dimension: int | None,
+        output_type: str,
+        batch_size: int | None,
+    ) -> tuple[EmbedParams, Plan, Codec]:
+        params = resolve_params(
+            model,
+            text_type=text_type,
+            instruct=instruct,
+            dimension=dimension,
+            output_type=output_type,
+        )
+        self._codec.check(params)
+        valid = validate_texts(texts)
+        rows = params.spec.max_rows
+        if batch_size is not None:
+            if not 1 <= batch_size <= rows:
+                raise ConfigurationError(
+                    f"batch_size={batch_size} is outside 1..{rows}, the row limit of "
+                    f"{params.spec.name}"
+                )
+            rows = batch_size
+        # Fail on a missing key before planning work, not inside a worker thread.
+        self.config.resolve_api_key()
+        return params, plan(valid, rows), self._codec
+
+
+def _finish(the_plan: Plan, outcome: Outcome, params: EmbedParams) -> EmbeddingResult:
+    replies = [r if isinstance(r, ParsedBatch) else None for r in outcome.replies]
+    result = assemble(the_plan, replies, params)
+    if isinstance(result, EmbeddingResult):
+        return result
+    errors = [error for _, error in outcome.errors]
+    if len(result.missing_positions) == the_plan.input_count and errors:
+        # Nothing was embedded: the typed error says it best.
+        raise errors[0]
+    raise PartialEmbeddingError(result, result.missing_positions, errors) from (
+        errors[0] if errors else None
+    )
+
+
+def make_config(**settings: Any) -> ClientConfig:
+    """Build a :class:`ClientConfig` from keyword settings; ``None`` means "use the
+    environment or default". Validation problems become :class:`ConfigurationError`."""
+    given = {k: v for k, v in settings.items() if v is not None}
+    try:
+        return ClientConfig(**given)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ConfigurationError(f"invalid DashScope settings: {problems}") from None
+
+
+__all__ = ["DEFAULT_MAX_CONCURRENCY", "DashScopeClient", "PartialResult", "make_config"]

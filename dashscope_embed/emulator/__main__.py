@@ -1,0 +1,51 @@
+"""``python -m dashscope_embed.emulator``: serve the DashScope emulator until Ctrl-C."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from dataclasses import MISSING, fields
+
+from dashscope_embed.emulator.state import EmulatorSettings
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dashscope-emulator",
+        description="Serve a local DashScope embedding service (native and "
+        "OpenAI-compatible APIs) for offline tests.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    for field in fields(EmulatorSettings):
+        flag = "--" + field.name.replace("_", "-")
+        default = None if field.default is MISSING else field.default
+        if field.type in ("bool", bool):
+            parser.add_argument(flag, action="store_true", help=f"(default {default})")
+            continue
+        kind = {"float": float, "int": int, "int | None": int, "str | None": str}.get(
+            str(field.type), str
+        )
+        parser.add_argument(flag, type=kind, default=default, help=f"(default {default})")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    import uvicorn
+
+    from dashscope_embed.emulator.app import EmulatorApp
+
+    args = vars(build_parser().parse_args(argv))
+    host, port = args.pop("host"), args.pop("port")
+    settings = EmulatorSettings(**args)
+    print(
+        f"DashScope emulator on http://{host}:{port} "
+        f"(native: /api/v1, OpenAI-compatible: /compatible-mode/v1); "
+        f"key: {'as given' if settings.api_key else 'any sk-... key'}",
+        flush=True,
+    )
+    uvicorn.run(EmulatorApp(settings), host=host, port=port, log_level="warning")
+
+
+if __name__ == "__main__":
+    main()

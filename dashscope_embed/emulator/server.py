@@ -1,0 +1,134 @@
+"""Run the emulator on 127.0.0.1 in a background thread: ``with Emulator() as emu: ...``."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from dataclasses import fields
+from typing import Any
+
+import httpx
+
+from dashscope_embed.emulator.app import EmulatorApp
+from dashscope_embed.emulator.http import DroppedConnection
+from dashscope_embed.emulator.state import EmulatorSettings
+
+
+class _HideInjectedDrops(logging.Filter):
+    """Injected dropped connections are a feature; keep them out of the error log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, DroppedConnection)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+class Emulator:
+    """A local DashScope service, listening on 127.0.0.1 until the block ends.
+
+    Example::
+
+        with Emulator(latency=0.05, rpm=600) as emu:
+            client = DashScopeClient(api_key=emu.api_key, base_url=emu.base_url)
+            client.embed(["hello"])
+            assert emu.stats()["requests"] == 1
+
+    Any :class:`EmulatorSettings` field is a keyword argument. ``api_key`` defaults to
+    ``"sk-emulator"`` and is the only key accepted.
+    """
+
+    def __init__(self, *, port: int = 0, host: str = "127.0.0.1", **settings: Any) -> None:
+        import uvicorn
+
+        settings.setdefault("api_key", "sk-emulator")
+        self.settings = EmulatorSettings(**settings)
+        self.app = EmulatorApp(self.settings)
+        self.host = host
+        self.port = port or free_port(host)
+        config = uvicorn.Config(
+            self.app, host=host, port=self.port, log_level="warning", access_log=False,
+            lifespan="on", timeout_keep_alive=30,
+        )
+        self._server = uvicorn.Server(config)
+        self._thread: threading.Thread | None = None
+        self._log_filter = _HideInjectedDrops()
+
+    @property
+    def api_key(self) -> str:
+        """The key clients must send."""
+        return self.settings.api_key or "sk-emulator"
+
+    @property
+    def base_url(self) -> str:
+        """Host root, e.g. ``http://127.0.0.1:54321``; append ``/api/v1`` or
+        ``/compatible-mode/v1`` for SDKs that want a protocol base."""
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def native_base_url(self) -> str:
+        return self.base_url + "/api/v1"
+
+    @property
+    def compatible_base_url(self) -> str:
+        return self.base_url + "/compatible-mode/v1"
+
+    def start(self) -> Emulator:
+        logging.getLogger("uvicorn.error").addFilter(self._log_filter)
+        self._thread = threading.Thread(target=self._server.run, name="dashscope-emulator",
+                                        daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 15
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"the emulator did not start on {self.base_url}")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=15)
+            self._thread = None
+        logging.getLogger("uvicorn.error").removeFilter(self._log_filter)
+
+    def __enter__(self) -> Emulator:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # Convenience for tests and benchmarks ---------------------------------------
+    def stats(self) -> dict[str, Any]:
+        """The counters of ``GET /emulator/stats``."""
+        response = httpx.get(self.base_url + "/emulator/stats", timeout=10)
+        response.raise_for_status()
+        result: dict[str, Any] = response.json()
+        return result
+
+    def reset(self) -> None:
+        """Zero the counters and rate windows; settings stay."""
+        httpx.post(self.base_url + "/emulator/reset", timeout=10).raise_for_status()
+
+    def configure(self, **changes: Any) -> None:
+        """Change settings while running (e.g. turn faults on for one test)."""
+        known = {f.name for f in fields(EmulatorSettings)}
+        unknown = set(changes) - known
+        if unknown:
+            raise TypeError(f"unknown emulator settings: {sorted(unknown)}")
+        for name, value in changes.items():
+            setattr(self.settings, name, value)
+        self.settings.__post_init__()
+
+    def put_file(self, name: str, content: bytes) -> str:
+        """Store a file the emulator serves (task input, an image); returns its URL."""
+        response = httpx.put(f"{self.base_url}/emulator/files/{name}", content=content, timeout=30)
+        response.raise_for_status()
+        url: str = response.json()["url"]
+        return url

@@ -1,0 +1,209 @@
+"""Emulator settings, injected faults, rate limits and the statistics tests assert on."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import threading
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class EmulatorSettings:
+    """How the emulator behaves. Every field is also a command-line flag.
+
+    Attributes:
+        api_key: if set, only this key is accepted; otherwise any ``sk-`` key is.
+        latency: seconds added to every embedding request.
+        latency_per_text: seconds added per text (or content) in a request.
+        max_concurrency: requests served at once; more get 429 ``Throttling``.
+        rpm: requests per minute per emulator; more get 429 ``Throttling.RateQuota``.
+        tpm: tokens per minute; more get 429 ``Throttling.AllocationQuota``.
+        error_rate: share of requests answered 500 ``InternalError`` (nothing embedded).
+        drop_rate: share of requests whose connection is cut mid-reply after the work
+            was done (the client sees a dropped connection; the vectors were wasted).
+        seed: seed for which requests get faults.
+        throttle_retry_after: ``Retry-After`` seconds sent with concurrency 429s
+            (rate-limit 429s send the time until the window frees up).
+        task_delay: seconds an async task stays PENDING before it runs.
+        task_seconds_per_line: simulated work per line of an async task.
+        base64_as_float: answer ``encoding_format="base64"`` with float arrays anyway (a
+            stricter reading of the docs, which say only float is supported).
+    """
+
+    api_key: str | None = None
+    latency: float = 0.0
+    latency_per_text: float = 0.0
+    max_concurrency: int | None = None
+    rpm: int | None = None
+    tpm: int | None = None
+    error_rate: float = 0.0
+    drop_rate: float = 0.0
+    seed: int = 0
+    throttle_retry_after: float = 1.0
+    task_delay: float = 0.2
+    task_seconds_per_line: float = 0.0
+    base64_as_float: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("error_rate", "drop_rate"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be within [0, 1], got {value}")
+        for name in ("latency", "latency_per_text", "task_delay", "task_seconds_per_line"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0")
+        for name in ("max_concurrency", "rpm", "tpm"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1 or None")
+
+
+@dataclass
+class Throttle:
+    """Why a request was refused, as the service words it."""
+
+    code: str
+    message: str
+    retry_after: float
+
+
+class Limiter:
+    """Concurrency cap and sliding one-minute request/token windows."""
+
+    WINDOW = 60.0
+
+    def __init__(self, settings: EmulatorSettings) -> None:
+        self.settings = settings
+        self._lock = threading.Lock()
+        self._requests: deque[float] = deque()
+        self._tokens: deque[tuple[float, int]] = deque()
+        self._token_sum = 0
+        self.in_flight = 0
+
+    def _expire(self, now: float) -> None:
+        while self._requests and now - self._requests[0] >= self.WINDOW:
+            self._requests.popleft()
+        while self._tokens and now - self._tokens[0][0] >= self.WINDOW:
+            self._token_sum -= self._tokens.popleft()[1]
+
+    def admit(self, tokens: int) -> Throttle | None:
+        """Admit a request of ``tokens`` tokens, or say why not. Call :meth:`release`
+        after an admitted request finishes."""
+        s = self.settings
+        with self._lock:
+            now = time.monotonic()
+            self._expire(now)
+            if s.max_concurrency is not None and self.in_flight >= s.max_concurrency:
+                return Throttle(
+                    "Throttling",
+                    "Requests throttling triggered.",
+                    s.throttle_retry_after,
+                )
+            if s.rpm is not None and len(self._requests) >= s.rpm:
+                wait = self.WINDOW - (now - self._requests[0])
+                return Throttle(
+                    "Throttling.RateQuota",
+                    "Requests rate limit exceeded, please try again later.",
+                    max(wait, 0.01),
+                )
+            if s.tpm is not None and self._token_sum + tokens > s.tpm and self._tokens:
+                wait = self.WINDOW - (now - self._tokens[0][0])
+                return Throttle(
+                    "Throttling.AllocationQuota",
+                    "Allocated quota exceeded, please increase your quota limit.",
+                    max(wait, 0.01),
+                )
+            self._requests.append(now)
+            if tokens:
+                self._tokens.append((now, tokens))
+                self._token_sum += tokens
+            self.in_flight += 1
+            return None
+
+    def release(self) -> None:
+        with self._lock:
+            self.in_flight -= 1
+
+
+@dataclass
+class Stats:
+    """Counters a test or benchmark can assert on (``GET /emulator/stats``).
+
+    ``duplicate_embeddings`` counts texts delivered again with the same model and
+    parameters: money spent twice on finished work. ``wasted_embeddings`` counts texts
+    embedded for a reply that was then dropped (billed, never delivered).
+    """
+
+    requests: int = 0
+    by_status: Counter[int] = field(default_factory=Counter)
+    by_endpoint: Counter[str] = field(default_factory=Counter)
+    texts_embedded: int = 0
+    texts_delivered: int = 0
+    duplicate_embeddings: int = 0
+    wasted_embeddings: int = 0
+    dropped_connections: int = 0
+    injected_errors: int = 0
+    throttled: int = 0
+    tokens: int = 0
+    in_flight: int = 0
+    peak_concurrency: int = 0
+    max_rows_seen: int = 0
+    _delivered_keys: set[bytes] = field(default_factory=set)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "requests": self.requests,
+            "by_status": {str(k): v for k, v in sorted(self.by_status.items())},
+            "by_endpoint": dict(self.by_endpoint),
+            "texts_embedded": self.texts_embedded,
+            "texts_delivered": self.texts_delivered,
+            "duplicate_embeddings": self.duplicate_embeddings,
+            "wasted_embeddings": self.wasted_embeddings,
+            "dropped_connections": self.dropped_connections,
+            "injected_errors": self.injected_errors,
+            "throttled": self.throttled,
+            "tokens": self.tokens,
+            "peak_concurrency": self.peak_concurrency,
+            "max_rows_seen": self.max_rows_seen,
+        }
+
+
+def embedding_key(*parts: object) -> bytes:
+    """A compact fingerprint of (model, text, parameters) for duplicate counting."""
+    return hashlib.blake2b(repr(parts).encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+
+class EmulatorState:
+    """Everything mutable in one emulator: stats, limiter, fault dice."""
+
+    def __init__(self, settings: EmulatorSettings) -> None:
+        self.settings = settings
+        self.lock = threading.Lock()
+        self.stats = Stats()
+        self.limiter = Limiter(settings)
+        self._rng = random.Random(settings.seed)
+
+    def roll(self, rate: float) -> bool:
+        if rate <= 0:
+            return False
+        with self.lock:
+            return self._rng.random() < rate
+
+    def reset(self) -> None:
+        with self.lock:
+            self.stats = Stats()
+            self.limiter = Limiter(self.settings)
+            self._rng = random.Random(self.settings.seed)
+
+    def record_delivered(self, keys: list[bytes]) -> None:
+        with self.lock:
+            self.stats.texts_delivered += len(keys)
+            for key in keys:
+                if key in self.stats._delivered_keys:
+                    self.stats.duplicate_embeddings += 1
+                else:
+                    self.stats._delivered_keys.add(key)

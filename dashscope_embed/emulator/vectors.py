@@ -1,0 +1,142 @@
+"""Deterministic vectors that behave enough like real embeddings for retrieval tests.
+
+* Words (lower-cased Latin/digit runs) and single CJK characters are tokens; each token
+  has a fixed pseudo-random direction derived from SHAKE-256 (stable across platforms
+  and library versions).
+* A text's dense vector is the weighted sum of its tokens' directions (sub-linear term
+  frequency, stop words down-weighted) plus a small whole-text component, so texts that
+  share words are closer than texts that do not, and no two different texts coincide.
+* Queries get an extra component from their instruction, so query and document vectors
+  of one text differ and an ``instruct`` changes query vectors, while rankings among
+  documents are kept.
+* Matryoshka: every vector is computed at the model's largest size; a smaller
+  ``dimension`` is its prefix, renormalised. All vectors have unit L2 norm.
+* Sparse vectors are the same token weights with stable vocabulary ids.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from collections import Counter
+from functools import lru_cache
+
+import numpy as np
+
+VOCAB_SIZE = 151_643  # the Qwen tokenizer's ordinary vocabulary
+DEFAULT_QUERY_TASK = "Given a web search query, retrieve relevant passages that answer the query"
+
+_TOKEN_RE = re.compile(
+    r"[a-z0-9_]+|[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af]|[^\sa-z0-9_]",
+    re.IGNORECASE,
+)
+_WORD_RE = re.compile(r"[a-z0-9_]", re.IGNORECASE)
+_CJK_RE = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af]")
+_STOP_WORDS = frozenset(
+    "a an and are as at be by for from has have how i in is it its of on or that the "
+    "this to was were what when where which who why will with you your do does did can "
+    "的 了 是 在 和 有 我 你 他 她 它 们 这 那 吗 呢 吧 啊 也 就 都 而 及 与 或".split()
+)
+_INSTRUCTION_WEIGHT = 0.35
+_TEXT_COMPONENT_WEIGHT = 0.08
+
+
+def tokenize(text: str) -> list[str]:
+    """Tokens as the emulator counts them: words, single CJK characters, punctuation."""
+    return [t.lower() for t in _TOKEN_RE.findall(text)]
+
+
+def count_tokens(text: str, *, end_of_text: bool = False) -> int:
+    """Billed tokens for one text. Qwen3-based models also bill the appended EOS token."""
+    return len(tokenize(text)) + (1 if end_of_text else 0)
+
+
+def _is_content(token: str) -> bool:
+    return bool(_WORD_RE.match(token) or _CJK_RE.match(token))
+
+
+def token_weights(text: str) -> dict[str, float]:
+    """Lexical weight of each content token: sub-linear tf, stop words light, rounded."""
+    counts = Counter(t for t in tokenize(text) if _is_content(t))
+    weights: dict[str, float] = {}
+    for token, tf in counts.items():
+        base = 0.15 if token in _STOP_WORDS else 1.0
+        # Longer words carry more information than short ones, as idf would say.
+        length_boost = 1.0 + min(len(token), 12) / 24.0 if _WORD_RE.match(token) else 1.0
+        weights[token] = round(base * length_boost * (1.0 + math.log(tf)), 4)
+    return weights
+
+
+def token_id(token: str) -> int:
+    """Stable vocabulary id in ``[0, VOCAB_SIZE)``."""
+    digest = hashlib.blake2b(token.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "little") % VOCAB_SIZE
+
+
+def sparse_vector(text: str) -> list[dict[str, object]]:
+    """The service's sparse shape: ``[{"index", "value", "token"}]``, heaviest first."""
+    weights = token_weights(text)
+    entries = [
+        {"index": token_id(token), "value": value, "token": token}
+        for token, value in weights.items()
+        if value > 0
+    ]
+    entries.sort(key=lambda e: -float(e["value"]))  # type: ignore[arg-type]
+    return entries
+
+
+@lru_cache(maxsize=16_384)
+def direction(namespace: str, key: str, size: int) -> np.ndarray:
+    """A fixed pseudo-random unit-scale direction for ``key`` (read-only array)."""
+    raw = hashlib.shake_256(f"{namespace}\x1f{key}".encode()).digest(4 * size)
+    ints = np.frombuffer(raw, dtype="<u4")
+    vector = ints.astype(np.float32) * np.float32(1.0 / 2**32) - np.float32(0.5)
+    vector.setflags(write=False)
+    return vector
+
+
+def _normalise(vector: np.ndarray) -> np.ndarray:
+    norm = float(np.linalg.norm(vector))
+    return vector / norm if norm > 0 else vector
+
+
+def text_vector(
+    model: str,
+    text: str,
+    size: int,
+    *,
+    text_type: str | None = None,
+    instruct: str | None = None,
+    full_size: int | None = None,
+) -> np.ndarray:
+    """Unit vector of ``size`` floats for ``text`` (prefix of the ``full_size`` vector)."""
+    full = full_size or size
+    vector = np.zeros(full, dtype=np.float32)
+    for token, weight in token_weights(text).items():
+        vector += np.float32(weight) * direction(model, "tok:" + token, full)
+    vector = _normalise(vector)
+    vector = vector + np.float32(_TEXT_COMPONENT_WEIGHT) * _normalise(
+        direction(model, "text:" + text, full)
+    )
+    vector = _normalise(vector)
+    if text_type == "query":
+        task = instruct or DEFAULT_QUERY_TASK
+        vector = vector + np.float32(_INSTRUCTION_WEIGHT) * _normalise(
+            direction(model, "instruct:" + task, full)
+        )
+    return _normalise(vector[:size].astype(np.float32))
+
+
+def content_vector(model: str, key: str, hint_words: str, size: int) -> np.ndarray:
+    """Vector for an image or video: its bytes (``key``) plus words from its name.
+
+    Words in a file name or URL ("red_car.jpg") pull the vector towards texts that use
+    them, so text-to-image search in tests returns the picture a person would expect.
+    """
+    vector = np.zeros(size, dtype=np.float32)
+    for token, weight in token_weights(hint_words).items():
+        vector += np.float32(weight) * direction(model, "tok:" + token, size)
+    vector = _normalise(vector)
+    vector = vector + np.float32(0.5) * _normalise(direction(model, "content:" + key, size))
+    return _normalise(vector)

@@ -1,0 +1,156 @@
+"""Run a call's requests: concurrently, each retried on its own, finished work kept.
+
+A request that succeeded is never sent again, whatever happens to the others. When a
+request fails for good with an error that would fail every request the same way
+(authentication, permission, unknown model, an exhausted retry budget), requests not yet
+started are not sent; after an input-specific 400 the others carry on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from dashscope_embed.errors import BadRequestError
+from dashscope_embed.retry import RetryPolicy
+
+logger = logging.getLogger("dashscope_embed")
+
+Job = TypeVar("Job")
+Reply = TypeVar("Reply")
+
+
+@dataclass
+class Outcome:
+    """Per-job replies (``None`` where a job failed or was not sent) and the errors."""
+
+    replies: list[object | None]
+    errors: list[tuple[int, BaseException]] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        return not self.errors and all(r is not None for r in self.replies)
+
+
+def _stops_everything(error: BaseException) -> bool:
+    # An input-specific rejection says nothing about the other requests.
+    return not isinstance(error, BadRequestError)
+
+
+def _log_retry(job_index: int, attempt: int, delay: float, error: BaseException) -> None:
+    logger.warning(
+        "request %d failed (%s); retry %d in %.2fs", job_index, error, attempt, delay
+    )
+
+
+class Engine:
+    """Sends jobs with bounded concurrency and per-job retries."""
+
+    def __init__(self, retry: RetryPolicy, max_concurrency: int) -> None:
+        if max_concurrency < 1:
+            raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
+        self.retry = retry
+        self.max_concurrency = max_concurrency
+
+    # ---------------------------------------------------------------- sync
+    def run(self, jobs: Sequence[Job], send: Callable[[Job], Reply]) -> Outcome:
+        """Send every job (threads when there is more than one); never raises for a job."""
+        outcome = Outcome(replies=[None] * len(jobs))
+        stop = threading.Event()
+
+        def work(index: int) -> None:
+            if stop.is_set():
+                return
+            try:
+                outcome.replies[index] = self._send_with_retry(index, jobs[index], send, stop)
+            except Exception as exc:  # noqa: BLE001 - every failure is recorded per job
+                outcome.errors.append((index, exc))
+                if _stops_everything(exc):
+                    stop.set()
+
+        workers = min(self.max_concurrency, len(jobs))
+        if workers <= 1:
+            for index in range(len(jobs)):
+                work(index)
+        else:
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dashscope") as pool:
+                list(pool.map(work, range(len(jobs))))
+        outcome.errors.sort(key=lambda pair: pair[0])
+        return outcome
+
+    def _send_with_retry(
+        self,
+        index: int,
+        job: Job,
+        send: Callable[[Job], Reply],
+        stop: threading.Event,
+    ) -> Reply:
+        started = time.monotonic()
+        attempt = 0
+        while True:
+            try:
+                return send(job)
+            except Exception as exc:
+                attempt += 1
+                delay = self.retry.delay_before_retry(exc, attempt, time.monotonic() - started)
+                if delay is None or stop.is_set():
+                    raise
+                _log_retry(index, attempt, delay, exc)
+                if stop.wait(delay):
+                    raise
+
+    # ---------------------------------------------------------------- async
+    async def arun(
+        self, jobs: Sequence[Job], send: Callable[[Job], Awaitable[Reply]]
+    ) -> Outcome:
+        """Async twin of :meth:`run`: at most ``max_concurrency`` requests in flight."""
+        outcome = Outcome(replies=[None] * len(jobs))
+        stop = asyncio.Event()
+        gate = asyncio.Semaphore(self.max_concurrency)
+
+        async def work(index: int) -> None:
+            async with gate:
+                if stop.is_set():
+                    return
+                try:
+                    outcome.replies[index] = await self._asend_with_retry(
+                        index, jobs[index], send, stop
+                    )
+                except Exception as exc:  # noqa: BLE001 - recorded per job
+                    outcome.errors.append((index, exc))
+                    if _stops_everything(exc):
+                        stop.set()
+
+        await asyncio.gather(*(work(i) for i in range(len(jobs))))
+        outcome.errors.sort(key=lambda pair: pair[0])
+        return outcome
+
+    async def _asend_with_retry(
+        self,
+        index: int,
+        job: Job,
+        send: Callable[[Job], Awaitable[Reply]],
+        stop: asyncio.Event,
+    ) -> Reply:
+        started = time.monotonic()
+        attempt = 0
+        while True:
+            try:
+                return await send(job)
+            except Exception as exc:
+                attempt += 1
+                delay = self.retry.delay_before_retry(exc, attempt, time.monotonic() - started)
+                if delay is None or stop.is_set():
+                    raise
+                _log_retry(index, attempt, delay, exc)
+                try:
+                    await asyncio.wait_for(stop.wait(), timeout=delay)
+                except asyncio.TimeoutError:
+                    continue
+                raise

@@ -1,0 +1,228 @@
+"""The model table: every limit and capability the client and the emulator check.
+
+Validation reads this table; adding a model is one entry. A model the table does not
+know can still be used by passing a :class:`ModelSpec` wherever a model name is taken.
+
+Sources and open questions are in the project's API notes; where the service's pages
+disagree the table takes the permissive value and the service has the last word (its
+400 surfaces as :class:`~dashscope_embed.errors.BadRequestError`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Literal
+
+from dashscope_embed.errors import UnknownModelError
+
+OutputType = Literal["dense", "sparse", "dense&sparse"]
+TextType = Literal["query", "document"]
+ModelKind = Literal["text", "async-batch", "multimodal"]
+
+OUTPUT_TYPES: tuple[OutputType, ...] = ("dense", "sparse", "dense&sparse")
+TEXT_TYPES: tuple[TextType, ...] = ("query", "document")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Limits and capabilities of one embedding model.
+
+    Attributes:
+        name: The model id sent on the wire, e.g. ``"text-embedding-v4"``.
+        max_rows: Most inputs (texts) one request may carry.
+        max_tokens_per_row: Most tokens one input may have.
+        dimensions: Output sizes the model accepts for ``dimension``.
+        default_dimension: Size returned when ``dimension`` is not sent.
+        configurable_dimension: Whether ``dimension`` is sent at all. Models with a fixed
+            size (v1, v2) accept only their one size and it is never put on the wire.
+        supports_text_type: Whether ``text_type`` (query / document) is sent.
+        supports_instruct: Whether an ``instruct`` task instruction is accepted.
+        output_types: Which ``output_type`` values the model accepts; only models with
+            more than ``("dense",)`` get ``output_type`` on the wire.
+        openai_compatible: Whether the OpenAI-compatible endpoint serves the model.
+        kind: ``"text"`` (synchronous text), ``"async-batch"`` (file-based tasks) or
+            ``"multimodal"``.
+        price_cny_per_1k_tokens: List price in the Beijing region, CNY per 1,000 input
+            tokens (text input for multimodal models); ``None`` if unknown.
+    """
+
+    name: str
+    max_rows: int
+    max_tokens_per_row: int
+    dimensions: tuple[int, ...]
+    default_dimension: int
+    configurable_dimension: bool = True
+    supports_text_type: bool = True
+    supports_instruct: bool = False
+    output_types: tuple[OutputType, ...] = ("dense",)
+    openai_compatible: bool = False
+    kind: ModelKind = "text"
+    price_cny_per_1k_tokens: float | None = None
+    notes: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise ValueError("ModelSpec.name must be a non-empty model id")
+        if self.max_rows < 1:
+            raise ValueError(f"ModelSpec {self.name!r}: max_rows must be >= 1, got {self.max_rows}")
+        if self.max_tokens_per_row < 1:
+            raise ValueError(
+                f"ModelSpec {self.name!r}: max_tokens_per_row must be >= 1, "
+                f"got {self.max_tokens_per_row}"
+            )
+        if self.default_dimension not in self.dimensions:
+            raise ValueError(
+                f"ModelSpec {self.name!r}: default_dimension {self.default_dimension} "
+                f"is not one of dimensions {self.dimensions}"
+            )
+        unknown = [t for t in self.output_types if t not in OUTPUT_TYPES]
+        if unknown or not self.output_types:
+            raise ValueError(
+                f"ModelSpec {self.name!r}: output_types must be a non-empty subset of "
+                f"{OUTPUT_TYPES}, got {self.output_types}"
+            )
+
+    @property
+    def supports_sparse(self) -> bool:
+        """Whether the model can return sparse (lexical) vectors."""
+        return any(t != "dense" for t in self.output_types)
+
+    @property
+    def max_dimension(self) -> int:
+        """The largest output size; Matryoshka prefixes of it give the smaller ones."""
+        return max(self.dimensions)
+
+
+_MRL_V4 = (2048, 1536, 1024, 768, 512, 256, 128, 64)
+# The international pages list 1024/768/512 for v3; the China page and the Java SDK also
+# list 256/128/64. The table allows all six so neither answer blocks a user.
+_MRL_V3 = (1024, 768, 512, 256, 128, 64)
+_ALL_OUTPUTS: tuple[OutputType, ...] = OUTPUT_TYPES
+
+_BUILTIN: tuple[ModelSpec, ...] = (
+    ModelSpec(
+        name="text-embedding-v4",
+        max_rows=10,
+        max_tokens_per_row=8192,
+        dimensions=_MRL_V4,
+        default_dimension=1024,
+        supports_instruct=True,
+        output_types=_ALL_OUTPUTS,
+        openai_compatible=True,
+        price_cny_per_1k_tokens=0.0005,
+        notes="Qwen3-Embedding series; 100+ natural and programming languages.",
+    ),
+    ModelSpec(
+        name="text-embedding-v3",
+        max_rows=10,
+        max_tokens_per_row=8192,
+        dimensions=_MRL_V3,
+        default_dimension=1024,
+        output_types=_ALL_OUTPUTS,
+        openai_compatible=True,
+        price_cny_per_1k_tokens=0.0005,
+        notes="50+ languages.",
+    ),
+    ModelSpec(
+        name="text-embedding-v2",
+        max_rows=25,
+        max_tokens_per_row=2048,
+        dimensions=(1536,),
+        default_dimension=1536,
+        configurable_dimension=False,
+        price_cny_per_1k_tokens=0.0007,
+        notes="Legacy; fixed 1536 dimensions.",
+    ),
+    ModelSpec(
+        name="text-embedding-v1",
+        max_rows=25,
+        max_tokens_per_row=2048,
+        dimensions=(1536,),
+        default_dimension=1536,
+        configurable_dimension=False,
+        price_cny_per_1k_tokens=0.0007,
+        notes="Legacy; fixed 1536 dimensions.",
+    ),
+    ModelSpec(
+        name="qwen3.7-text-embedding",
+        max_rows=20,
+        max_tokens_per_row=128_000,
+        dimensions=(2560, 2048, 1536, 1024, 768, 512, 256),
+        default_dimension=1024,
+        supports_instruct=True,
+        output_types=_ALL_OUTPUTS,
+        openai_compatible=True,
+        price_cny_per_1k_tokens=0.0005,
+        notes="201 languages; 128K tokens per text.",
+    ),
+    ModelSpec(
+        name="qwen3.7-text-embedding-flash",
+        max_rows=20,
+        max_tokens_per_row=128_000,
+        dimensions=(1024, 768, 512, 256),
+        default_dimension=1024,
+        supports_instruct=True,
+        output_types=_ALL_OUTPUTS,
+        openai_compatible=True,
+        price_cny_per_1k_tokens=0.000125,
+        notes="Cheaper qwen3.7 variant; 128K tokens per text.",
+    ),
+    ModelSpec(
+        name="text-embedding-async-v2",
+        max_rows=100_000,
+        max_tokens_per_row=2048,
+        dimensions=(1536,),
+        default_dimension=1536,
+        configurable_dimension=False,
+        kind="async-batch",
+        price_cny_per_1k_tokens=0.0007,
+        notes="File-based batch tasks: up to 100,000 lines a task.",
+    ),
+    ModelSpec(
+        name="text-embedding-async-v1",
+        max_rows=100_000,
+        max_tokens_per_row=2048,
+        dimensions=(1536,),
+        default_dimension=1536,
+        configurable_dimension=False,
+        kind="async-batch",
+        price_cny_per_1k_tokens=0.0007,
+        notes="File-based batch tasks: up to 100,000 lines a task.",
+    ),
+    ModelSpec(
+        name="multimodal-embedding-v1",
+        # Older pages allow one text, one image and one video per call, newer ones several
+        # images; one content per request is correct under either reading.
+        max_rows=1,
+        max_tokens_per_row=512,
+        dimensions=(1024,),
+        default_dimension=1024,
+        configurable_dimension=False,
+        supports_text_type=False,
+        kind="multimodal",
+        price_cny_per_1k_tokens=0.0007,
+        notes="Text, image and video into one 1024-d space; images up to 3 MB.",
+    ),
+)
+
+MODELS: Mapping[str, ModelSpec] = MappingProxyType({spec.name: spec for spec in _BUILTIN})
+"""Every built-in model, by name. Read-only: pass a :class:`ModelSpec` for others."""
+
+DEFAULT_MODEL = "text-embedding-v4"
+
+
+def resolve_model(model: str | ModelSpec) -> ModelSpec:
+    """Return the spec for ``model``: a known name or a caller-supplied :class:`ModelSpec`.
+
+    Raises:
+        UnknownModelError: the name is not in the table; the message says how to
+            describe the model's limits instead.
+    """
+    if isinstance(model, ModelSpec):
+        return model
+    spec = MODELS.get(model)
+    if spec is None:
+        raise UnknownModelError(model, known=tuple(MODELS))
+    return spec

@@ -1,0 +1,254 @@
+"""Plan a call before anything is sent, and put the replies back together after.
+
+Pure functions: validation (texts and parameters), de-duplication, splitting into
+requests within the model's row limit, and reassembly in input order with a check that
+every input got exactly one vector.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from dashscope_embed.errors import InputProblem, InvalidInputError
+from dashscope_embed.models import (
+    OUTPUT_TYPES,
+    TEXT_TYPES,
+    ModelSpec,
+    resolve_model,
+)
+from dashscope_embed.protocol.common import EmbedParams, ParsedBatch
+from dashscope_embed.types import EmbeddingResult, PartialResult, SparseEmbedding, Usage
+
+
+def resolve_params(
+    model: str | ModelSpec,
+    *,
+    text_type: str | None,
+    instruct: str | None,
+    dimension: int | None,
+    output_type: str,
+) -> EmbedParams:
+    """Check every parameter against the model table; all problems reported at once."""
+    spec = resolve_model(model)
+    problems: list[InputProblem] = []
+    if spec.kind != "text":
+        problems.append(
+            InputProblem(
+                None,
+                f"model {spec.name!r} is a {spec.kind} model and cannot embed texts synchronously"
+                + (" (use the batch jobs API)" if spec.kind == "async-batch" else ""),
+            )
+        )
+    if text_type is not None and text_type not in TEXT_TYPES:
+        problems.append(
+            InputProblem(None, f"text_type must be 'query' or 'document', got {text_type!r}")
+        )
+    if output_type not in OUTPUT_TYPES:
+        problems.append(
+            InputProblem(
+                None, f"output_type must be one of {list(OUTPUT_TYPES)}, got {output_type!r}"
+            )
+        )
+    elif output_type not in spec.output_types:
+        problems.append(
+            InputProblem(
+                None,
+                f"output_type={output_type!r} is not supported by {spec.name} "
+                f"(supported: {list(spec.output_types)})",
+            )
+        )
+    if dimension is not None and (
+        isinstance(dimension, bool) or not isinstance(dimension, int)
+    ):
+        problems.append(InputProblem(None, f"dimension must be an int, got {dimension!r}"))
+    elif dimension is not None and dimension not in spec.dimensions:
+        problems.append(
+            InputProblem(
+                None,
+                f"dimension={dimension} is not allowed for {spec.name}; allowed: "
+                f"{sorted(spec.dimensions, reverse=True)}",
+            )
+        )
+    if instruct is not None:
+        if not isinstance(instruct, str) or not instruct.strip():
+            problems.append(
+                InputProblem(None, f"instruct must be a non-empty string, got {instruct!r}")
+            )
+        elif not spec.supports_instruct:
+            problems.append(
+                InputProblem(
+                    None,
+                    f"{spec.name} does not take an instruct; models that do: "
+                    "text-embedding-v4 and the qwen3.7 text models",
+                )
+            )
+    if problems:
+        raise InvalidInputError(problems)
+    return EmbedParams(
+        spec=spec,
+        text_type=text_type,  # type: ignore[arg-type]
+        instruct=instruct,
+        dimension=dimension if (dimension is not None and spec.configurable_dimension) else None,
+        output_type=output_type,  # type: ignore[arg-type]
+    )
+
+
+def text_problem(text: Any) -> str | None:
+    """Why the service cannot embed ``text``, or ``None`` if it can."""
+    if not isinstance(text, str):
+        return f"expected a str, got {type(text).__name__}"
+    if not text.strip():
+        return "empty text" if not text else "text is only whitespace"
+    if "\x00" in text:
+        return f"contains a NUL character at offset {text.index(chr(0))}"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return f"cannot be encoded as UTF-8 (lone surrogate at offset {exc.start})"
+    return None
+
+
+def validate_texts(texts: Any) -> list[str]:
+    """Return ``texts`` as a list, or raise naming every bad position and why."""
+    if isinstance(texts, (str, bytes)):
+        raise InvalidInputError(
+            f"texts must be a list of strings, got a single {type(texts).__name__}; "
+            "wrap it in a list: [text]"
+        )
+    if not isinstance(texts, Sequence):
+        try:
+            texts = list(texts)
+        except TypeError:
+            raise InvalidInputError(
+                f"texts must be a list of strings, got {type(texts).__name__}"
+            ) from None
+    problems = [
+        InputProblem(i, reason)
+        for i, text in enumerate(texts)
+        if (reason := text_problem(text)) is not None
+    ]
+    if problems:
+        raise InvalidInputError(problems)
+    return list(texts)
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """How a call's inputs map onto requests.
+
+    ``unique`` holds each distinct text once; ``slot_of[i]`` is input ``i``'s place in
+    ``unique``; ``batches`` are slices of ``unique``, each within the row limit.
+    """
+
+    unique: list[str]
+    slot_of: list[int]
+    batches: list[range]
+
+    @property
+    def input_count(self) -> int:
+        return len(self.slot_of)
+
+    def batch_texts(self, batch: range) -> list[str]:
+        return self.unique[batch.start : batch.stop]
+
+    def input_positions(self, batches: Sequence[range]) -> list[int]:
+        """The input positions whose text is in any of ``batches``, in order."""
+        slots = {slot for batch in batches for slot in batch}
+        return [i for i, slot in enumerate(self.slot_of) if slot in slots]
+
+
+def plan(texts: Sequence[str], rows_per_request: int, *, deduplicate: bool = True) -> Plan:
+    """Split ``texts`` into requests of at most ``rows_per_request`` distinct texts."""
+    if rows_per_request < 1:
+        raise InvalidInputError(f"rows per request must be >= 1, got {rows_per_request}")
+    if deduplicate:
+        index: dict[str, int] = {}
+        slot_of = [index.setdefault(text, len(index)) for text in texts]
+        unique = list(index)
+    else:
+        unique = list(texts)
+        slot_of = list(range(len(unique)))
+    batches = [
+        range(start, min(start + rows_per_request, len(unique)))
+        for start in range(0, len(unique), rows_per_request)
+    ]
+    return Plan(unique=unique, slot_of=slot_of, batches=batches)
+
+
+def _fan_out(values: list[Any], slot_of: Sequence[int]) -> list[Any]:
+    # A text that appeared twice gets its own copy, so mutating one vector in place never
+    # changes another input's vector.
+    used = bytearray(len(values))
+    out = []
+    for slot in slot_of:
+        value = values[slot]
+        if used[slot] and isinstance(value, list):
+            value = list(value)
+        used[slot] = 1
+        out.append(value)
+    return out
+
+
+def assemble(
+    the_plan: Plan,
+    replies: Sequence[ParsedBatch | None],
+    params: EmbedParams,
+) -> EmbeddingResult | PartialResult:
+    """Put every reply's rows back at their input positions.
+
+    Returns an :class:`EmbeddingResult` when every batch has a reply, otherwise a
+    :class:`PartialResult` with ``None`` at the positions of failed batches.
+    """
+    slots = len(the_plan.unique)
+    dense: list[Any] | None = [None] * slots if params.wants_dense else None
+    sparse: list[Any] | None = [None] * slots if params.wants_sparse else None
+    tokens = 0
+    request_ids: list[str] = []
+    failed: list[range] = []
+    for batch, reply in zip(the_plan.batches, replies):
+        if reply is None:
+            failed.append(batch)
+            continue
+        tokens += reply.total_tokens
+        if reply.request_id:
+            request_ids.append(reply.request_id)
+        _put(dense, reply.dense, batch, "dense")
+        _put(sparse, reply.sparse, batch, "sparse")
+    dimension = params.expected_dimension if params.wants_dense else None
+    dense_out = _fan_out(dense, the_plan.slot_of) if dense is not None else None
+    sparse_out = _fan_out(sparse, the_plan.slot_of) if sparse is not None else None
+    if failed:
+        return PartialResult(
+            dense=dense_out,
+            sparse=sparse_out,
+            usage=Usage(tokens),
+            request_ids=tuple(request_ids),
+            model=params.spec.name,
+            dimension=dimension,
+            missing_positions=the_plan.input_positions(failed),
+        )
+    return EmbeddingResult(
+        dense=dense_out,
+        sparse=sparse_out,
+        usage=Usage(tokens),
+        request_ids=tuple(request_ids),
+        model=params.spec.name,
+        dimension=dimension,
+        count=the_plan.input_count,
+    )
+
+
+def _put(
+    column: list[Any] | None,
+    rows: list[list[float]] | list[SparseEmbedding] | None,
+    batch: range,
+    name: str,
+) -> None:
+    if column is None:
+        return
+    if rows is None or len(rows) != len(batch):
+        # The protocol parsers guarantee this; a failure here is a bug, never a gap.
+        raise AssertionError(f"{name} rows do not match batch {batch}")
+    column[batch.start : batch.stop] = rows

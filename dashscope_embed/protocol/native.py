@@ -1,0 +1,114 @@
+"""DashScope's native text-embedding protocol (every feature: text_type, instruct, sparse).
+
+Request::
+
+    POST {base}/services/embeddings/text-embedding/text-embedding
+    {"model": ..., "input": {"texts": [...]}, "parameters": {...}}
+
+Reply::
+
+    {"output": {"embeddings": [{"text_index": 0, "embedding": [...],
+                                "sparse_embedding": [{"index", "value", "token"}]}]},
+     "usage": {"total_tokens": N}, "request_id": "..."}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from dashscope_embed.errors import BadResponseError
+from dashscope_embed.protocol.common import (
+    EmbedParams,
+    HttpRequest,
+    ParsedBatch,
+    check_dense,
+    load_json,
+    place_rows,
+)
+from dashscope_embed.types import SparseEmbedding
+
+TEXT_EMBEDDING_PATH = "/services/embeddings/text-embedding/text-embedding"
+
+
+def build_parameters(params: EmbedParams) -> dict[str, Any]:
+    """Only what is set and what the model understands; nothing wrapped or renamed."""
+    spec = params.spec
+    parameters: dict[str, Any] = {}
+    if params.text_type is not None and spec.supports_text_type:
+        parameters["text_type"] = params.text_type
+    if params.dimension is not None and spec.configurable_dimension:
+        parameters["dimension"] = params.dimension
+    if params.output_type != "dense":
+        parameters["output_type"] = params.output_type
+    if params.instruct is not None:
+        parameters["instruct"] = params.instruct
+    return parameters
+
+
+def build_request(texts: Sequence[str], params: EmbedParams) -> HttpRequest:
+    """The native request for one batch of texts."""
+    return HttpRequest(
+        path=TEXT_EMBEDDING_PATH,
+        body={
+            "model": params.spec.name,
+            "input": {"texts": list(texts)},
+            "parameters": build_parameters(params),
+        },
+    )
+
+
+def parse_reply(content: bytes, expected_rows: int, params: EmbedParams) -> ParsedBatch:
+    """Parse a 2xx native reply; rows placed by ``text_index`` and checked complete."""
+    body = load_json(content)
+    request_id = body.get("request_id") if isinstance(body, dict) else None
+    output = body.get("output") if isinstance(body, dict) else None
+    embeddings = output.get("embeddings") if isinstance(output, dict) else None
+    if not isinstance(embeddings, list):
+        code = body.get("code") if isinstance(body, dict) else None
+        raise BadResponseError(
+            "reply has no output.embeddings list"
+            + (f" (code {code!r}: {body.get('message')!r})" if code else ""),
+            request_id=request_id,
+        )
+    rows: list[tuple[int, Any]] = []
+    for item in embeddings:
+        if not isinstance(item, dict):
+            raise BadResponseError(f"embedding row is not an object: {item!r:.80}", request_id=request_id)
+        rows.append((item.get("text_index"), item))
+    items = place_rows(rows, expected_rows, request_id)
+
+    dense: list[list[float]] | None = None
+    if params.wants_dense:
+        dense = check_dense(
+            [item.get("embedding") for item in items], params.expected_dimension, request_id
+        )
+    sparse: list[SparseEmbedding] | None = None
+    if params.wants_sparse:
+        sparse = [_parse_sparse(item.get("sparse_embedding"), row, request_id) for row, item in enumerate(items)]
+    usage = body.get("usage")
+    tokens = usage.get("total_tokens", 0) if isinstance(usage, dict) else 0
+    return ParsedBatch(
+        dense=dense,
+        sparse=sparse,
+        total_tokens=int(tokens or 0),
+        request_id=request_id,
+    )
+
+
+def _parse_sparse(raw: Any, row: int, request_id: str | None) -> SparseEmbedding:
+    if not isinstance(raw, list):
+        raise BadResponseError(
+            f"row {row}: sparse output was requested but the reply has no sparse_embedding list",
+            request_id=request_id,
+        )
+    try:
+        return SparseEmbedding(
+            indices=[int(entry["index"]) for entry in raw],
+            values=[float(entry["value"]) for entry in raw],
+            tokens=[str(entry.get("token", "")) for entry in raw],
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BadResponseError(
+            f"row {row}: malformed sparse_embedding entry ({exc!r})", request_id=request_id
+        ) from None

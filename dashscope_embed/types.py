@@ -1,0 +1,169 @@
+"""Result objects returned by the client: dense and sparse vectors, usage, request ids."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from dashscope_embed.errors import InvalidInputError
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class SparseEmbedding:
+    """A sparse (lexical) vector: parallel lists of vocabulary ids, weights and tokens.
+
+    ``tokens`` holds the service's readable token for each id (handy for debugging why a
+    document matched); it may be empty strings when the protocol does not carry them.
+    """
+
+    indices: list[int]
+    values: list[float]
+    tokens: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if len(self.indices) != len(self.values):
+            raise ValueError(
+                f"SparseEmbedding: {len(self.indices)} indices but {len(self.values)} values"
+            )
+        if self.tokens and len(self.tokens) != len(self.indices):
+            raise ValueError(
+                f"SparseEmbedding: {len(self.indices)} indices but {len(self.tokens)} tokens"
+            )
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def as_dict(self) -> dict[int, float]:
+        """``{vocabulary id: weight}``; weights of a repeated id are added up."""
+        out: dict[int, float] = {}
+        for index, value in zip(self.indices, self.values):
+            out[index] = out.get(index, 0.0) + value
+        return out
+
+    def top_tokens(self, k: int = 10) -> list[tuple[str, float]]:
+        """The ``k`` heaviest tokens with their weights, heaviest first."""
+        pairs = sorted(
+            zip(self.tokens or [str(i) for i in self.indices], self.values),
+            key=lambda pair: pair[1],
+            reverse=True,
+        )
+        return pairs[:k]
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """What the service billed: input tokens, summed over every request."""
+
+    total_tokens: int = 0
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(self.total_tokens + other.total_tokens)
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddingResult:
+    """Every input's vectors, in input order, plus usage and the service's request ids.
+
+    Attributes:
+        dense: one dense vector per input, or ``None`` when ``output_type="sparse"``.
+        sparse: one sparse vector per input, or ``None`` unless sparse output was asked for.
+        usage: billed tokens over all requests that produced this result.
+        request_ids: one per request sent, for support tickets.
+        model: the model that produced the vectors.
+        dimension: the dense vector length (``None`` with sparse-only output).
+    """
+
+    dense: list[list[float]] | None
+    sparse: list[SparseEmbedding] | None
+    usage: Usage
+    request_ids: tuple[str, ...]
+    model: str
+    dimension: int | None
+    count: int
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __iter__(self) -> Iterator[list[float]]:
+        """Iterate over the dense vectors."""
+        return iter(self.require_dense())
+
+    def require_dense(self) -> list[list[float]]:
+        """The dense vectors; raises if the call asked for sparse output only."""
+        if self.dense is None:
+            raise InvalidInputError(
+                "this result has no dense vectors: it was requested with output_type='sparse'; "
+                "use output_type='dense' or 'dense&sparse'"
+            )
+        return self.dense
+
+    def require_sparse(self) -> list[SparseEmbedding]:
+        """The sparse vectors; raises if the call did not ask for them."""
+        if self.sparse is None:
+            raise InvalidInputError(
+                "this result has no sparse vectors: request output_type='sparse' or "
+                "'dense&sparse' (text-embedding-v3/v4 and qwen3.7 models)"
+            )
+        return self.sparse
+
+
+@dataclass(slots=True)
+class PartialResult:
+    """The finished part of a call that failed in places (see ``PartialEmbeddingError``).
+
+    ``dense[i]`` / ``sparse[i]`` is input ``i``'s vector, or ``None`` where it failed.
+    """
+
+    dense: list[list[float] | None] | None
+    sparse: list[SparseEmbedding | None] | None
+    usage: Usage
+    request_ids: tuple[str, ...]
+    model: str
+    dimension: int | None
+    missing_positions: list[int]
+
+    def __len__(self) -> int:
+        column = self.dense if self.dense is not None else self.sparse
+        return len(column) if column is not None else 0
+
+    def complete_with(self, rest: EmbeddingResult) -> EmbeddingResult:
+        """Fill the missing positions with ``rest`` (the result of embedding exactly the
+        missing texts, in order) and return the whole result."""
+        if len(rest) != len(self.missing_positions):
+            raise InvalidInputError(
+                f"complete_with needs one result per missing input: {len(self.missing_positions)} "
+                f"missing, {len(rest)} given"
+            )
+        dense = _fill(self.dense, rest.dense, self.missing_positions, "dense")
+        sparse = _fill(self.sparse, rest.sparse, self.missing_positions, "sparse")
+        return EmbeddingResult(
+            dense=dense,
+            sparse=sparse,
+            usage=self.usage + rest.usage,
+            request_ids=self.request_ids + rest.request_ids,
+            model=self.model,
+            dimension=self.dimension,
+            count=len(self),
+        )
+
+
+def _fill(
+    column: list[T | None] | None,
+    patch: Sequence[T] | None,
+    positions: Sequence[int],
+    name: str,
+) -> list[T] | None:
+    if column is None:
+        return None
+    if patch is None:
+        raise InvalidInputError(f"complete_with: the partial result has {name} vectors, rest has none")
+    filled = list(column)
+    for position, value in zip(positions, patch):
+        filled[position] = value
+    holes = [i for i, v in enumerate(filled) if v is None]
+    if holes:
+        raise InvalidInputError(f"complete_with: positions {holes[:10]} are still missing")
+    return filled  # type: ignore[return-value]
