@@ -120,7 +120,7 @@ class ClientConfig(BaseModel):
     pickles; with no explicit key, ``DASHSCOPE_API_KEY`` is read at first use.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
 
     api_key: SecretStr | None = Field(default=None, exclude=True, repr=False)
     region: str = Field(

@@ -174,6 +174,9 @@ class JobStore:
         if rest == "/stats" and request.method == "GET":
             with self.app.state.lock:
                 return self._reply(200, self.app.state.stats.as_dict())
+        if rest == "/requests" and request.method == "GET":
+            with self.app.state.lock:
+                return self._reply(200, list(self.app.state.request_log))
         if rest == "/reset" and request.method == "POST":
             self.app.state.reset()
             return self._reply(200, {"reset": True})

@@ -112,8 +112,15 @@ class Emulator:
         result: dict[str, Any] = response.json()
         return result
 
+    def requests(self, path_contains: str = "") -> list[dict[str, Any]]:
+        """Requests received since the last reset (oldest first): method, path, headers
+        (without ``Authorization``) and parsed JSON body. Filter by a path fragment."""
+        response = httpx.get(self.base_url + "/emulator/requests", timeout=10)
+        response.raise_for_status()
+        return [r for r in response.json() if path_contains in r["path"]]
+
     def reset(self) -> None:
-        """Zero the counters and rate windows; settings stay."""
+        """Zero the counters, rate windows and request log; settings stay."""
         httpx.post(self.base_url + "/emulator/reset", timeout=10).raise_for_status()
 
     def configure(self, **changes: Any) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 import threading
 import time
@@ -186,6 +187,21 @@ class EmulatorState:
         self.stats = Stats()
         self.limiter = Limiter(settings)
         self._rng = random.Random(settings.seed)
+        self.request_log: deque[dict[str, Any]] = deque(maxlen=self.REQUEST_LOG_SIZE)
+
+    REQUEST_LOG_SIZE = 5000
+
+    def log_request(self, method: str, path: str, headers: dict[str, str], body: bytes) -> None:
+        """Keep what a client sent (never its key) for tests that check the wire."""
+        try:
+            parsed: Any = json.loads(body) if body else None
+        except (ValueError, UnicodeDecodeError):
+            parsed = None
+        safe_headers = {k: v for k, v in headers.items() if k != "authorization"}
+        with self.lock:
+            self.request_log.append(
+                {"method": method, "path": path, "headers": safe_headers, "json": parsed}
+            )
 
     def roll(self, rate: float) -> bool:
         if rate <= 0:
@@ -198,6 +214,7 @@ class EmulatorState:
             self.stats = Stats()
             self.limiter = Limiter(self.settings)
             self._rng = random.Random(self.settings.seed)
+            self.request_log.clear()
 
     def record_delivered(self, keys: list[bytes]) -> None:
         with self.lock:

@@ -1,0 +1,171 @@
+"""The core client against the emulator over real loopback HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+
+from dashscope_embed import (
+    AuthenticationError,
+    DashScopeClient,
+    ModelSpec,
+    NotFoundError,
+    PartialEmbeddingError,
+    RetryPolicy,
+)
+from dashscope_embed.emulator import Emulator
+
+Factory = Callable[..., DashScopeClient]
+EMBED_PATH = "/api/v1/services/embeddings/text-embedding/text-embedding"
+
+
+def test_every_output_type_round_trips(make_client: Factory) -> None:
+    client = make_client()
+    texts = ["Hybrid search mixes dense and sparse vectors", "稀疏向量适合关键词匹配"]
+    dense = client.embed(texts, dimension=512)
+    assert dense.dimension == 512 and dense.sparse is None
+    assert all(len(v) == 512 for v in dense.require_dense())
+    sparse = client.embed(texts, output_type="sparse")
+    assert sparse.dense is None and len(sparse.require_sparse()) == 2
+    assert "sparse" in sparse.require_sparse()[0].tokens
+    both = client.embed(texts, output_type="dense&sparse", dimension=64)
+    assert len(both.require_dense()[1]) == 64
+    assert both.require_sparse()[1].as_dict() == sparse.require_sparse()[1].as_dict()
+
+
+def test_the_wire_carries_exactly_the_parameters_set(make_client: Factory,
+                                                     dashscope_emulator: Emulator) -> None:
+    client = make_client(workspace="llm-team-a")
+    client.embed([f"q{i}" for i in range(23)], text_type="query", instruct="Find code",
+                 dimension=256, output_type="dense&sparse")
+    sent = dashscope_emulator.requests(EMBED_PATH)
+    assert [len(r["json"]["input"]["texts"]) for r in sent] == [10, 10, 3]
+    for request in sent:
+        assert request["json"]["parameters"] == {
+            "text_type": "query", "dimension": 256, "output_type": "dense&sparse",
+            "instruct": "Find code",
+        }
+        assert request["headers"]["x-dashscope-workspace"] == "llm-team-a"
+        assert "authorization" not in request["headers"]
+
+
+def test_vectors_behave_like_embeddings(make_client: Factory) -> None:
+    client = make_client()
+    docs = ["The cat sat on the mat", "A cat is sitting on a mat", "Stock markets fell sharply"]
+    d = np.array(client.embed(docs, text_type="document").require_dense())
+    assert np.allclose(np.linalg.norm(d, axis=1), 1.0, atol=1e-5)
+    assert d[0] @ d[1] > d[0] @ d[2]
+    q = np.array(client.embed(["cat on a mat"], text_type="query").require_dense()[0])
+    assert int(np.argmax(d @ q)) in (0, 1)
+    same_as_doc = np.array(client.embed([docs[0]], text_type="query").require_dense()[0])
+    assert not np.allclose(same_as_doc, d[0])
+    instructed = np.array(client.embed([docs[0]], text_type="query",
+                                       instruct="Classify the topic").require_dense()[0])
+    assert not np.allclose(instructed, same_as_doc)
+    again = np.array(client.embed(docs, text_type="document").require_dense())
+    assert np.array_equal(again, d)  # deterministic
+
+
+def test_matryoshka_prefix_property(make_client: Factory) -> None:
+    client = make_client()
+    full = np.array(client.embed(["matryoshka"], dimension=2048).require_dense()[0])
+    small = np.array(client.embed(["matryoshka"], dimension=128).require_dense()[0])
+    prefix = full[:128] / np.linalg.norm(full[:128])
+    assert np.allclose(small, prefix, atol=1e-5)
+
+
+def test_openai_compatible_protocol(make_client: Factory, dashscope_emulator: Emulator) -> None:
+    client = make_client(protocol="openai-compatible")
+    result = client.embed(["alpha", "beta", "alpha"], dimension=768)
+    assert len(result) == 3 and len(result.require_dense()[0]) == 768
+    assert result.require_dense()[0] == result.require_dense()[2]
+    native = make_client().embed(["alpha"], dimension=768)
+    assert np.allclose(result.require_dense()[0], native.require_dense()[0], atol=1e-6)
+    sent = dashscope_emulator.requests("/compatible-mode/v1/embeddings")
+    assert sent[0]["json"] == {"model": "text-embedding-v4", "input": ["alpha", "beta"],
+                               "encoding_format": "float", "dimensions": 768}
+
+
+def test_faults_are_retried_without_paying_twice(make_client: Factory,
+                                                 dashscope_emulator: Emulator) -> None:
+    dashscope_emulator.configure(error_rate=0.25, drop_rate=0.15, seed=7)
+    client = make_client(max_concurrency=4, retry=RetryPolicy(
+        max_retries=10, initial_delay=0.001, max_delay=0.01, total_timeout=30))
+    texts = [f"document number {i}" for i in range(300)]
+    result = client.embed(texts, dimension=64)
+    stats = dashscope_emulator.stats()
+    assert stats["injected_errors"] > 0 and stats["dropped_connections"] > 0
+    assert stats["duplicate_embeddings"] == 0
+    assert stats["texts_delivered"] == 300
+    dashscope_emulator.configure(error_rate=0.0, drop_rate=0.0)
+    clean = make_client().embed(texts, dimension=64)
+    assert result.require_dense() == clean.require_dense()  # nothing lost or misplaced
+
+
+def test_throttling_with_retry_after_is_waited_out(make_client: Factory,
+                                                  dashscope_emulator: Emulator) -> None:
+    dashscope_emulator.configure(max_concurrency=1, latency=0.02, throttle_retry_after=0.05)
+    result = make_client(max_concurrency=4).embed([f"t{i}" for i in range(60)])
+    stats = dashscope_emulator.stats()
+    assert len(result) == 60
+    assert stats["throttled"] > 0 and stats["by_status"]["429"] == stats["throttled"]
+    assert stats["peak_concurrency"] == 1 and stats["duplicate_embeddings"] == 0
+
+
+def test_wrong_key_is_an_authentication_error_with_request_id(make_client: Factory) -> None:
+    with pytest.raises(AuthenticationError) as info:
+        make_client(api_key="sk-not-the-emulators").embed(["x"])
+    assert info.value.status_code == 401 and info.value.code == "InvalidApiKey"
+    assert info.value.request_id
+
+
+def test_unknown_model_described_by_a_spec_reaches_the_service(make_client: Factory) -> None:
+    spec = ModelSpec(name="text-embedding-v9", max_rows=4, max_tokens_per_row=100,
+                     dimensions=(256,), default_dimension=256)
+    with pytest.raises(NotFoundError, match="Model not exist"):
+        make_client().embed(["x"], model=spec)
+
+
+def test_service_400_on_one_batch_leaves_the_others_done(make_client: Factory,
+                                                         dashscope_emulator: Emulator) -> None:
+    # The client's token estimate is the service's business; a too-long text is the
+    # service's 400, and it must not cost the other batches.
+    texts = [f"short {i}" for i in range(30)]
+    texts[25] = "word " * 9000
+    with pytest.raises(PartialEmbeddingError) as info:
+        make_client().embed(texts)
+    assert info.value.failed_positions == list(range(20, 30))
+    assert dashscope_emulator.stats()["texts_delivered"] == 20
+
+
+async def test_async_is_concurrent_and_bounded(make_client: Factory,
+                                               dashscope_emulator: Emulator) -> None:
+    dashscope_emulator.configure(latency=0.05)
+    client = make_client(max_concurrency=3)
+    texts = [f"async text {i}" for i in range(120)]
+    result = await client.aembed(texts, text_type="document")
+    stats = dashscope_emulator.stats()
+    assert len(result) == 120
+    assert stats["peak_concurrency"] == 3
+    sync = make_client().embed(texts, text_type="document")
+    assert result.require_dense() == sync.require_dense()
+
+
+def test_async_client_survives_several_event_loops(make_client: Factory) -> None:
+    client = make_client()
+    first = asyncio.run(client.aembed(["loop one"]))
+    second = asyncio.run(client.aembed(["loop two"]))
+    assert len(first) == len(second) == 1
+
+
+def test_unpickled_client_embeds_with_the_workers_key(make_client: Factory,
+                                                      dashscope_emulator: Emulator,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import pickle
+
+    clone = pickle.loads(pickle.dumps(make_client()))
+    monkeypatch.setenv("DASHSCOPE_API_KEY", dashscope_emulator.api_key)
+    assert len(clone.embed(["from a worker"])) == 1
