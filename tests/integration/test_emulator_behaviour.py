@@ -1,0 +1,245 @@
+"""The emulator's validation, faults, limits and stats, driven with raw HTTP."""
+
+from __future__ import annotations
+
+import base64
+import subprocess
+import sys
+import time
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from dashscope_embed.emulator import Emulator
+from dashscope_embed.emulator.server import free_port
+
+EMBED = "/api/v1/services/embeddings/text-embedding/text-embedding"
+COMPAT = "/compatible-mode/v1/embeddings"
+
+
+def post(emu: Emulator, path: str, body: Any, key: str | None = "default",
+         headers: dict[str, str] | None = None) -> httpx.Response:
+    all_headers = dict(headers or {})
+    if key is not None:
+        all_headers["Authorization"] = f"Bearer {emu.api_key if key == 'default' else key}"
+    if isinstance(body, bytes):
+        return httpx.post(emu.base_url + path, content=body, headers=all_headers, timeout=30)
+    return httpx.post(emu.base_url + path, json=body, headers=all_headers, timeout=30)
+
+
+def native(texts: Any, model: str = "text-embedding-v4", **parameters: Any) -> dict[str, Any]:
+    return {"model": model, "input": {"texts": texts}, "parameters": parameters}
+
+
+@pytest.mark.parametrize(
+    ("key", "message"),
+    [(None, "No API-key provided."), ("not-a-dashscope-key", "Invalid API-key provided."),
+     ("sk-someone-elses", "Invalid API-key provided.")],
+)
+def test_native_auth_errors(dashscope_emulator: Emulator, key: str | None, message: str) -> None:
+    response = post(dashscope_emulator, EMBED, native(["x"]), key=key)
+    assert response.status_code == 401
+    body = response.json()
+    assert body["code"] == "InvalidApiKey" and body["message"] == message
+    assert body["request_id"] == response.headers["x-request-id"]
+
+
+def test_compatible_auth_error_has_openai_shape(dashscope_emulator: Emulator) -> None:
+    response = post(dashscope_emulator, COMPAT, {"model": "text-embedding-v4", "input": "x"},
+                    key="sk-wrong")
+    assert response.status_code == 401
+    body = response.json()
+    assert body["error"]["code"] == "invalid_api_key"
+    assert body["error"]["type"] == "invalid_request_error"
+    assert body["id"] == body["request_id"]
+
+
+def test_any_sk_key_works_when_none_was_configured() -> None:
+    with Emulator(api_key=None) as emu:
+        assert post(emu, EMBED, native(["x"]), key="sk-anything").status_code == 200
+        assert post(emu, EMBED, native(["x"]), key="anything").status_code == 401
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        (native(["x"] * 11), "batch size is invalid, it should not be larger than 10.: input.contents"),
+        (native(["x"] * 26, model="text-embedding-v2"),
+         "it should not be larger than 25.: payload.input.contents"),
+        (native([]), "Input should not be empty"),
+        (native(["ok", "  "]), "The content is empty, please check your input.: input.contents[1]"),
+        (native(["word " * 8200]), "Range of input length should be [1, 8192]"),
+        (native(["x"], dimension=100), "Dimension should be one of [2048, 1536"),
+        (native(["x"], model="text-embedding-v3", dimension=2048), "Dimension should be one of [1024"),
+        (native(["x"], output_type="both"), "output_type should be one of"),
+        (native(["x"], text_type="passage"), "text_type should be one of"),
+        (native(["x"], model="text-embedding-v0"), "Model not exist."),
+        (b"{not json", "not valid JSON"),
+        ({"model": "text-embedding-v4", "input": {}}, "input.texts"),
+    ],
+)
+def test_native_validation_matches_the_service(dashscope_emulator: Emulator, body: Any,
+                                               fragment: str) -> None:
+    response = post(dashscope_emulator, EMBED, body)
+    assert response.status_code == 400, response.text
+    assert response.json()["code"] == "InvalidParameter"
+    assert fragment in response.json()["message"]
+
+
+def test_legacy_models_ignore_dimension_and_output_type(dashscope_emulator: Emulator) -> None:
+    response = post(dashscope_emulator, EMBED,
+                    native(["x"], model="text-embedding-v1", dimension=512, output_type="sparse"))
+    assert response.status_code == 200
+    row = response.json()["output"]["embeddings"][0]
+    assert len(row["embedding"]) == 1536 and "sparse_embedding" not in row
+
+
+def test_async_models_refuse_synchronous_calls(dashscope_emulator: Emulator) -> None:
+    response = post(dashscope_emulator, EMBED, native(["x"], model="text-embedding-async-v2"))
+    assert response.status_code == 403
+    assert "does not support synchronous calls" in response.json()["message"]
+
+
+def test_compatible_validation_wording(dashscope_emulator: Emulator) -> None:
+    response = post(dashscope_emulator, COMPAT,
+                    {"model": "text-embedding-v4", "input": ["x"] * 11})
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["message"] == ("<400> InternalError.Algo.InvalidParameter: Value error, batch "
+                                "size is invalid, it should not be larger than 10.: input.contents")
+    assert error["code"] == "InvalidParameter"
+    tokens = post(dashscope_emulator, COMPAT, {"model": "text-embedding-v4", "input": [[1, 2, 3]]})
+    assert tokens.status_code == 400 and "neither str nor list of str" in tokens.text
+    missing = post(dashscope_emulator, COMPAT, {"model": "nope", "input": "x"})
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found"
+
+
+def test_compatible_base64_is_little_endian_float32(dashscope_emulator: Emulator) -> None:
+    body = {"model": "text-embedding-v4", "input": ["base64 please"], "dimensions": 64}
+    as_float = post(dashscope_emulator, COMPAT, {**body, "encoding_format": "float"}).json()
+    as_b64 = post(dashscope_emulator, COMPAT, {**body, "encoding_format": "base64"}).json()
+    decoded = np.frombuffer(base64.b64decode(as_b64["data"][0]["embedding"]), dtype="<f4")
+    assert np.allclose(decoded, as_float["data"][0]["embedding"], atol=1e-7)
+    assert as_float["usage"]["prompt_tokens"] == as_float["usage"]["total_tokens"] > 0
+    assert as_float["object"] == "list" and as_float["data"][0]["object"] == "embedding"
+
+
+def test_usage_counts_tokens_consistently(dashscope_emulator: Emulator) -> None:
+    one = post(dashscope_emulator, EMBED, native(["alpha beta"])).json()["usage"]["total_tokens"]
+    two = post(dashscope_emulator, EMBED, native(["gamma delta"])).json()["usage"]["total_tokens"]
+    both = post(dashscope_emulator, EMBED,
+                native(["alpha beta", "gamma delta"])).json()["usage"]["total_tokens"]
+    assert both == one + two and one == 3  # two words + the end-of-text token v4 bills
+    v2 = post(dashscope_emulator, EMBED, native(["alpha beta"], model="text-embedding-v2"))
+    assert v2.json()["usage"]["total_tokens"] == 2
+
+
+def test_sparse_entries_have_index_value_token(dashscope_emulator: Emulator) -> None:
+    rows = post(dashscope_emulator, EMBED, native(["wind and sorrow wind"], output_type="sparse"))
+    row = rows.json()["output"]["embeddings"][0]
+    assert "embedding" not in row
+    entries = {e["token"]: e for e in row["sparse_embedding"]}
+    assert set(entries) == {"wind", "and", "sorrow"}
+    assert entries["wind"]["value"] > entries["sorrow"]["value"] > entries["and"]["value"]
+    assert all(isinstance(e["index"], int) for e in entries.values())
+
+
+def test_rpm_limit_answers_429_with_retry_after(dashscope_emulator: Emulator) -> None:
+    dashscope_emulator.configure(rpm=3)
+    codes = [post(dashscope_emulator, EMBED, native([f"t{i}"])).status_code for i in range(4)]
+    assert codes == [200, 200, 200, 429]
+    throttled = post(dashscope_emulator, EMBED, native(["again"]))
+    assert throttled.json()["code"] == "Throttling.RateQuota"
+    assert 1 <= int(throttled.headers["retry-after"]) <= 60
+    assert int(throttled.headers["retry-after-ms"]) > 0
+
+
+def test_tpm_limit_answers_429_allocation_quota(dashscope_emulator: Emulator) -> None:
+    dashscope_emulator.configure(tpm=10)
+    assert post(dashscope_emulator, EMBED, native(["one two three four five"])).status_code == 200
+    response = post(dashscope_emulator, EMBED, native(["six seven eight nine ten"]))
+    assert response.status_code == 429
+    assert response.json()["code"] == "Throttling.AllocationQuota"
+    compat = post(dashscope_emulator, COMPAT, {"model": "text-embedding-v4", "input": "u v w x y z"})
+    assert compat.json()["error"]["code"] == "insufficient_quota"
+
+
+def test_concurrency_cap_answers_429(dashscope_emulator: Emulator) -> None:
+    import concurrent.futures
+
+    dashscope_emulator.configure(max_concurrency=2, latency=0.3)
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        codes = list(pool.map(lambda i: post(dashscope_emulator, EMBED, native([f"c{i}"])).status_code,
+                              range(6)))
+    assert codes.count(200) >= 2 and codes.count(429) >= 1
+    assert dashscope_emulator.stats()["peak_concurrency"] == 2
+
+
+def test_injected_500s_and_dropped_connections(dashscope_emulator: Emulator) -> None:
+    dashscope_emulator.configure(error_rate=1.0)
+    response = post(dashscope_emulator, EMBED, native(["x"]))
+    assert response.status_code == 500 and response.json()["code"] == "InternalError"
+    dashscope_emulator.configure(error_rate=0.0, drop_rate=1.0)
+    with pytest.raises(httpx.RemoteProtocolError):
+        post(dashscope_emulator, EMBED, native(["y"]))
+    stats = dashscope_emulator.stats()
+    assert stats["injected_errors"] == 1 and stats["dropped_connections"] == 1
+    assert stats["wasted_embeddings"] == 1 and stats["texts_delivered"] == 0
+
+
+def test_latency_is_added(dashscope_emulator: Emulator) -> None:
+    dashscope_emulator.configure(latency=0.2, latency_per_text=0.02)
+    started = time.monotonic()
+    post(dashscope_emulator, EMBED, native([f"l{i}" for i in range(10)]))
+    assert time.monotonic() - started >= 0.4
+
+
+def test_stats_count_duplicate_embeddings(dashscope_emulator: Emulator) -> None:
+    post(dashscope_emulator, EMBED, native(["same", "other"]))
+    post(dashscope_emulator, EMBED, native(["same"]))
+    post(dashscope_emulator, EMBED, native(["same"], text_type="query"))  # other parameters
+    stats = dashscope_emulator.stats()
+    assert stats["texts_delivered"] == 4 and stats["duplicate_embeddings"] == 1
+    assert stats["requests"] == 3 and stats["by_status"] == {"200": 3}
+    assert stats["max_rows_seen"] == 2
+
+
+def test_faults_follow_the_seed() -> None:
+    def pattern(seed: int) -> list[int]:
+        with Emulator(error_rate=0.5, seed=seed) as emu:
+            return [post(emu, EMBED, native([f"s{i}"])).status_code for i in range(12)]
+
+    assert pattern(3) == pattern(3)
+    assert pattern(3) != pattern(4)
+
+
+def test_paths_behind_a_proxy_prefix_are_served(dashscope_emulator: Emulator) -> None:
+    response = post(dashscope_emulator, "/gateway/dashscope" + EMBED, native(["x"]))
+    assert response.status_code == 200
+
+
+def test_command_line_serves_until_stopped() -> None:
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dashscope_embed.emulator", "--port", str(port), "--latency", "0.01",
+         "--api-key", "sk-cli"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                response = httpx.post(f"http://127.0.0.1:{port}{EMBED}", json=native(["cli"]),
+                                      headers={"Authorization": "Bearer sk-cli"}, timeout=5)
+                break
+            except httpx.TransportError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        assert response.status_code == 200
+        assert len(response.json()["output"]["embeddings"][0]["embedding"]) == 1024
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
