@@ -65,4 +65,6 @@ __all__ = [
     "Usage",
     "__version__",
     "is_retryable",
+    "make_config",
+    "resolve_model",
 ]

@@ -124,8 +124,9 @@ class ClientConfig(BaseModel):
 
     api_key: SecretStr | None = Field(default=None, exclude=True, repr=False)
     region: str = Field(
-        default_factory=lambda: _first_env("DASHSCOPE_REGION", "DASHSCOPE_API_REGION")
-        or "cn-beijing",
+        default_factory=lambda: (
+            _first_env("DASHSCOPE_REGION", "DASHSCOPE_API_REGION") or "cn-beijing"
+        ),
         description="Region id (cn-beijing, ap-southeast-1, cn-hongkong, ...) or alias.",
     )
     base_url: str | None = Field(
@@ -184,9 +185,7 @@ class ClientConfig(BaseModel):
     @model_validator(mode="after")
     def _refuse_clear_text_key(self) -> ClientConfig:
         url = httpx.URL(self.root_url)
-        if url.scheme == "http" and not self.allow_insecure_http and not is_loopback_host(
-            url.host
-        ):
+        if url.scheme == "http" and not self.allow_insecure_http and not is_loopback_host(url.host):
             raise ValueError(
                 f"base_url {self.root_url!r} uses plain http to a non-loopback host, which "
                 "would send the API key in clear text; use https, or pass "

@@ -44,9 +44,7 @@ def _stops_everything(error: BaseException) -> bool:
 
 
 def _log_retry(job_index: int, attempt: int, delay: float, error: BaseException) -> None:
-    logger.warning(
-        "request %d failed (%s); retry %d in %.2fs", job_index, error, attempt, delay
-    )
+    logger.warning("request %d failed (%s); retry %d in %.2fs", job_index, error, attempt, delay)
 
 
 class Engine:
@@ -69,7 +67,7 @@ class Engine:
                 return
             try:
                 outcome.replies[index] = self._send_with_retry(index, jobs[index], send, stop)
-            except Exception as exc:  # noqa: BLE001 - every failure is recorded per job
+            except Exception as exc:
                 outcome.errors.append((index, exc))
                 if _stops_everything(exc):
                     stop.set()
@@ -106,9 +104,7 @@ class Engine:
                     raise
 
     # ---------------------------------------------------------------- async
-    async def arun(
-        self, jobs: Sequence[Job], send: Callable[[Job], Awaitable[Reply]]
-    ) -> Outcome:
+    async def arun(self, jobs: Sequence[Job], send: Callable[[Job], Awaitable[Reply]]) -> Outcome:
         """Async twin of :meth:`run`: at most ``max_concurrency`` requests in flight."""
         outcome = Outcome(replies=[None] * len(jobs))
         stop = asyncio.Event()
@@ -122,7 +118,7 @@ class Engine:
                     outcome.replies[index] = await self._asend_with_retry(
                         index, jobs[index], send, stop
                     )
-                except Exception as exc:  # noqa: BLE001 - recorded per job
+                except Exception as exc:
                     outcome.errors.append((index, exc))
                     if _stops_everything(exc):
                         stop.set()

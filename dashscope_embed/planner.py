@@ -59,9 +59,7 @@ def resolve_params(
                 f"(supported: {list(spec.output_types)})",
             )
         )
-    if dimension is not None and (
-        isinstance(dimension, bool) or not isinstance(dimension, int)
-    ):
+    if dimension is not None and (isinstance(dimension, bool) or not isinstance(dimension, int)):
         problems.append(InputProblem(None, f"dimension must be an int, got {dimension!r}"))
     elif dimension is not None and dimension not in spec.dimensions:
         problems.append(
@@ -207,7 +205,7 @@ def assemble(
     tokens = 0
     request_ids: list[str] = []
     failed: list[range] = []
-    for batch, reply in zip(the_plan.batches, replies):
+    for batch, reply in zip(the_plan.batches, replies, strict=True):
         if reply is None:
             failed.append(batch)
             continue

@@ -47,8 +47,8 @@ class RetryPolicy:
         """
         if not is_retryable(error) or attempt > self.max_retries:
             return None
-        draw = (rng or random).random()
-        ceiling = min(self.max_delay, self.initial_delay * (2 ** (attempt - 1)))
+        draw = rng.random() if rng is not None else random.random()
+        ceiling = min(self.max_delay, self.initial_delay * 2.0 ** (attempt - 1))
         delay = ceiling * draw
         retry_after = error.retry_after if isinstance(error, APIError) else None
         if retry_after is not None:

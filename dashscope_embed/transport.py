@@ -24,7 +24,9 @@ from dashscope_embed.protocol.common import parse_error_reply
 
 logger = logging.getLogger("dashscope_embed")
 
-USER_AGENT = f"dashscope-embed/{__version__} httpx/{httpx.__version__} python/{platform.python_version()}"
+USER_AGENT = (
+    f"dashscope-embed/{__version__} httpx/{httpx.__version__} python/{platform.python_version()}"
+)
 
 
 def encode_body(body: dict[str, Any]) -> bytes:
@@ -100,7 +102,9 @@ class Transport:
             self._async_clients[loop] = client
         return client
 
-    def post(self, url: str, body: dict[str, Any], extra_headers: dict[str, str] | None = None) -> bytes:
+    def post(
+        self, url: str, body: dict[str, Any], extra_headers: dict[str, str] | None = None
+    ) -> bytes:
         """POST JSON; return the 2xx body or raise the typed error."""
         headers = self.headers() | (extra_headers or {})
         content = encode_body(body)

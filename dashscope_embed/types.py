@@ -39,14 +39,14 @@ class SparseEmbedding:
     def as_dict(self) -> dict[int, float]:
         """``{vocabulary id: weight}``; weights of a repeated id are added up."""
         out: dict[int, float] = {}
-        for index, value in zip(self.indices, self.values):
+        for index, value in zip(self.indices, self.values, strict=True):
             out[index] = out.get(index, 0.0) + value
         return out
 
     def top_tokens(self, k: int = 10) -> list[tuple[str, float]]:
         """The ``k`` heaviest tokens with their weights, heaviest first."""
         pairs = sorted(
-            zip(self.tokens or [str(i) for i in self.indices], self.values),
+            zip(self.tokens or [str(i) for i in self.indices], self.values, strict=True),
             key=lambda pair: pair[1],
             reverse=True,
         )
@@ -159,9 +159,11 @@ def _fill(
     if column is None:
         return None
     if patch is None:
-        raise InvalidInputError(f"complete_with: the partial result has {name} vectors, rest has none")
+        raise InvalidInputError(
+            f"complete_with: the partial result has {name} vectors, rest has none"
+        )
     filled = list(column)
-    for position, value in zip(positions, patch):
+    for position, value in zip(positions, patch, strict=True):
         filled[position] = value
     holes = [i for i, v in enumerate(filled) if v is None]
     if holes:

@@ -45,8 +45,12 @@ TEXT_EMBEDDING = "/services/embeddings/text-embedding/text-embedding"
 MULTIMODAL_EMBEDDING = "/services/embeddings/multimodal-embedding/multimodal-embedding"
 
 # Models that bill the end-of-text token Qwen3-Embedding appends (see the API notes).
-EOS_BILLED = ("text-embedding-v3", "text-embedding-v4", "qwen3.7-text-embedding",
-               "qwen3.7-text-embedding-flash")
+EOS_BILLED = (
+    "text-embedding-v3",
+    "text-embedding-v4",
+    "qwen3.7-text-embedding",
+    "qwen3.7-text-embedding-flash",
+)
 
 
 class ServiceError(Exception):
@@ -169,17 +173,24 @@ class EmulatorApp:
         expected = self.settings.api_key
         if not key:
             raise ServiceError(
-                401, "InvalidApiKey", "No API-key provided.",
-                compatible_code="invalid_api_key", compatible_type="invalid_request_error",
+                401,
+                "InvalidApiKey",
+                "No API-key provided.",
+                compatible_code="invalid_api_key",
+                compatible_type="invalid_request_error",
             )
         if not key.startswith("sk-") or (expected is not None and key != expected):
             message = (
-                "Incorrect API key provided. " if protocol == COMPATIBLE_PREFIX
+                "Incorrect API key provided. "
+                if protocol == COMPATIBLE_PREFIX
                 else "Invalid API-key provided."
             )
             raise ServiceError(
-                401, "InvalidApiKey", message,
-                compatible_code="invalid_api_key", compatible_type="invalid_request_error",
+                401,
+                "InvalidApiKey",
+                message,
+                compatible_code="invalid_api_key",
+                compatible_type="invalid_request_error",
             )
 
     async def _route_native(self, request: Request, rest: str) -> Reply:
@@ -201,7 +212,9 @@ class EmulatorApp:
         if rest.startswith(("/files", "/batches")):
             return await self.jobs.route_batch_api(request, rest)
         raise ServiceError(
-            404, "NotFound", f"No route for {request.method} {COMPATIBLE_PREFIX}{rest}",
+            404,
+            "NotFound",
+            f"No route for {request.method} {COMPATIBLE_PREFIX}{rest}",
             compatible_code="not_found",
         )
 
@@ -264,8 +277,9 @@ class EmulatorApp:
         dimension = self.dimension_for(spec, body.get("dimensions"), "dimensions")
         rows = self.check_texts(spec, texts, "input")
         as_base64 = encoding == "base64" and not self.settings.base64_as_float
-        return TextJob(spec, rows, None, None, dimension, "dense", compatible=True,
-                       as_base64=as_base64)
+        return TextJob(
+            spec, rows, None, None, dimension, "dense", compatible=True, as_base64=as_base64
+        )
 
     # ------------------------------------------------------------------ shared pieces
     def text_model(self, name: Any, *, compatible: bool) -> ModelSpec:
@@ -275,14 +289,16 @@ class EmulatorApp:
         if spec is None:
             if compatible:
                 raise ServiceError(
-                    404, "model_not_found",
+                    404,
+                    "model_not_found",
                     f"The model `{name}` does not exist or you do not have access to it.",
                     compatible_type="invalid_request_error",
                 )
             raise invalid("Model not exist.", "model")
         if spec.kind == "async-batch":
-            raise ServiceError(403, "AccessDenied",
-                               "Current user api does not support synchronous calls.")
+            raise ServiceError(
+                403, "AccessDenied", "Current user api does not support synchronous calls."
+            )
         if spec.kind != "text" or (compatible and not spec.openai_compatible):
             raise invalid(f"Model {name} is not supported by this API.", "model")
         return spec
@@ -315,9 +331,12 @@ class EmulatorApp:
     async def serve_texts(self, request: Request, job: TextJob) -> Reply:
         """Limits, faults and latency, then the job's vectors: one path for both protocols."""
         return await self.serve_work(
-            request, len(job.texts), job.tokens,
+            request,
+            len(job.texts),
+            job.tokens,
             lambda: Response.json(200, job.payload(request.request_id)),
-            job.keys, compatible=job.compatible,
+            job.keys,
+            compatible=job.compatible,
         )
 
     async def serve_work(
@@ -337,10 +356,13 @@ class EmulatorApp:
             with state.lock:
                 state.stats.throttled += 1
             raise ServiceError(
-                429, throttle.code, throttle.message,
+                429,
+                throttle.code,
+                throttle.message,
                 headers=retry_after_headers(throttle.retry_after),
                 compatible_code=(
-                    "insufficient_quota" if throttle.code == "Throttling.AllocationQuota"
+                    "insufficient_quota"
+                    if throttle.code == "Throttling.AllocationQuota"
                     else "rate_limit_exceeded"
                 ),
                 compatible_type=throttle.code,
@@ -348,14 +370,16 @@ class EmulatorApp:
         try:
             with state.lock:
                 state.stats.in_flight += 1
-                state.stats.peak_concurrency = max(state.stats.peak_concurrency,
-                                                   state.stats.in_flight)
+                state.stats.peak_concurrency = max(
+                    state.stats.peak_concurrency, state.stats.in_flight
+                )
                 state.stats.max_rows_seen = max(state.stats.max_rows_seen, rows)
             if state.roll(self.settings.error_rate):
                 with state.lock:
                     state.stats.injected_errors += 1
-                raise ServiceError(500, "InternalError",
-                                   "An internal error has occured, please try again later.")
+                raise ServiceError(
+                    500, "InternalError", "An internal error has occured, please try again later."
+                )
             delay = self.settings.latency + self.settings.latency_per_text * rows
             if delay > 0:
                 await asyncio.sleep(delay)
@@ -383,7 +407,9 @@ def line_problem(spec: ModelSpec, text: Any) -> str | None:
         return "The content is empty, please check your input."
     tokens = vectors.count_tokens(text, end_of_text=spec.name in EOS_BILLED)
     if tokens > spec.max_tokens_per_row:
-        return f"Range of input length should be [1, {spec.max_tokens_per_row}], got {tokens} tokens."
+        return (
+            f"Range of input length should be [1, {spec.max_tokens_per_row}], got {tokens} tokens."
+        )
     return None
 
 
@@ -411,15 +437,25 @@ class TextJob:
 
     def dense(self, text: str) -> np.ndarray:
         return vectors.text_vector(
-            self.spec.name, text, self.dimension, text_type=self.effective_text_type,
-            instruct=self.instruct, full_size=self.spec.max_dimension,
+            self.spec.name,
+            text,
+            self.dimension,
+            text_type=self.effective_text_type,
+            instruct=self.instruct,
+            full_size=self.spec.max_dimension,
         )
 
     def keys(self) -> list[bytes]:
         instruct = self.instruct if self.effective_text_type == "query" else None
         return [
-            embedding_key(self.spec.name, t, self.effective_text_type, instruct,
-                          self.dimension, self.output_type)
+            embedding_key(
+                self.spec.name,
+                t,
+                self.effective_text_type,
+                instruct,
+                self.dimension,
+                self.output_type,
+            )
             for t in self.texts
         ]
 
@@ -430,12 +466,18 @@ class TextJob:
                 vec = self.dense(text)
                 value: Any = (
                     base64.b64encode(vec.astype("<f4").tobytes()).decode("ascii")
-                    if self.as_base64 else vec.tolist()
+                    if self.as_base64
+                    else vec.tolist()
                 )
                 data.append({"embedding": value, "index": i, "object": "embedding"})
             tokens = self.tokens
-            return {"data": data, "model": self.spec.name, "object": "list",
-                    "usage": {"prompt_tokens": tokens, "total_tokens": tokens}, "id": request_id}
+            return {
+                "data": data,
+                "model": self.spec.name,
+                "object": "list",
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+                "id": request_id,
+            }
         items = []
         for i, text in enumerate(self.texts):
             item: dict[str, Any] = {"text_index": i}
@@ -444,8 +486,11 @@ class TextJob:
             if self.output_type != "dense":
                 item["sparse_embedding"] = vectors.sparse_vector(text)
             items.append(item)
-        return {"output": {"embeddings": items}, "usage": {"total_tokens": self.tokens},
-                "request_id": request_id}
+        return {
+            "output": {"embeddings": items},
+            "usage": {"total_tokens": self.tokens},
+            "request_id": request_id,
+        }
 
 
 def parse_json_object(raw: bytes) -> dict[str, Any]:
@@ -463,7 +508,7 @@ def _split_path(path: str) -> tuple[str | None, str]:
     for marker in (NATIVE_PREFIX, COMPATIBLE_PREFIX, EMULATOR_PREFIX):
         position = path.find(marker + "/")
         if position >= 0:
-            return marker, path[position + len(marker):].rstrip("/") or "/"
+            return marker, path[position + len(marker) :].rstrip("/") or "/"
         if path.endswith(marker):
             return marker, "/"
     return None, path

@@ -84,7 +84,11 @@ class Response:
         await send({"type": "http.response.start", "status": self.status, "headers": headers})
         if drop:
             await send(
-                {"type": "http.response.body", "body": self.body[: len(self.body) // 2], "more_body": True}
+                {
+                    "type": "http.response.body",
+                    "body": self.body[: len(self.body) // 2],
+                    "more_body": True,
+                }
             )
             raise DroppedConnection
         await send({"type": "http.response.body", "body": self.body})

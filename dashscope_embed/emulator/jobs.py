@@ -49,8 +49,12 @@ class StoredFile:
 
     def describe(self) -> dict[str, Any]:
         return {
-            "id": self.id, "object": "file", "bytes": len(self.content),
-            "filename": self.filename, "purpose": self.purpose, "status": "processed",
+            "id": self.id,
+            "object": "file",
+            "bytes": len(self.content),
+            "filename": self.filename,
+            "purpose": self.purpose,
+            "status": "processed",
             "created_at": self.created_at,
         }
 
@@ -87,8 +91,11 @@ class Task:
         if self.end_time is not None:
             out["end_time"] = _beijing_time(self.end_time)
         if self.status != "PENDING":
-            out["task_metrics"] = {"TOTAL": self.total, "SUCCEEDED": self.succeeded,
-                                   "FAILED": self.failed}
+            out["task_metrics"] = {
+                "TOTAL": self.total,
+                "SUCCEEDED": self.succeeded,
+                "FAILED": self.failed,
+            }
         if self.result_url:
             out["url"] = self.result_url
         if self.code:
@@ -123,16 +130,29 @@ class Batch:
 
     def describe(self) -> dict[str, Any]:
         return {
-            "id": self.id, "object": "batch", "endpoint": self.endpoint, "errors": self.errors,
-            "input_file_id": self.input_file_id, "completion_window": self.completion_window,
-            "status": self.status, "output_file_id": self.output_file_id,
-            "error_file_id": self.error_file_id, "created_at": self.created_at,
-            "in_progress_at": self.in_progress_at, "expires_at": None,
-            "finalizing_at": self.finalizing_at, "completed_at": self.completed_at,
-            "failed_at": self.failed_at, "expired_at": None,
-            "cancelling_at": self.cancelling_at, "cancelled_at": self.cancelled_at,
-            "request_counts": {"total": self.total, "completed": self.completed,
-                               "failed": self.failed},
+            "id": self.id,
+            "object": "batch",
+            "endpoint": self.endpoint,
+            "errors": self.errors,
+            "input_file_id": self.input_file_id,
+            "completion_window": self.completion_window,
+            "status": self.status,
+            "output_file_id": self.output_file_id,
+            "error_file_id": self.error_file_id,
+            "created_at": self.created_at,
+            "in_progress_at": self.in_progress_at,
+            "expires_at": None,
+            "finalizing_at": self.finalizing_at,
+            "completed_at": self.completed_at,
+            "failed_at": self.failed_at,
+            "expired_at": None,
+            "cancelling_at": self.cancelling_at,
+            "cancelled_at": self.cancelled_at,
+            "request_counts": {
+                "total": self.total,
+                "completed": self.completed,
+                "failed": self.failed,
+            },
             "metadata": self.metadata,
         }
 
@@ -183,12 +203,19 @@ class JobStore:
         if rest == "/health":
             return self._reply(200, {"status": "ok"})
         if rest.startswith("/files/"):
-            name = unquote(rest[len("/files/"):])
+            name = unquote(rest[len("/files/") :])
             if request.method in ("PUT", "POST"):
-                self.files[name] = StoredFile(name, name.rsplit("/", 1)[-1], "emulator",
-                                              request.body)
-                return self._reply(200, {"name": name, "bytes": len(request.body),
-                                         "url": f"{request.origin}/emulator/files/{name}"})
+                self.files[name] = StoredFile(
+                    name, name.rsplit("/", 1)[-1], "emulator", request.body
+                )
+                return self._reply(
+                    200,
+                    {
+                        "name": name,
+                        "bytes": len(request.body),
+                        "url": f"{request.origin}/emulator/files/{name}",
+                    },
+                )
             if request.method == "GET":
                 stored = self.files.get(name)
                 if stored is None:
@@ -216,8 +243,9 @@ class JobStore:
         if spec is None:
             raise invalid("Model not exist.", "model")
         if spec.kind != "async-batch":
-            raise ServiceError(403, "AccessDenied",
-                               "Current user api does not support asynchronous calls.")
+            raise ServiceError(
+                403, "AccessDenied", "Current user api does not support asynchronous calls."
+            )
         payload = body.get("input")
         url = payload.get("url") if isinstance(payload, dict) else None
         if not isinstance(url, str) or not url:
@@ -230,13 +258,22 @@ class JobStore:
         if active >= MAX_QUEUED_TASKS:
             raise ServiceError(429, "Throttling", "Too many tasks queued, please try again later.")
         task = Task(
-            task_id=str(uuid.uuid4()), model=spec.name, input_url=url, text_type=text_type,
-            origin=request.origin, request_id=request.request_id,
+            task_id=str(uuid.uuid4()),
+            model=spec.name,
+            input_url=url,
+            text_type=text_type,
+            origin=request.origin,
+            request_id=request.request_id,
         )
         self.tasks[task.task_id] = task
         task.runner = asyncio.get_running_loop().create_task(self._run_task(task, spec))
-        return self._reply(200, {"output": {"task_status": "PENDING", "task_id": task.task_id},
-                                 "request_id": request.request_id})
+        return self._reply(
+            200,
+            {
+                "output": {"task_status": "PENDING", "task_id": task.task_id},
+                "request_id": request.request_id,
+            },
+        )
 
     async def _run_task(self, task: Task, spec: ModelSpec) -> None:
         settings = self.app.settings
@@ -250,9 +287,12 @@ class JobStore:
             task.scheduled_time = time.time()
             content = self.read_own_url(task.input_url)
             if content is None:
-                self._fail_task(task, "InvalidURL",
-                                f"Failed to download the input file from {task.input_url}: the "
-                                "emulator can only read files it serves (PUT /emulator/files/NAME).")
+                self._fail_task(
+                    task,
+                    "InvalidURL",
+                    f"Failed to download the input file from {task.input_url}: the "
+                    "emulator can only read files it serves (PUT /emulator/files/NAME).",
+                )
                 return
             try:
                 text = content.decode("utf-8")
@@ -267,9 +307,11 @@ class JobStore:
                 self._fail_task(task, "InvalidFile", "The input file is empty.")
                 return
             if len(lines) > MAX_TASK_LINES:
-                self._fail_task(task, "InvalidFile",
-                                f"The input file has {len(lines)} lines; at most "
-                                f"{MAX_TASK_LINES} are allowed.")
+                self._fail_task(
+                    task,
+                    "InvalidFile",
+                    f"The input file has {len(lines)} lines; at most {MAX_TASK_LINES} are allowed.",
+                )
                 return
             task.total = len(lines)
             if settings.task_seconds_per_line:
@@ -289,17 +331,20 @@ class JobStore:
                 task.failed += 1
                 out.append({"text_index": i, "code": "InvalidParameter", "message": problem})
                 continue
-            vector = vectors.text_vector(spec.name, line, spec.default_dimension,
-                                         text_type=text_type)
+            vector = vectors.text_vector(
+                spec.name, line, spec.default_dimension, text_type=text_type
+            )
             task.succeeded += 1
             task.tokens += vectors.count_tokens(line, end_of_text=spec.name in EOS_BILLED)
-            keys.append(embedding_key(spec.name, line, text_type, None,
-                                      spec.default_dimension, "dense"))
+            keys.append(
+                embedding_key(spec.name, line, text_type, None, spec.default_dimension, "dense")
+            )
             out.append({"text_index": i, "embedding": vector.tolist()})
         body = "".join(json.dumps(row, separators=(",", ":")) + "\n" for row in out)
         name = f"results/{task.task_id}_output_{int(time.time() * 1000)}.txt.gz"
-        self.files[name] = StoredFile(name, name.rsplit("/", 1)[-1], "task-result",
-                                      gzip.compress(body.encode("utf-8")))
+        self.files[name] = StoredFile(
+            name, name.rsplit("/", 1)[-1], "task-result", gzip.compress(body.encode("utf-8"))
+        )
         task.result_url = f"{task.origin}/emulator/files/{name}"
         task.status = "SUCCEEDED"
         task.end_time = time.time()
@@ -332,7 +377,8 @@ class JobStore:
             task = self.tasks.get(parts[2])
             if task is None or task.status != "PENDING":
                 raise ServiceError(
-                    400, "UnsupportedOperation",
+                    400,
+                    "UnsupportedOperation",
                     "Failed to cancel the task, please confirm if the task is in PENDING status.",
                 )
             task.status = "CANCELED"
@@ -346,24 +392,36 @@ class JobStore:
         status = request.query_value("status")
         model_name = request.query_value("model_name")
         tasks = [
-            t for t in sorted(self.tasks.values(), key=lambda t: t.submit_time, reverse=True)
-            if (status is None or t.status == status) and (model_name is None or t.model == model_name)
+            t
+            for t in sorted(self.tasks.values(), key=lambda t: t.submit_time, reverse=True)
+            if (status is None or t.status == status)
+            and (model_name is None or t.model == model_name)
         ]
-        page = tasks[(page_no - 1) * page_size: page_no * page_size]
+        page = tasks[(page_no - 1) * page_size : page_no * page_size]
         data = [
             {
-                "task_id": t.task_id, "status": t.status, "model_name": t.model,
-                "request_id": t.request_id, "region": "cn-beijing",
+                "task_id": t.task_id,
+                "status": t.status,
+                "model_name": t.model,
+                "request_id": t.request_id,
+                "region": "cn-beijing",
                 "gmt_create": int(t.submit_time * 1000),
                 "start_time": int((t.scheduled_time or t.submit_time) * 1000),
                 "end_time": int(t.end_time * 1000) if t.end_time else None,
             }
             for t in page
         ]
-        return self._reply(200, {
-            "total": len(tasks), "data": data, "total_page": max(1, math.ceil(len(tasks) / page_size)),
-            "page_no": page_no, "page_size": page_size, "request_id": request.request_id,
-        })
+        return self._reply(
+            200,
+            {
+                "total": len(tasks),
+                "data": data,
+                "total_page": max(1, math.ceil(len(tasks) / page_size)),
+                "page_no": page_no,
+                "page_size": page_size,
+                "request_id": request.request_id,
+            },
+        )
 
     # ------------------------------------------------------------------ Batch API
     async def route_batch_api(self, request: Request, rest: str) -> Reply:
@@ -378,8 +436,12 @@ class JobStore:
                 return self._reply(200, {"object": "list", "data": data, "has_more": False})
             stored = self.files.get(parts[1]) if len(parts) >= 2 else None
             if stored is None:
-                raise ServiceError(404, "NotFound", f"File {parts[1] if len(parts) > 1 else ''} "
-                                   "not found.", compatible_code="not_found")
+                raise ServiceError(
+                    404,
+                    "NotFound",
+                    f"File {parts[1] if len(parts) > 1 else ''} not found.",
+                    compatible_code="not_found",
+                )
             if len(parts) == 2 and request.method == "GET":
                 return self._reply(200, stored.describe())
             if len(parts) == 2 and request.method == "DELETE":
@@ -405,8 +467,9 @@ class JobStore:
                     batch.status = "cancelling"
                     batch.cancelling_at = int(time.time())
                 return self._reply(200, batch.describe())
-        raise ServiceError(404, "NotFound", f"No route for {request.method} {rest}",
-                           compatible_code="not_found")
+        raise ServiceError(
+            404, "NotFound", f"No route for {request.method} {rest}", compatible_code="not_found"
+        )
 
     def _upload_file(self, request: Request) -> Reply:
         from dashscope_embed.emulator.app import invalid
@@ -429,14 +492,17 @@ class JobStore:
         input_file_id = body.get("input_file_id")
         endpoint = body.get("endpoint")
         if not isinstance(input_file_id, str) or input_file_id not in self.files:
-            raise ServiceError(404, "NotFound", f"File {input_file_id} not found.",
-                               compatible_code="not_found")
+            raise ServiceError(
+                404, "NotFound", f"File {input_file_id} not found.", compatible_code="not_found"
+            )
         if endpoint not in ("/v1/embeddings", "/v1/chat/completions", "/v1/chat/ds-test"):
             raise invalid(f"Unsupported endpoint {endpoint!r}.", "endpoint")
         if endpoint != "/v1/embeddings":
             raise invalid("The emulator serves batches for /v1/embeddings only.", "endpoint")
         batch = Batch(
-            id=f"batch_{uuid.uuid4()}", input_file_id=input_file_id, endpoint=endpoint,
+            id=f"batch_{uuid.uuid4()}",
+            input_file_id=input_file_id,
+            endpoint=endpoint,
             completion_window=str(body.get("completion_window") or "24h"),
             metadata=body.get("metadata"),
         )
@@ -450,47 +516,93 @@ class JobStore:
         ordered = sorted(self.batches.values(), key=lambda b: b.created_at, reverse=True)
         if after:
             ids = [b.id for b in ordered]
-            ordered = ordered[ids.index(after) + 1:] if after in ids else []
+            ordered = ordered[ids.index(after) + 1 :] if after in ids else []
         page = ordered[:limit]
         if not page:
-            return self._reply(200, {"object": "list", "data": None, "first_id": None,
-                                     "last_id": None, "has_more": False})
-        return self._reply(200, {
-            "object": "list", "data": [b.describe() for b in page], "first_id": page[0].id,
-            "last_id": page[-1].id, "has_more": len(ordered) > limit,
-        })
+            return self._reply(
+                200,
+                {
+                    "object": "list",
+                    "data": None,
+                    "first_id": None,
+                    "last_id": None,
+                    "has_more": False,
+                },
+            )
+        return self._reply(
+            200,
+            {
+                "object": "list",
+                "data": [b.describe() for b in page],
+                "first_id": page[0].id,
+                "last_id": page[-1].id,
+                "has_more": len(ordered) > limit,
+            },
+        )
 
     async def _run_batch(self, batch: Batch) -> None:
         from dashscope_embed.emulator.app import ServiceError
 
         settings = self.app.settings
         await asyncio.sleep(settings.task_delay / 2)
-        lines = [ln for ln in self.files[batch.input_file_id].content.decode("utf-8", "replace")
-                 .splitlines() if ln.strip()]
+        lines = [
+            ln
+            for ln in self.files[batch.input_file_id]
+            .content.decode("utf-8", "replace")
+            .splitlines()
+            if ln.strip()
+        ]
         requests, errors = [], []
         for number, line in enumerate(lines, start=1):
             try:
                 item = json.loads(line)
             except ValueError:
-                errors.append({"code": "invalid_json_line", "message": "Line is not valid JSON.",
-                               "param": None, "line": number})
+                errors.append(
+                    {
+                        "code": "invalid_json_line",
+                        "message": "Line is not valid JSON.",
+                        "param": None,
+                        "line": number,
+                    }
+                )
                 continue
             if item.get("url") != batch.endpoint:
-                errors.append({"code": "url_not_found",
-                               "message": f"The provided url '{item.get('url')}' is not supported "
-                                          "by the Batch API.", "param": "url", "line": number})
+                errors.append(
+                    {
+                        "code": "url_not_found",
+                        "message": f"The provided url '{item.get('url')}' is not supported "
+                        "by the Batch API.",
+                        "param": "url",
+                        "line": number,
+                    }
+                )
                 continue
             if not isinstance(item.get("custom_id"), str) or not isinstance(item.get("body"), dict):
-                errors.append({"code": "invalid_request", "message": "Each line needs custom_id "
-                               "and body.", "param": None, "line": number})
+                errors.append(
+                    {
+                        "code": "invalid_request",
+                        "message": "Each line needs custom_id and body.",
+                        "param": None,
+                        "line": number,
+                    }
+                )
                 continue
             requests.append(item)
         if errors or not requests:
             batch.status = "failed"
             batch.failed_at = int(time.time())
-            batch.errors = {"object": "list", "data": errors or [
-                {"code": "empty_file", "message": "The input file has no requests.",
-                 "param": None, "line": None}]}
+            batch.errors = {
+                "object": "list",
+                "data": errors
+                or [
+                    {
+                        "code": "empty_file",
+                        "message": "The input file has no requests.",
+                        "param": None,
+                        "line": None,
+                    }
+                ],
+            }
             return
         batch.status = "in_progress"
         batch.in_progress_at = int(time.time())
@@ -501,15 +613,37 @@ class JobStore:
         for index, item in enumerate(requests):
             request_id = new_request_id()
             if batch.cancel_requested:
-                failures.append(_batch_line(item, request_id, 400, {"error": {
-                    "code": "batch_cancelled", "message": "The batch was cancelled."}}))
+                failures.append(
+                    _batch_line(
+                        item,
+                        request_id,
+                        400,
+                        {
+                            "error": {
+                                "code": "batch_cancelled",
+                                "message": "The batch was cancelled.",
+                            }
+                        },
+                    )
+                )
                 continue
             try:
                 job = self.app.compatible_job(item["body"])
             except ServiceError as error:
-                failures.append(_batch_line(item, request_id, error.status, {"error": {
-                    "code": error.compatible_code or error.code, "message": error.message,
-                    "type": error.compatible_type or error.code}}))
+                failures.append(
+                    _batch_line(
+                        item,
+                        request_id,
+                        error.status,
+                        {
+                            "error": {
+                                "code": error.compatible_code or error.code,
+                                "message": error.message,
+                                "type": error.compatible_type or error.code,
+                            }
+                        },
+                    )
+                )
                 continue
             outputs.append(_batch_line(item, request_id, 200, job.payload(request_id)))
             keys.extend(job.keys())
@@ -538,14 +672,16 @@ class JobStore:
 
     def _store_jsonl(self, prefix: str, rows: list[dict[str, Any]]) -> str:
         file_id = f"{prefix}-{uuid.uuid4().hex[:24]}"
-        content = "".join(json.dumps(r, ensure_ascii=False, separators=(",", ":")) + "\n"
-                          for r in rows).encode("utf-8")
+        content = "".join(
+            json.dumps(r, ensure_ascii=False, separators=(",", ":")) + "\n" for r in rows
+        ).encode("utf-8")
         self.files[file_id] = StoredFile(file_id, f"{file_id}.jsonl", "batch_output", content)
         return file_id
 
 
-def _batch_line(item: dict[str, Any], request_id: str, status: int,
-                body: dict[str, Any]) -> dict[str, Any]:
+def _batch_line(
+    item: dict[str, Any], request_id: str, status: int, body: dict[str, Any]
+) -> dict[str, Any]:
     error = body.get("error") if status != 200 else None
     return {
         "id": request_id,

@@ -21,8 +21,12 @@ if TYPE_CHECKING:
     from dashscope_embed.emulator.app import EmulatorApp, Reply
 
 MAX_IMAGE_BYTES = 3 * 1024 * 1024
-IMAGE_FORMATS = {"jpeg": b"\xff\xd8\xff", "jpg": b"\xff\xd8\xff", "png": b"\x89PNG\r\n\x1a\n",
-                 "bmp": b"BM"}
+IMAGE_FORMATS = {
+    "jpeg": b"\xff\xd8\xff",
+    "jpg": b"\xff\xd8\xff",
+    "png": b"\x89PNG\r\n\x1a\n",
+    "bmp": b"BM",
+}
 VIDEO_SUFFIXES = (".mp4", ".mpeg", ".mpg", ".webm", ".avi", ".flv", ".mkv", ".mov")
 
 
@@ -83,7 +87,9 @@ async def embed_multimodal(app: EmulatorApp, request: Request) -> Reply:
             if not urlsplit(value).path.lower().endswith(VIDEO_SUFFIXES):
                 raise invalid(
                     f"input.contents[{position}].video has an unsupported format; supported: "
-                    "MP4, MPEG, MPG, WEBM, AVI, FLV, MKV, MOV.", "input.contents")
+                    "MP4, MPEG, MPG, WEBM, AVI, FLV, MKV, MOV.",
+                    "input.contents",
+                )
             items.append(("video", value, _words_of_url(value)))
 
     def produce() -> Response:
@@ -97,11 +103,20 @@ async def embed_multimodal(app: EmulatorApp, request: Request) -> Reply:
         usage: dict[str, Any] = {"input_tokens": text_tokens, "image_count": images}
         if images:
             usage["image_tokens"] = 1024 * images
-        return Response.json(200, {"output": {"embeddings": embeddings}, "usage": usage,
-                                   "request_id": request.request_id})
+        return Response.json(
+            200,
+            {
+                "output": {"embeddings": embeddings},
+                "usage": usage,
+                "request_id": request.request_id,
+            },
+        )
 
     return await app.serve_work(
-        request, len(items), text_tokens, produce,
+        request,
+        len(items),
+        text_tokens,
+        produce,
         lambda: [embedding_key(spec.name, kind, key) for kind, key, _ in items],
         compatible=False,
     )
@@ -122,8 +137,9 @@ def _image_key(app: EmulatorApp, value: Any, position: int) -> tuple[str, str]:
     if value.startswith("data:"):
         header, _, encoded = value.partition(",")
         if ";base64" not in header or not header.startswith("data:image/"):
-            raise invalid(f"{where}: data URIs must be data:image/<format>;base64,...",
-                          "input.contents")
+            raise invalid(
+                f"{where}: data URIs must be data:image/<format>;base64,...", "input.contents"
+            )
         try:
             data = base64.b64decode(encoded, validate=True)
         except (binascii.Error, ValueError):
@@ -145,6 +161,7 @@ def _check_image_bytes(data: bytes, where: str) -> str:
     if len(data) > MAX_IMAGE_BYTES:
         raise invalid(f"{where}: image is {len(data)} bytes; the limit is 3 MB.", "input.contents")
     if sniff_image_format(data) is None:
-        raise invalid(f"{where}: unsupported image format; supported: JPG, PNG, BMP.",
-                      "input.contents")
+        raise invalid(
+            f"{where}: unsupported image format; supported: JPG, PNG, BMP.", "input.contents"
+        )
     return embedding_key(data).hex()

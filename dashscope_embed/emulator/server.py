@@ -53,8 +53,13 @@ class Emulator:
         self.host = host
         self.port = port or free_port(host)
         config = uvicorn.Config(
-            self.app, host=host, port=self.port, log_level="warning", access_log=False,
-            lifespan="on", timeout_keep_alive=30,
+            self.app,
+            host=host,
+            port=self.port,
+            log_level="warning",
+            access_log=False,
+            lifespan="on",
+            timeout_keep_alive=30,
         )
         self._server = uvicorn.Server(config)
         self._thread: threading.Thread | None = None
@@ -81,8 +86,9 @@ class Emulator:
 
     def start(self) -> Emulator:
         logging.getLogger("uvicorn.error").addFilter(self._log_filter)
-        self._thread = threading.Thread(target=self._server.run, name="dashscope-emulator",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.run, name="dashscope-emulator", daemon=True
+        )
         self._thread.start()
         deadline = time.monotonic() + 15
         while not self._server.started:

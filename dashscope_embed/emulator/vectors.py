@@ -34,9 +34,74 @@ _TOKEN_RE = re.compile(
 _WORD_RE = re.compile(r"[a-z0-9_]", re.IGNORECASE)
 _CJK_RE = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af]")
 _STOP_WORDS = frozenset(
-    "a an and are as at be by for from has have how i in is it its of on or that the "
-    "this to was were what when where which who why will with you your do does did can "
-    "的 了 是 在 和 有 我 你 他 她 它 们 这 那 吗 呢 吧 啊 也 就 都 而 及 与 或".split()
+    {
+        "a",
+        "an",
+        "and",
+        "are",
+        "as",
+        "at",
+        "be",
+        "by",
+        "for",
+        "from",
+        "has",
+        "have",
+        "how",
+        "i",
+        "in",
+        "is",
+        "it",
+        "its",
+        "of",
+        "on",
+        "or",
+        "that",
+        "the",
+        "this",
+        "to",
+        "was",
+        "were",
+        "what",
+        "when",
+        "where",
+        "which",
+        "who",
+        "why",
+        "will",
+        "with",
+        "you",
+        "your",
+        "do",
+        "does",
+        "did",
+        "can",
+        "的",
+        "了",
+        "是",
+        "在",
+        "和",
+        "有",
+        "我",
+        "你",
+        "他",
+        "她",
+        "它",
+        "们",
+        "这",
+        "那",
+        "吗",
+        "呢",
+        "吧",
+        "啊",
+        "也",
+        "就",
+        "都",
+        "而",
+        "及",
+        "与",
+        "或",
+    }
 )
 _INSTRUCTION_WEIGHT = 0.35
 _TEXT_COMPONENT_WEIGHT = 0.08
@@ -91,14 +156,17 @@ def direction(namespace: str, key: str, size: int) -> np.ndarray:
     """A fixed pseudo-random unit-scale direction for ``key`` (read-only array)."""
     raw = hashlib.shake_256(f"{namespace}\x1f{key}".encode()).digest(4 * size)
     ints = np.frombuffer(raw, dtype="<u4")
-    vector = ints.astype(np.float32) * np.float32(1.0 / 2**32) - np.float32(0.5)
+    vector: np.ndarray = ints.astype(np.float32) * np.float32(1.0 / 2**32) - np.float32(0.5)
     vector.setflags(write=False)
     return vector
 
 
 def _normalise(vector: np.ndarray) -> np.ndarray:
     norm = float(np.linalg.norm(vector))
-    return vector / norm if norm > 0 else vector
+    if norm == 0:
+        return vector
+    result: np.ndarray = vector / np.float32(norm)
+    return result
 
 
 def text_vector(

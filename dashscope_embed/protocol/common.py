@@ -68,9 +68,7 @@ def load_json(content: bytes, request_id: str | None = None) -> Any:
         ) from None
 
 
-def place_rows(
-    rows: Sequence[tuple[int, Any]], expected: int, request_id: str | None
-) -> list[Any]:
+def place_rows(rows: Sequence[tuple[Any, Any]], expected: int, request_id: str | None) -> list[Any]:
     """Put ``(index, value)`` rows at their index; fail on any gap, repeat or stray index.
 
     The service numbers its rows (``text_index`` / ``index``); array order is not a
@@ -133,9 +131,7 @@ def parse_retry_after(headers: Mapping[str, str]) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
-def parse_error_reply(
-    status_code: int, headers: Mapping[str, str], content: bytes
-) -> APIError:
+def parse_error_reply(status_code: int, headers: Mapping[str, str], content: bytes) -> APIError:
     """Turn a non-2xx reply into the matching typed error.
 
     Understands the native body (``{"code", "message", "request_id"}``, or ``msg``), the

@@ -71,10 +71,12 @@ def parse_reply(content: bytes, expected_rows: int, params: EmbedParams) -> Pars
             + (f" (code {code!r}: {body.get('message')!r})" if code else ""),
             request_id=request_id,
         )
-    rows: list[tuple[int, Any]] = []
+    rows: list[tuple[Any, Any]] = []
     for item in embeddings:
         if not isinstance(item, dict):
-            raise BadResponseError(f"embedding row is not an object: {item!r:.80}", request_id=request_id)
+            raise BadResponseError(
+                f"embedding row is not an object: {item!r:.80}", request_id=request_id
+            )
         rows.append((item.get("text_index"), item))
     items = place_rows(rows, expected_rows, request_id)
 
@@ -85,7 +87,10 @@ def parse_reply(content: bytes, expected_rows: int, params: EmbedParams) -> Pars
         )
     sparse: list[SparseEmbedding] | None = None
     if params.wants_sparse:
-        sparse = [_parse_sparse(item.get("sparse_embedding"), row, request_id) for row, item in enumerate(items)]
+        sparse = [
+            _parse_sparse(item.get("sparse_embedding"), row, request_id)
+            for row, item in enumerate(items)
+        ]
     usage = body.get("usage")
     tokens = usage.get("total_tokens", 0) if isinstance(usage, dict) else 0
     return ParsedBatch(

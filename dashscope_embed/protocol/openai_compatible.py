@@ -76,7 +76,9 @@ def parse_reply(content: bytes, expected_rows: int, params: EmbedParams) -> Pars
     rows = []
     for item in data:
         if not isinstance(item, dict):
-            raise BadResponseError(f"data row is not an object: {item!r:.80}", request_id=request_id)
+            raise BadResponseError(
+                f"data row is not an object: {item!r:.80}", request_id=request_id
+            )
         rows.append((item.get("index"), item.get("embedding")))
     vectors = place_rows(rows, expected_rows, request_id)
     decoded = [
@@ -95,7 +97,9 @@ def _decode_base64(value: str, row: int, request_id: str | None) -> list[float]:
     try:
         raw = base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
-        raise BadResponseError(f"row {row}: embedding is not valid base64", request_id=request_id) from None
+        raise BadResponseError(
+            f"row {row}: embedding is not valid base64", request_id=request_id
+        ) from None
     if len(raw) % 4:
         raise BadResponseError(
             f"row {row}: base64 embedding is {len(raw)} bytes, not a whole number of float32",

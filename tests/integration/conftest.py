@@ -14,14 +14,21 @@ import pytest
 from dashscope_embed import DashScopeClient, RetryPolicy
 from dashscope_embed.emulator import Emulator
 
-FAST_RETRY = RetryPolicy(max_retries=6, initial_delay=0.01, max_delay=0.05, max_retry_after=0.2,
-                         total_timeout=30)
+FAST_RETRY = RetryPolicy(
+    max_retries=6, initial_delay=0.01, max_delay=0.05, max_retry_after=0.2, total_timeout=30
+)
 
 
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("DASHSCOPE_API_KEY", "DASHSCOPE_BASE_URL", "DASHSCOPE_HTTP_BASE_URL",
-                 "DASHSCOPE_REGION", "DASHSCOPE_WORKSPACE", "DASHSCOPE_WORKSPACE_ID"):
+    for name in (
+        "DASHSCOPE_API_KEY",
+        "DASHSCOPE_BASE_URL",
+        "DASHSCOPE_HTTP_BASE_URL",
+        "DASHSCOPE_REGION",
+        "DASHSCOPE_WORKSPACE",
+        "DASHSCOPE_WORKSPACE_ID",
+    ):
         monkeypatch.delenv(name, raising=False)
 
 

@@ -36,16 +36,25 @@ def test_every_output_type_round_trips(make_client: Factory) -> None:
     assert both.require_sparse()[1].as_dict() == sparse.require_sparse()[1].as_dict()
 
 
-def test_the_wire_carries_exactly_the_parameters_set(make_client: Factory,
-                                                     dashscope_emulator: Emulator) -> None:
+def test_the_wire_carries_exactly_the_parameters_set(
+    make_client: Factory, dashscope_emulator: Emulator
+) -> None:
     client = make_client(workspace="llm-team-a")
-    client.embed([f"q{i}" for i in range(23)], text_type="query", instruct="Find code",
-                 dimension=256, output_type="dense&sparse")
+    client.embed(
+        [f"q{i}" for i in range(23)],
+        text_type="query",
+        instruct="Find code",
+        dimension=256,
+        output_type="dense&sparse",
+    )
     sent = dashscope_emulator.requests(EMBED_PATH)
-    assert [len(r["json"]["input"]["texts"]) for r in sent] == [10, 10, 3]
+    # Requests run concurrently, so they may arrive in any order.
+    assert sorted(len(r["json"]["input"]["texts"]) for r in sent) == [3, 10, 10]
     for request in sent:
         assert request["json"]["parameters"] == {
-            "text_type": "query", "dimension": 256, "output_type": "dense&sparse",
+            "text_type": "query",
+            "dimension": 256,
+            "output_type": "dense&sparse",
             "instruct": "Find code",
         }
         assert request["headers"]["x-dashscope-workspace"] == "llm-team-a"
@@ -62,8 +71,9 @@ def test_vectors_behave_like_embeddings(make_client: Factory) -> None:
     assert int(np.argmax(d @ q)) in (0, 1)
     same_as_doc = np.array(client.embed([docs[0]], text_type="query").require_dense()[0])
     assert not np.allclose(same_as_doc, d[0])
-    instructed = np.array(client.embed([docs[0]], text_type="query",
-                                       instruct="Classify the topic").require_dense()[0])
+    instructed = np.array(
+        client.embed([docs[0]], text_type="query", instruct="Classify the topic").require_dense()[0]
+    )
     assert not np.allclose(instructed, same_as_doc)
     again = np.array(client.embed(docs, text_type="document").require_dense())
     assert np.array_equal(again, d)  # deterministic
@@ -85,15 +95,22 @@ def test_openai_compatible_protocol(make_client: Factory, dashscope_emulator: Em
     native = make_client().embed(["alpha"], dimension=768)
     assert np.allclose(result.require_dense()[0], native.require_dense()[0], atol=1e-6)
     sent = dashscope_emulator.requests("/compatible-mode/v1/embeddings")
-    assert sent[0]["json"] == {"model": "text-embedding-v4", "input": ["alpha", "beta"],
-                               "encoding_format": "float", "dimensions": 768}
+    assert sent[0]["json"] == {
+        "model": "text-embedding-v4",
+        "input": ["alpha", "beta"],
+        "encoding_format": "float",
+        "dimensions": 768,
+    }
 
 
-def test_faults_are_retried_without_paying_twice(make_client: Factory,
-                                                 dashscope_emulator: Emulator) -> None:
+def test_faults_are_retried_without_paying_twice(
+    make_client: Factory, dashscope_emulator: Emulator
+) -> None:
     dashscope_emulator.configure(error_rate=0.25, drop_rate=0.15, seed=7)
-    client = make_client(max_concurrency=4, retry=RetryPolicy(
-        max_retries=10, initial_delay=0.001, max_delay=0.01, total_timeout=30))
+    client = make_client(
+        max_concurrency=4,
+        retry=RetryPolicy(max_retries=10, initial_delay=0.001, max_delay=0.01, total_timeout=30),
+    )
     texts = [f"document number {i}" for i in range(300)]
     result = client.embed(texts, dimension=64)
     stats = dashscope_emulator.stats()
@@ -105,8 +122,9 @@ def test_faults_are_retried_without_paying_twice(make_client: Factory,
     assert result.require_dense() == clean.require_dense()  # nothing lost or misplaced
 
 
-def test_throttling_with_retry_after_is_waited_out(make_client: Factory,
-                                                  dashscope_emulator: Emulator) -> None:
+def test_throttling_with_retry_after_is_waited_out(
+    make_client: Factory, dashscope_emulator: Emulator
+) -> None:
     dashscope_emulator.configure(max_concurrency=1, latency=0.02, throttle_retry_after=0.05)
     result = make_client(max_concurrency=4).embed([f"t{i}" for i in range(60)])
     stats = dashscope_emulator.stats()
@@ -123,14 +141,20 @@ def test_wrong_key_is_an_authentication_error_with_request_id(make_client: Facto
 
 
 def test_unknown_model_described_by_a_spec_reaches_the_service(make_client: Factory) -> None:
-    spec = ModelSpec(name="text-embedding-v9", max_rows=4, max_tokens_per_row=100,
-                     dimensions=(256,), default_dimension=256)
+    spec = ModelSpec(
+        name="text-embedding-v9",
+        max_rows=4,
+        max_tokens_per_row=100,
+        dimensions=(256,),
+        default_dimension=256,
+    )
     with pytest.raises(NotFoundError, match="Model not exist"):
         make_client().embed(["x"], model=spec)
 
 
-def test_service_400_on_one_batch_leaves_the_others_done(make_client: Factory,
-                                                         dashscope_emulator: Emulator) -> None:
+def test_service_400_on_one_batch_leaves_the_others_done(
+    make_client: Factory, dashscope_emulator: Emulator
+) -> None:
     # The client's token estimate is the service's business; a too-long text is the
     # service's 400, and it must not cost the other batches.
     texts = [f"short {i}" for i in range(30)]
@@ -141,8 +165,9 @@ def test_service_400_on_one_batch_leaves_the_others_done(make_client: Factory,
     assert dashscope_emulator.stats()["texts_delivered"] == 20
 
 
-async def test_async_is_concurrent_and_bounded(make_client: Factory,
-                                               dashscope_emulator: Emulator) -> None:
+async def test_async_is_concurrent_and_bounded(
+    make_client: Factory, dashscope_emulator: Emulator
+) -> None:
     dashscope_emulator.configure(latency=0.05)
     client = make_client(max_concurrency=3)
     texts = [f"async text {i}" for i in range(120)]
@@ -161,9 +186,9 @@ def test_async_client_survives_several_event_loops(make_client: Factory) -> None
     assert len(first) == len(second) == 1
 
 
-def test_unpickled_client_embeds_with_the_workers_key(make_client: Factory,
-                                                      dashscope_emulator: Emulator,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unpickled_client_embeds_with_the_workers_key(
+    make_client: Factory, dashscope_emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import pickle
 
     clone = pickle.loads(pickle.dumps(make_client()))

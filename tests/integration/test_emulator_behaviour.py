@@ -19,8 +19,13 @@ EMBED = "/api/v1/services/embeddings/text-embedding/text-embedding"
 COMPAT = "/compatible-mode/v1/embeddings"
 
 
-def post(emu: Emulator, path: str, body: Any, key: str | None = "default",
-         headers: dict[str, str] | None = None) -> httpx.Response:
+def post(
+    emu: Emulator,
+    path: str,
+    body: Any,
+    key: str | None = "default",
+    headers: dict[str, str] | None = None,
+) -> httpx.Response:
     all_headers = dict(headers or {})
     if key is not None:
         all_headers["Authorization"] = f"Bearer {emu.api_key if key == 'default' else key}"
@@ -35,8 +40,11 @@ def native(texts: Any, model: str = "text-embedding-v4", **parameters: Any) -> d
 
 @pytest.mark.parametrize(
     ("key", "message"),
-    [(None, "No API-key provided."), ("not-a-dashscope-key", "Invalid API-key provided."),
-     ("sk-someone-elses", "Invalid API-key provided.")],
+    [
+        (None, "No API-key provided."),
+        ("not-a-dashscope-key", "Invalid API-key provided."),
+        ("sk-someone-elses", "Invalid API-key provided."),
+    ],
 )
 def test_native_auth_errors(dashscope_emulator: Emulator, key: str | None, message: str) -> None:
     response = post(dashscope_emulator, EMBED, native(["x"]), key=key)
@@ -47,8 +55,9 @@ def test_native_auth_errors(dashscope_emulator: Emulator, key: str | None, messa
 
 
 def test_compatible_auth_error_has_openai_shape(dashscope_emulator: Emulator) -> None:
-    response = post(dashscope_emulator, COMPAT, {"model": "text-embedding-v4", "input": "x"},
-                    key="sk-wrong")
+    response = post(
+        dashscope_emulator, COMPAT, {"model": "text-embedding-v4", "input": "x"}, key="sk-wrong"
+    )
     assert response.status_code == 401
     body = response.json()
     assert body["error"]["code"] == "invalid_api_key"
@@ -65,14 +74,22 @@ def test_any_sk_key_works_when_none_was_configured() -> None:
 @pytest.mark.parametrize(
     ("body", "fragment"),
     [
-        (native(["x"] * 11), "batch size is invalid, it should not be larger than 10.: input.contents"),
-        (native(["x"] * 26, model="text-embedding-v2"),
-         "it should not be larger than 25.: payload.input.contents"),
+        (
+            native(["x"] * 11),
+            "batch size is invalid, it should not be larger than 10.: input.contents",
+        ),
+        (
+            native(["x"] * 26, model="text-embedding-v2"),
+            "it should not be larger than 25.: payload.input.contents",
+        ),
         (native([]), "Input should not be empty"),
         (native(["ok", "  "]), "The content is empty, please check your input.: input.contents[1]"),
         (native(["word " * 8200]), "Range of input length should be [1, 8192]"),
         (native(["x"], dimension=100), "Dimension should be one of [2048, 1536"),
-        (native(["x"], model="text-embedding-v3", dimension=2048), "Dimension should be one of [1024"),
+        (
+            native(["x"], model="text-embedding-v3", dimension=2048),
+            "Dimension should be one of [1024",
+        ),
         (native(["x"], output_type="both"), "output_type should be one of"),
         (native(["x"], text_type="passage"), "text_type should be one of"),
         (native(["x"], model="text-embedding-v0"), "Model not exist."),
@@ -80,8 +97,9 @@ def test_any_sk_key_works_when_none_was_configured() -> None:
         ({"model": "text-embedding-v4", "input": {}}, "input.texts"),
     ],
 )
-def test_native_validation_matches_the_service(dashscope_emulator: Emulator, body: Any,
-                                               fragment: str) -> None:
+def test_native_validation_matches_the_service(
+    dashscope_emulator: Emulator, body: Any, fragment: str
+) -> None:
     response = post(dashscope_emulator, EMBED, body)
     assert response.status_code == 400, response.text
     assert response.json()["code"] == "InvalidParameter"
@@ -89,8 +107,11 @@ def test_native_validation_matches_the_service(dashscope_emulator: Emulator, bod
 
 
 def test_legacy_models_ignore_dimension_and_output_type(dashscope_emulator: Emulator) -> None:
-    response = post(dashscope_emulator, EMBED,
-                    native(["x"], model="text-embedding-v1", dimension=512, output_type="sparse"))
+    response = post(
+        dashscope_emulator,
+        EMBED,
+        native(["x"], model="text-embedding-v1", dimension=512, output_type="sparse"),
+    )
     assert response.status_code == 200
     row = response.json()["output"]["embeddings"][0]
     assert len(row["embedding"]) == 1536 and "sparse_embedding" not in row
@@ -103,12 +124,13 @@ def test_async_models_refuse_synchronous_calls(dashscope_emulator: Emulator) -> 
 
 
 def test_compatible_validation_wording(dashscope_emulator: Emulator) -> None:
-    response = post(dashscope_emulator, COMPAT,
-                    {"model": "text-embedding-v4", "input": ["x"] * 11})
+    response = post(dashscope_emulator, COMPAT, {"model": "text-embedding-v4", "input": ["x"] * 11})
     assert response.status_code == 400
     error = response.json()["error"]
-    assert error["message"] == ("<400> InternalError.Algo.InvalidParameter: Value error, batch "
-                                "size is invalid, it should not be larger than 10.: input.contents")
+    assert error["message"] == (
+        "<400> InternalError.Algo.InvalidParameter: Value error, batch "
+        "size is invalid, it should not be larger than 10.: input.contents"
+    )
     assert error["code"] == "InvalidParameter"
     tokens = post(dashscope_emulator, COMPAT, {"model": "text-embedding-v4", "input": [[1, 2, 3]]})
     assert tokens.status_code == 400 and "neither str nor list of str" in tokens.text
@@ -129,8 +151,9 @@ def test_compatible_base64_is_little_endian_float32(dashscope_emulator: Emulator
 def test_usage_counts_tokens_consistently(dashscope_emulator: Emulator) -> None:
     one = post(dashscope_emulator, EMBED, native(["alpha beta"])).json()["usage"]["total_tokens"]
     two = post(dashscope_emulator, EMBED, native(["gamma delta"])).json()["usage"]["total_tokens"]
-    both = post(dashscope_emulator, EMBED,
-                native(["alpha beta", "gamma delta"])).json()["usage"]["total_tokens"]
+    both = post(dashscope_emulator, EMBED, native(["alpha beta", "gamma delta"])).json()["usage"][
+        "total_tokens"
+    ]
     assert both == one + two and one == 3  # two words + the end-of-text token v4 bills
     v2 = post(dashscope_emulator, EMBED, native(["alpha beta"], model="text-embedding-v2"))
     assert v2.json()["usage"]["total_tokens"] == 2
@@ -162,7 +185,9 @@ def test_tpm_limit_answers_429_allocation_quota(dashscope_emulator: Emulator) ->
     response = post(dashscope_emulator, EMBED, native(["six seven eight nine ten"]))
     assert response.status_code == 429
     assert response.json()["code"] == "Throttling.AllocationQuota"
-    compat = post(dashscope_emulator, COMPAT, {"model": "text-embedding-v4", "input": "u v w x y z"})
+    compat = post(
+        dashscope_emulator, COMPAT, {"model": "text-embedding-v4", "input": "u v w x y z"}
+    )
     assert compat.json()["error"]["code"] == "insufficient_quota"
 
 
@@ -171,8 +196,11 @@ def test_concurrency_cap_answers_429(dashscope_emulator: Emulator) -> None:
 
     dashscope_emulator.configure(max_concurrency=2, latency=0.3)
     with concurrent.futures.ThreadPoolExecutor(6) as pool:
-        codes = list(pool.map(lambda i: post(dashscope_emulator, EMBED, native([f"c{i}"])).status_code,
-                              range(6)))
+        codes = list(
+            pool.map(
+                lambda i: post(dashscope_emulator, EMBED, native([f"c{i}"])).status_code, range(6)
+            )
+        )
     assert codes.count(200) >= 2 and codes.count(429) >= 1
     assert dashscope_emulator.stats()["peak_concurrency"] == 2
 
@@ -223,16 +251,30 @@ def test_paths_behind_a_proxy_prefix_are_served(dashscope_emulator: Emulator) ->
 def test_command_line_serves_until_stopped() -> None:
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "dashscope_embed.emulator", "--port", str(port), "--latency", "0.01",
-         "--api-key", "sk-cli"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "dashscope_embed.emulator",
+            "--port",
+            str(port),
+            "--latency",
+            "0.01",
+            "--api-key",
+            "sk-cli",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
     try:
         deadline = time.monotonic() + 20
         while True:
             try:
-                response = httpx.post(f"http://127.0.0.1:{port}{EMBED}", json=native(["cli"]),
-                                      headers={"Authorization": "Bearer sk-cli"}, timeout=5)
+                response = httpx.post(
+                    f"http://127.0.0.1:{port}{EMBED}",
+                    json=native(["cli"]),
+                    headers={"Authorization": "Bearer sk-cli"},
+                    timeout=5,
+                )
                 break
             except httpx.TransportError:
                 if time.monotonic() > deadline:

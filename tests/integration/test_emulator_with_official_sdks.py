@@ -7,7 +7,6 @@ import gzip
 import io
 import json
 import time
-from collections.abc import Iterator
 
 import dashscope
 import httpx
@@ -26,25 +25,33 @@ PNG_1x1 = base64.b64decode(
 
 
 @pytest.fixture
-def sdk(dashscope_emulator: Emulator, monkeypatch: pytest.MonkeyPatch) -> Iterator[Emulator]:
+def sdk(dashscope_emulator: Emulator, monkeypatch: pytest.MonkeyPatch) -> Emulator:
     """Point the 1.x SDK's process-wide settings at the emulator for one test."""
     monkeypatch.setattr(dashscope, "base_http_api_url", dashscope_emulator.native_base_url)
     monkeypatch.setattr(dashscope, "api_key", dashscope_emulator.api_key)
-    yield dashscope_emulator
+    return dashscope_emulator
 
 
 @pytest.fixture
 def oai(dashscope_emulator: Emulator) -> openai.OpenAI:
-    return openai.OpenAI(api_key=dashscope_emulator.api_key, max_retries=0,
-                         base_url=dashscope_emulator.compatible_base_url)
+    return openai.OpenAI(
+        api_key=dashscope_emulator.api_key,
+        max_retries=0,
+        base_url=dashscope_emulator.compatible_base_url,
+    )
 
 
 # ------------------------------------------------------------------ dashscope 1.x
 @pytest.mark.parametrize("output_type", ["dense", "sparse", "dense&sparse"])
 def test_dashscope_text_embedding_every_output_type(sdk: Emulator, output_type: str) -> None:
-    response = TextEmbedding.call(model="text-embedding-v4", input=["hello world", "你好，世界"],
-                                  text_type="query", dimension=256, output_type=output_type,
-                                  instruct="Given a web search query, retrieve relevant passages")
+    response = TextEmbedding.call(
+        model="text-embedding-v4",
+        input=["hello world", "你好，世界"],
+        text_type="query",
+        dimension=256,
+        output_type=output_type,
+        instruct="Given a web search query, retrieve relevant passages",
+    )
     assert response.status_code == 200, response.message
     rows = response.output["embeddings"]
     assert [r["text_index"] for r in rows] == [0, 1]
@@ -70,9 +77,10 @@ def test_dashscope_error_paths_carry_codes(sdk: Emulator) -> None:
 
 
 def test_dashscope_batch_text_embedding_runs_offline(sdk: Emulator) -> None:
-    url = sdk.put_file("corpus.txt", "first line\nsecond line\n\nfourth line\n".encode())
-    response = BatchTextEmbedding.call(model="text-embedding-async-v2", url=url,
-                                       text_type="document")
+    url = sdk.put_file("corpus.txt", b"first line\nsecond line\n\nfourth line\n")
+    response = BatchTextEmbedding.call(
+        model="text-embedding-async-v2", url=url, text_type="document"
+    )
     assert response.status_code == 200
     output = response.output
     assert output["task_status"] == "SUCCEEDED"
@@ -98,33 +106,46 @@ def test_dashscope_batch_task_cancel_and_list(sdk: Emulator) -> None:
     assert (again.status_code, again.code) == (400, "UnsupportedOperation")
     listed = BatchTextEmbedding.list(page_size=10)
     assert listed.status_code == 200 and listed.output["page_size"] == 10
-    assert {"task_id": task_id, "status": "CANCELED", "model_name": "text-embedding-async-v1"}.items() <= next(
-        t for t in listed.output["data"] if t["task_id"] == task_id).items()
+    assert {
+        "task_id": task_id,
+        "status": "CANCELED",
+        "model_name": "text-embedding-async-v1",
+    }.items() <= next(t for t in listed.output["data"] if t["task_id"] == task_id).items()
     unknown = BatchTextEmbedding.fetch("no-such-task")
     assert unknown.output["task_status"] == "UNKNOWN"
 
 
 def test_dashscope_task_with_unreachable_input_fails(sdk: Emulator) -> None:
-    response = BatchTextEmbedding.call(model="text-embedding-async-v2",
-                                       url="https://example.com/not-reachable-offline.txt")
+    response = BatchTextEmbedding.call(
+        model="text-embedding-async-v2", url="https://example.com/not-reachable-offline.txt"
+    )
     assert response.output["task_status"] == "FAILED"
     assert response.output["code"] == "InvalidURL"
 
 
 def test_dashscope_multimodal_text_image_video(sdk: Emulator) -> None:
     data_uri = "data:image/png;base64," + base64.b64encode(PNG_1x1).decode()
-    response = MultiModalEmbedding.call(model="multimodal-embedding-v1", input=[
-        {"text": "a red car"}, {"image": data_uri}, {"video": "https://example.com/clip.mp4"}])
+    response = MultiModalEmbedding.call(
+        model="multimodal-embedding-v1",
+        input=[
+            {"text": "a red car"},
+            {"image": data_uri},
+            {"video": "https://example.com/clip.mp4"},
+        ],
+    )
     assert response.status_code == 200, response.message
     rows = response.output["embeddings"]
     assert [(r["index"], r["type"]) for r in rows] == [(0, "text"), (1, "image"), (2, "video")]
     assert all(len(r["embedding"]) == 1024 for r in rows)
     assert response.usage["image_count"] == 1
     # The file name's words pull an image towards texts that use them.
-    car = MultiModalEmbedding.call(model="multimodal-embedding-v1", input=[
-        {"image": "https://example.com/photos/red_car.jpg"}]).output["embeddings"][0]["embedding"]
-    cat = MultiModalEmbedding.call(model="multimodal-embedding-v1", input=[
-        {"image": "https://example.com/photos/sleeping_cat.jpg"}]).output["embeddings"][0]["embedding"]
+    car = MultiModalEmbedding.call(
+        model="multimodal-embedding-v1", input=[{"image": "https://example.com/photos/red_car.jpg"}]
+    ).output["embeddings"][0]["embedding"]
+    cat = MultiModalEmbedding.call(
+        model="multimodal-embedding-v1",
+        input=[{"image": "https://example.com/photos/sleeping_cat.jpg"}],
+    ).output["embeddings"][0]["embedding"]
     text = rows[0]["embedding"]
     assert np.dot(text, car) > np.dot(text, cat)
 
@@ -141,19 +162,27 @@ def test_dashscope_multimodal_rejects_bad_images(sdk: Emulator) -> None:
 
 # ------------------------------------------------------------------ dashscope v2 client
 def test_dashscope_v2_client_and_its_typed_errors(dashscope_emulator: Emulator) -> None:
-    client = DashScopeV2(api_key=dashscope_emulator.api_key, max_retries=0,
-                         base_url=dashscope_emulator.native_base_url)
-    response = client.embeddings.create(model="text-embedding-v4", input=["hi", "there"],
-                                        text_type="document", dimension=128,
-                                        output_type="dense&sparse")
+    client = DashScopeV2(
+        api_key=dashscope_emulator.api_key,
+        max_retries=0,
+        base_url=dashscope_emulator.native_base_url,
+    )
+    response = client.embeddings.create(
+        model="text-embedding-v4",
+        input=["hi", "there"],
+        text_type="document",
+        dimension=128,
+        output_type="dense&sparse",
+    )
     assert [len(e.embedding) for e in response.embeddings] == [128, 128]
     assert response.request_id
     with pytest.raises(v2_errors.BadRequestError) as bad:
         client.embeddings.create(model="text-embedding-v4", input=["x"] * 11)
     assert bad.value.code == "InvalidParameter"
     with pytest.raises(v2_errors.AuthenticationError):
-        DashScopeV2(api_key="sk-wrong", base_url=dashscope_emulator.native_base_url,
-                    max_retries=0).embeddings.create(model="text-embedding-v4", input=["x"])
+        DashScopeV2(
+            api_key="sk-wrong", base_url=dashscope_emulator.native_base_url, max_retries=0
+        ).embeddings.create(model="text-embedding-v4", input=["x"])
     dashscope_emulator.configure(error_rate=1.0)
     with pytest.raises(v2_errors.InternalServerError):
         client.embeddings.create(model="text-embedding-v4", input=["x"])
@@ -161,10 +190,12 @@ def test_dashscope_v2_client_and_its_typed_errors(dashscope_emulator: Emulator) 
 
 # ------------------------------------------------------------------ openai
 def test_openai_embeddings_in_both_encodings(oai: openai.OpenAI) -> None:
-    default = oai.embeddings.create(model="text-embedding-v4", input=["alpha", "beta"],
-                                    dimensions=512)  # the SDK asks for base64 by default
-    floats = oai.embeddings.create(model="text-embedding-v4", input=["alpha", "beta"],
-                                   dimensions=512, encoding_format="float")
+    default = oai.embeddings.create(
+        model="text-embedding-v4", input=["alpha", "beta"], dimensions=512
+    )  # the SDK asks for base64 by default
+    floats = oai.embeddings.create(
+        model="text-embedding-v4", input=["alpha", "beta"], dimensions=512, encoding_format="float"
+    )
     assert [d.index for d in default.data] == [0, 1]
     assert len(default.data[0].embedding) == 512
     assert np.allclose(default.data[1].embedding, floats.data[1].embedding, atol=1e-6)
@@ -172,8 +203,9 @@ def test_openai_embeddings_in_both_encodings(oai: openai.OpenAI) -> None:
     assert default.model == "text-embedding-v4"
 
 
-def test_openai_sdk_parses_floats_when_base64_is_ignored(dashscope_emulator: Emulator,
-                                                         oai: openai.OpenAI) -> None:
+def test_openai_sdk_parses_floats_when_base64_is_ignored(
+    dashscope_emulator: Emulator, oai: openai.OpenAI
+) -> None:
     dashscope_emulator.configure(base64_as_float=True)
     response = oai.embeddings.create(model="text-embedding-v4", input="x", dimensions=64)
     assert len(response.data[0].embedding) == 64
@@ -184,8 +216,9 @@ def test_openai_error_paths(dashscope_emulator: Emulator, oai: openai.OpenAI) ->
         oai.embeddings.create(model="text-embedding-v4", input=["x"] * 11)
     assert "should not be larger than 10" in str(bad.value)
     with pytest.raises(openai.AuthenticationError):
-        openai.OpenAI(api_key="sk-wrong", base_url=dashscope_emulator.compatible_base_url,
-                      max_retries=0).embeddings.create(model="text-embedding-v4", input="x")
+        openai.OpenAI(
+            api_key="sk-wrong", base_url=dashscope_emulator.compatible_base_url, max_retries=0
+        ).embeddings.create(model="text-embedding-v4", input="x")
     with pytest.raises(openai.NotFoundError):
         oai.embeddings.create(model="no-such-model", input="x")
     dashscope_emulator.configure(rpm=1)
@@ -207,26 +240,47 @@ def _wait_batch(oai: openai.OpenAI, batch_id: str) -> openai.types.Batch:
 
 def test_openai_batch_api_for_embeddings(dashscope_emulator: Emulator, oai: openai.OpenAI) -> None:
     lines = [
-        {"custom_id": "a", "method": "POST", "url": "/v1/embeddings",
-         "body": {"model": "text-embedding-v4", "input": "first text", "dimensions": 256}},
-        {"custom_id": "b", "method": "POST", "url": "/v1/embeddings",
-         "body": {"model": "text-embedding-v4", "input": ["two", "texts"]}},
-        {"custom_id": "c", "method": "POST", "url": "/v1/embeddings",
-         "body": {"model": "text-embedding-v4", "input": ""}},
+        {
+            "custom_id": "a",
+            "method": "POST",
+            "url": "/v1/embeddings",
+            "body": {"model": "text-embedding-v4", "input": "first text", "dimensions": 256},
+        },
+        {
+            "custom_id": "b",
+            "method": "POST",
+            "url": "/v1/embeddings",
+            "body": {"model": "text-embedding-v4", "input": ["two", "texts"]},
+        },
+        {
+            "custom_id": "c",
+            "method": "POST",
+            "url": "/v1/embeddings",
+            "body": {"model": "text-embedding-v4", "input": ""},
+        },
     ]
     jsonl = "".join(json.dumps(line) + "\n" for line in lines).encode()
     uploaded = oai.files.create(file=("requests.jsonl", io.BytesIO(jsonl)), purpose="batch")
     assert uploaded.id.startswith("file-batch-") and uploaded.bytes == len(jsonl)
-    batch = oai.batches.create(input_file_id=uploaded.id, endpoint="/v1/embeddings",
-                               completion_window="24h", metadata={"ds_name": "test"})
+    batch = oai.batches.create(
+        input_file_id=uploaded.id,
+        endpoint="/v1/embeddings",
+        completion_window="24h",
+        metadata={"ds_name": "test"},
+    )
     done = _wait_batch(oai, batch.id)
     assert done.status == "completed"
     assert done.request_counts is not None
-    assert (done.request_counts.total, done.request_counts.completed,
-            done.request_counts.failed) == (3, 2, 1)
+    assert (
+        done.request_counts.total,
+        done.request_counts.completed,
+        done.request_counts.failed,
+    ) == (3, 2, 1)
     assert done.output_file_id and done.error_file_id
-    outputs = {r["custom_id"]: r for r in map(json.loads,
-               oai.files.content(done.output_file_id).text.splitlines())}
+    outputs = {
+        r["custom_id"]: r
+        for r in map(json.loads, oai.files.content(done.output_file_id).text.splitlines())
+    }
     assert len(outputs["a"]["response"]["body"]["data"][0]["embedding"]) == 256
     assert len(outputs["b"]["response"]["body"]["data"]) == 2
     errors = [json.loads(x) for x in oai.files.content(done.error_file_id).text.splitlines()]
@@ -235,13 +289,21 @@ def test_openai_batch_api_for_embeddings(dashscope_emulator: Emulator, oai: open
 
 
 def test_openai_batch_with_wrong_url_fails_validation(oai: openai.OpenAI) -> None:
-    line = {"custom_id": "1", "method": "POST", "url": "/v1/chat/completion",
-            "body": {"model": "text-embedding-v4", "input": "x"}}
-    uploaded = oai.files.create(file=("bad.jsonl", io.BytesIO(json.dumps(line).encode())),
-                                purpose="batch")
-    batch = _wait_batch(oai, oai.batches.create(input_file_id=uploaded.id,
-                                                endpoint="/v1/embeddings",
-                                                completion_window="24h").id)
+    line = {
+        "custom_id": "1",
+        "method": "POST",
+        "url": "/v1/chat/completion",
+        "body": {"model": "text-embedding-v4", "input": "x"},
+    }
+    uploaded = oai.files.create(
+        file=("bad.jsonl", io.BytesIO(json.dumps(line).encode())), purpose="batch"
+    )
+    batch = _wait_batch(
+        oai,
+        oai.batches.create(
+            input_file_id=uploaded.id, endpoint="/v1/embeddings", completion_window="24h"
+        ).id,
+    )
     assert batch.status == "failed"
     assert batch.errors is not None and batch.errors.data
     assert batch.errors.data[0].code == "url_not_found" and batch.errors.data[0].line == 1
@@ -249,12 +311,18 @@ def test_openai_batch_with_wrong_url_fails_validation(oai: openai.OpenAI) -> Non
 
 def test_openai_batch_cancel(dashscope_emulator: Emulator, oai: openai.OpenAI) -> None:
     dashscope_emulator.configure(task_delay=4.0)
-    line = {"custom_id": "1", "method": "POST", "url": "/v1/embeddings",
-            "body": {"model": "text-embedding-v4", "input": "x"}}
-    uploaded = oai.files.create(file=("c.jsonl", io.BytesIO(json.dumps(line).encode())),
-                                purpose="batch")
-    batch = oai.batches.create(input_file_id=uploaded.id, endpoint="/v1/embeddings",
-                               completion_window="24h")
+    line = {
+        "custom_id": "1",
+        "method": "POST",
+        "url": "/v1/embeddings",
+        "body": {"model": "text-embedding-v4", "input": "x"},
+    }
+    uploaded = oai.files.create(
+        file=("c.jsonl", io.BytesIO(json.dumps(line).encode())), purpose="batch"
+    )
+    batch = oai.batches.create(
+        input_file_id=uploaded.id, endpoint="/v1/embeddings", completion_window="24h"
+    )
     assert oai.batches.cancel(batch.id).status == "cancelling"
     done = _wait_batch(oai, batch.id)
     assert done.status == "cancelled" and done.request_counts is not None

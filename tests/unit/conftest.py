@@ -19,8 +19,12 @@ def _no_network() -> Iterator[None]:
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in (
-        "DASHSCOPE_API_KEY", "DASHSCOPE_BASE_URL", "DASHSCOPE_HTTP_BASE_URL",
-        "DASHSCOPE_REGION", "DASHSCOPE_API_REGION", "DASHSCOPE_WORKSPACE",
+        "DASHSCOPE_API_KEY",
+        "DASHSCOPE_BASE_URL",
+        "DASHSCOPE_HTTP_BASE_URL",
+        "DASHSCOPE_REGION",
+        "DASHSCOPE_API_REGION",
+        "DASHSCOPE_WORKSPACE",
         "DASHSCOPE_WORKSPACE_ID",
     ):
         monkeypatch.delenv(name, raising=False)

@@ -18,6 +18,7 @@ from dashscope_embed import (
     DashScopeClient,
     InvalidInputError,
     PartialEmbeddingError,
+    RateLimitError,
     RetryPolicy,
     ServerError,
 )
@@ -30,12 +31,19 @@ Handler = Callable[[httpx.Request], httpx.Response]
 def ok_reply(request: httpx.Request, dim: int = 1024) -> httpx.Response:
     body = json.loads(request.content)
     texts = body["input"]["texts"]
-    rows = [{"text_index": i, "embedding": [float(len(t))] + [0.0] * (dim - 1)}
-            for i, t in enumerate(texts)]
+    rows = [
+        {"text_index": i, "embedding": [float(len(t))] + [0.0] * (dim - 1)}
+        for i, t in enumerate(texts)
+    ]
     rows.reverse()  # the service's array order is not a promise
-    return httpx.Response(200, json={"output": {"embeddings": rows},
-                                     "usage": {"total_tokens": len(texts)},
-                                     "request_id": f"rid-{texts[0]}"})
+    return httpx.Response(
+        200,
+        json={
+            "output": {"embeddings": rows},
+            "usage": {"total_tokens": len(texts)},
+            "request_id": f"rid-{texts[0]}",
+        },
+    )
 
 
 class Recorder:
@@ -59,8 +67,9 @@ class Recorder:
 
 def make_client(handler: Handler, **kwargs: object) -> DashScopeClient:
     kwargs.setdefault("retry", FAST)
-    return DashScopeClient(api_key=SECRET, http_client=httpx.Client(transport=httpx.MockTransport(handler)),
-                           **kwargs)  # type: ignore[arg-type]
+    return DashScopeClient(
+        api_key=SECRET, http_client=httpx.Client(transport=httpx.MockTransport(handler)), **kwargs
+    )  # type: ignore[arg-type]
 
 
 def test_results_come_back_in_input_order_across_concurrent_batches() -> None:
@@ -83,14 +92,16 @@ def test_identical_texts_are_sent_once() -> None:
 
 def test_request_carries_auth_workspace_and_json() -> None:
     recorder = Recorder(ok_reply)
-    make_client(recorder, workspace="llm-ws9").embed(["q"], text_type="query",
-                                                      instruct="Find answers")
+    make_client(recorder, workspace="llm-ws9").embed(
+        ["q"], text_type="query", instruct="Find answers"
+    )
     headers = recorder.headers[0]
     assert headers["authorization"] == f"Bearer {SECRET}"
     assert headers["x-dashscope-workspace"] == "llm-ws9"
     assert headers["content-type"] == "application/json"
     assert recorder.bodies[0] == {
-        "model": "text-embedding-v4", "input": {"texts": ["q"]},
+        "model": "text-embedding-v4",
+        "input": {"texts": ["q"]},
         "parameters": {"text_type": "query", "instruct": "Find answers"},
     }
 
@@ -116,8 +127,11 @@ def test_transient_failures_are_retried_until_success() -> None:
     [(400, "InvalidParameter", BadRequestError), (401, "InvalidApiKey", AuthenticationError)],
 )
 def test_client_errors_are_not_retried(status: int, code: str, cls: type[Exception]) -> None:
-    recorder = Recorder(lambda r: httpx.Response(
-        status, json={"code": code, "message": "no", "request_id": "rid-e"}))
+    recorder = Recorder(
+        lambda r: httpx.Response(
+            status, json={"code": code, "message": "no", "request_id": "rid-e"}
+        )
+    )
     with pytest.raises(cls) as info:
         make_client(recorder).embed(["hello"])
     assert len(recorder.bodies) == 1
@@ -128,8 +142,9 @@ def test_a_finished_batch_is_never_resent_when_another_fails() -> None:
     def one_batch_always_fails(request: httpx.Request) -> httpx.Response:
         texts = json.loads(request.content)["input"]["texts"]
         if "poison" in texts:
-            return httpx.Response(500, json={"code": "InternalError", "message": "boom",
-                                             "request_id": "rid-500"})
+            return httpx.Response(
+                500, json={"code": "InternalError", "message": "boom", "request_id": "rid-500"}
+            )
         return ok_reply(request)
 
     recorder = Recorder(one_batch_always_fails)
@@ -159,8 +174,11 @@ def test_a_finished_batch_is_never_resent_when_another_fails() -> None:
 
 
 def test_authentication_failure_stops_remaining_batches() -> None:
-    recorder = Recorder(lambda r: httpx.Response(
-        401, json={"code": "InvalidApiKey", "message": "Invalid API-key provided."}))
+    recorder = Recorder(
+        lambda r: httpx.Response(
+            401, json={"code": "InvalidApiKey", "message": "Invalid API-key provided."}
+        )
+    )
     with pytest.raises(AuthenticationError):
         make_client(recorder, max_concurrency=1).embed([f"t{i}" for i in range(50)])
     assert len(recorder.bodies) == 1
@@ -178,7 +196,7 @@ def test_bad_input_is_refused_before_any_request() -> None:
 
 def test_batch_size_cannot_exceed_the_row_limit() -> None:
     client = make_client(Recorder(ok_reply))
-    with pytest.raises(ValueError, match="outside 1..10"):
+    with pytest.raises(ValueError, match=r"outside 1\.\.10"):
         client.embed(["a"], batch_size=11)
     recorder = Recorder(ok_reply)
     make_client(recorder).embed([f"t{i}" for i in range(9)], batch_size=3)
@@ -187,9 +205,14 @@ def test_batch_size_cannot_exceed_the_row_limit() -> None:
 
 def test_short_reply_is_retried_then_reported_never_padded() -> None:
     def short(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, json={"output": {"embeddings": [
-            {"text_index": 0, "embedding": [0.0] * 1024}]}, "usage": {"total_tokens": 1},
-            "request_id": "rid-short"})
+        return httpx.Response(
+            200,
+            json={
+                "output": {"embeddings": [{"text_index": 0, "embedding": [0.0] * 1024}]},
+                "usage": {"total_tokens": 1},
+                "request_id": "rid-short",
+            },
+        )
 
     recorder = Recorder(short)
     with pytest.raises(Exception, match=r"rows \[1\] missing") as info:
@@ -212,15 +235,23 @@ def test_key_never_reaches_logs_or_errors(caplog: pytest.LogCaptureFixture) -> N
 
 
 def test_typed_errors_survive_pickling() -> None:
-    recorder = Recorder(lambda r: httpx.Response(
-        429, headers={"retry-after": "0"},
-        json={"code": "Throttling.RateQuota", "message": "slow", "request_id": "rid-q"}))
+    recorder = Recorder(
+        lambda r: httpx.Response(
+            429,
+            headers={"retry-after": "0"},
+            json={"code": "Throttling.RateQuota", "message": "slow", "request_id": "rid-q"},
+        )
+    )
     client = make_client(recorder, retry=RetryPolicy(max_retries=0))
-    with pytest.raises(Exception) as info:
+    with pytest.raises(RateLimitError) as info:
         client.embed(["a"])
     clone = pickle.loads(pickle.dumps(info.value))
     assert type(clone) is type(info.value)
-    assert (clone.status_code, clone.code, clone.request_id) == (429, "Throttling.RateQuota", "rid-q")
+    assert (clone.status_code, clone.code, clone.request_id) == (
+        429,
+        "Throttling.RateQuota",
+        "rid-q",
+    )
 
 
 async def test_async_embed_matches_sync_and_retries() -> None:
@@ -233,8 +264,12 @@ async def test_async_embed_matches_sync_and_retries() -> None:
         return ok_reply(request)
 
     transport = httpx.MockTransport(flaky)
-    client = DashScopeClient(api_key=SECRET, retry=FAST, max_concurrency=3,
-                             async_http_client=httpx.AsyncClient(transport=transport))
+    client = DashScopeClient(
+        api_key=SECRET,
+        retry=FAST,
+        max_concurrency=3,
+        async_http_client=httpx.AsyncClient(transport=transport),
+    )
     texts = ["y" * (i + 1) for i in range(23)]
     result = await client.aembed(texts, dimension=1024)
     assert [v[0] for v in result.require_dense()] == [float(i + 1) for i in range(23)]
@@ -248,8 +283,11 @@ async def test_async_partial_failure_keeps_finished_work() -> None:
             return httpx.Response(400, json={"code": "DataInspectionFailed", "message": "no"})
         return ok_reply(request)
 
-    client = DashScopeClient(api_key=SECRET, retry=FAST,
-                             async_http_client=httpx.AsyncClient(transport=httpx.MockTransport(handler)))
+    client = DashScopeClient(
+        api_key=SECRET,
+        retry=FAST,
+        async_http_client=httpx.AsyncClient(transport=httpx.MockTransport(handler)),
+    )
     texts = [f"t{i}" for i in range(20)]
     texts[3] = "bad"
     with pytest.raises(PartialEmbeddingError) as info:

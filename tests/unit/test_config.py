@@ -18,7 +18,10 @@ SECRET = "sk-do-not-leak-0123456789"
         ("https://dashscope.aliyuncs.com/", "https://dashscope.aliyuncs.com"),
         ("https://dashscope.aliyuncs.com/api/v1", "https://dashscope.aliyuncs.com"),
         ("https://dashscope.aliyuncs.com/api/v1/", "https://dashscope.aliyuncs.com"),
-        ("https://dashscope-intl.aliyuncs.com/compatible-mode/v1", "https://dashscope-intl.aliyuncs.com"),
+        (
+            "https://dashscope-intl.aliyuncs.com/compatible-mode/v1",
+            "https://dashscope-intl.aliyuncs.com",
+        ),
         ("https://proxy.example.com/dashscope/api/v1", "https://proxy.example.com/dashscope"),
         ("http://127.0.0.1:8000/compatible-mode/v1", "http://127.0.0.1:8000"),
         ("http://[::1]:9000", "http://[::1]:9000"),
@@ -31,7 +34,9 @@ def test_base_url_accepts_root_or_either_documented_base(given: str, root: str) 
     assert config.compatible_base_url == root + "/compatible-mode/v1"
 
 
-@pytest.mark.parametrize("bad", ["dashscope.aliyuncs.com", "ftp://host/api/v1", "https://h/api/v1?x=1"])
+@pytest.mark.parametrize(
+    "bad", ["dashscope.aliyuncs.com", "ftp://host/api/v1", "https://h/api/v1?x=1"]
+)
 def test_bad_base_url_is_a_clear_configuration_error(bad: str) -> None:
     with pytest.raises(ConfigurationError, match="base_url"):
         make_config(base_url=bad)
@@ -99,9 +104,14 @@ def test_key_is_absent_from_every_rendering(monkeypatch: pytest.MonkeyPatch) -> 
     client = DashScopeClient(api_key=SECRET, workspace="ws-1")
     config = client.config
     renderings = [
-        repr(client), str(client), repr(config), str(config),
-        json.dumps(config.model_dump()), config.model_dump_json(),
-        pickle.dumps(client).decode("latin-1"), pickle.dumps(config).decode("latin-1"),
+        repr(client),
+        str(client),
+        repr(config),
+        str(config),
+        json.dumps(config.model_dump()),
+        config.model_dump_json(),
+        pickle.dumps(client).decode("latin-1"),
+        pickle.dumps(config).decode("latin-1"),
     ]
     for text in renderings:
         assert SECRET not in text

@@ -36,8 +36,13 @@ def test_unknown_model_error_explains_how_to_describe_it() -> None:
 
 
 def test_a_caller_supplied_spec_is_used_as_is() -> None:
-    spec = ModelSpec(name="text-embedding-v9", max_rows=32, max_tokens_per_row=32_000,
-                     dimensions=(4096, 1024), default_dimension=4096)
+    spec = ModelSpec(
+        name="text-embedding-v9",
+        max_rows=32,
+        max_tokens_per_row=32_000,
+        dimensions=(4096, 1024),
+        default_dimension=4096,
+    )
     assert resolve_model(spec) is spec
 
 
@@ -51,7 +56,12 @@ def test_a_caller_supplied_spec_is_used_as_is() -> None:
     ],
 )
 def test_spec_rejects_inconsistent_limits(kwargs: dict[str, object], match: str) -> None:
-    base: dict[str, object] = {"name": "m", "max_rows": 1, "max_tokens_per_row": 1,
-                               "dimensions": (8,), "default_dimension": 8}
+    base: dict[str, object] = {
+        "name": "m",
+        "max_rows": 1,
+        "max_tokens_per_row": 1,
+        "dimensions": (8,),
+        "default_dimension": 8,
+    }
     with pytest.raises(ValueError, match=match):
         ModelSpec(**{**base, **kwargs})  # type: ignore[arg-type]

@@ -44,10 +44,16 @@ def test_many_problems_are_summarised() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"dimension": 100}, r"dimension=100 is not allowed for text-embedding-v4; allowed: \[2048"),
+        (
+            {"dimension": 100},
+            r"dimension=100 is not allowed for text-embedding-v4; allowed: \[2048",
+        ),
         ({"dimension": 2048, "model": "text-embedding-v3"}, "not allowed for text-embedding-v3"),
         ({"output_type": "both"}, "output_type must be one of"),
-        ({"output_type": "sparse", "model": "text-embedding-v2"}, "not supported by text-embedding-v2"),
+        (
+            {"output_type": "sparse", "model": "text-embedding-v2"},
+            "not supported by text-embedding-v2",
+        ),
         ({"text_type": "passage"}, "text_type must be 'query' or 'document'"),
         ({"instruct": "x", "model": "text-embedding-v3"}, "does not take an instruct"),
         ({"instruct": "  "}, "instruct must be a non-empty string"),
@@ -55,10 +61,16 @@ def test_many_problems_are_summarised() -> None:
         ({"dimension": "512"}, "dimension must be an int"),
     ],
 )
-def test_parameters_are_checked_against_the_model_table(kwargs: dict[str, object],
-                                                        message: str) -> None:
-    call: dict[str, object] = {"model": "text-embedding-v4", "text_type": None, "instruct": None,
-                               "dimension": None, "output_type": "dense"}
+def test_parameters_are_checked_against_the_model_table(
+    kwargs: dict[str, object], message: str
+) -> None:
+    call: dict[str, object] = {
+        "model": "text-embedding-v4",
+        "text_type": None,
+        "instruct": None,
+        "dimension": None,
+        "output_type": "dense",
+    }
     call.update(kwargs)
     model = call.pop("model")
     with pytest.raises(InvalidInputError, match=message):
@@ -70,18 +82,23 @@ def test_plan_deduplicates_and_respects_the_row_limit() -> None:
     the_plan = plan(texts, 5)
     assert len(the_plan.unique) == 13
     assert [len(b) for b in the_plan.batches] == [5, 5, 3]
-    assert all(the_plan.unique[s] == t for s, t in zip(the_plan.slot_of, texts))
+    assert all(the_plan.unique[s] == t for s, t in zip(the_plan.slot_of, texts, strict=True))
     assert plan(texts, 5, deduplicate=False).batches[-1] == range(35, 40)
 
 
 def _reply(batch: range, dim: int = 4) -> ParsedBatch:
-    return ParsedBatch(dense=[[float(s)] * dim for s in batch], sparse=None, total_tokens=len(batch),
-                       request_id=f"r{batch.start}")
+    return ParsedBatch(
+        dense=[[float(s)] * dim for s in batch],
+        sparse=None,
+        total_tokens=len(batch),
+        request_id=f"r{batch.start}",
+    )
 
 
 def test_assemble_fans_results_out_in_input_order_with_independent_copies() -> None:
-    spec = ModelSpec(name="m", max_rows=2, max_tokens_per_row=10, dimensions=(4,),
-                     default_dimension=4)
+    spec = ModelSpec(
+        name="m", max_rows=2, max_tokens_per_row=10, dimensions=(4,), default_dimension=4
+    )
     p = resolve_params(spec, text_type=None, instruct=None, dimension=None, output_type="dense")
     texts = ["a", "b", "a", "c", "b"]
     the_plan = plan(texts, 2)
@@ -95,8 +112,9 @@ def test_assemble_fans_results_out_in_input_order_with_independent_copies() -> N
 
 
 def test_assemble_reports_exactly_the_positions_of_failed_batches() -> None:
-    spec = ModelSpec(name="m", max_rows=2, max_tokens_per_row=10, dimensions=(4,),
-                     default_dimension=4)
+    spec = ModelSpec(
+        name="m", max_rows=2, max_tokens_per_row=10, dimensions=(4,), default_dimension=4
+    )
     p = resolve_params(spec, text_type=None, instruct=None, dimension=None, output_type="dense")
     texts = ["a", "b", "c", "d", "e", "a"]
     the_plan = plan(texts, 2)
@@ -105,11 +123,27 @@ def test_assemble_reports_exactly_the_positions_of_failed_batches() -> None:
     assert isinstance(partial, PartialResult)
     assert partial.missing_positions == [2, 3]
     assert partial.dense is not None and partial.dense[2] is None and partial.dense[5] == [0.0] * 4
-    rest = EmbeddingResult(dense=[[7.0] * 4, [8.0] * 4], sparse=None,
-                           usage=partial.usage, request_ids=("x",), model="m", dimension=4, count=2)
+    rest = EmbeddingResult(
+        dense=[[7.0] * 4, [8.0] * 4],
+        sparse=None,
+        usage=partial.usage,
+        request_ids=("x",),
+        model="m",
+        dimension=4,
+        count=2,
+    )
     whole = partial.complete_with(rest)
     assert whole.dense is not None
     assert [v[0] for v in whole.dense] == [0.0, 1.0, 7.0, 8.0, 4.0, 0.0]
     with pytest.raises(InvalidInputError, match="one result per missing input"):
-        partial.complete_with(EmbeddingResult(dense=[[1.0] * 4], sparse=None, usage=partial.usage,
-                                              request_ids=(), model="m", dimension=4, count=1))
+        partial.complete_with(
+            EmbeddingResult(
+                dense=[[1.0] * 4],
+                sparse=None,
+                usage=partial.usage,
+                request_ids=(),
+                model="m",
+                dimension=4,
+                count=1,
+            )
+        )

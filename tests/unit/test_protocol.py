@@ -43,18 +43,33 @@ def params(model: str = "text-embedding-v4", **kw: object):  # type: ignore[no-u
         ({"text_type": "query"}, {"text_type": "query"}),
         ({"text_type": "document", "dimension": 512}, {"text_type": "document", "dimension": 512}),
         ({"output_type": "sparse"}, {"output_type": "sparse"}),
-        ({"output_type": "dense&sparse", "dimension": 2048},
-         {"dimension": 2048, "output_type": "dense&sparse"}),
-        ({"text_type": "query", "instruct": "Given a question, retrieve passages"},
-         {"text_type": "query", "instruct": "Given a question, retrieve passages"}),
-        ({"text_type": "query", "instruct": "Find code", "dimension": 64,
-          "output_type": "dense&sparse"},
-         {"text_type": "query", "dimension": 64, "output_type": "dense&sparse",
-          "instruct": "Find code"}),
+        (
+            {"output_type": "dense&sparse", "dimension": 2048},
+            {"dimension": 2048, "output_type": "dense&sparse"},
+        ),
+        (
+            {"text_type": "query", "instruct": "Given a question, retrieve passages"},
+            {"text_type": "query", "instruct": "Given a question, retrieve passages"},
+        ),
+        (
+            {
+                "text_type": "query",
+                "instruct": "Find code",
+                "dimension": 64,
+                "output_type": "dense&sparse",
+            },
+            {
+                "text_type": "query",
+                "dimension": 64,
+                "output_type": "dense&sparse",
+                "instruct": "Find code",
+            },
+        ),
     ],
 )
-def test_native_body_sends_exactly_what_is_set(kwargs: dict[str, object],
-                                                expected_parameters: dict[str, object]) -> None:
+def test_native_body_sends_exactly_what_is_set(
+    kwargs: dict[str, object], expected_parameters: dict[str, object]
+) -> None:
     request = NATIVE.build(["a", "b"], params(**kwargs))
     assert request.path == "/services/embeddings/text-embedding/text-embedding"
     assert request.body == {
@@ -71,18 +86,26 @@ def test_native_body_never_sends_dimension_to_fixed_size_models() -> None:
 
 def test_compatible_body_uses_openai_names() -> None:
     body = COMPAT.build(["x", "y"], params(dimension=256)).body
-    assert body == {"model": "text-embedding-v4", "input": ["x", "y"], "encoding_format": "float",
-                    "dimensions": 256}
+    assert body == {
+        "model": "text-embedding-v4",
+        "input": ["x", "y"],
+        "encoding_format": "float",
+        "dimensions": 256,
+    }
     assert "dimensions" not in COMPAT.build(["x"], params()).body
 
 
 @pytest.mark.parametrize(
     ("kwargs", "named"),
-    [({"text_type": "query"}, "text_type"), ({"instruct": "x"}, "instruct"),
-     ({"output_type": "sparse"}, "output_type")],
+    [
+        ({"text_type": "query"}, "text_type"),
+        ({"instruct": "x"}, "instruct"),
+        ({"output_type": "sparse"}, "output_type"),
+    ],
 )
-def test_compatible_protocol_refuses_native_only_parameters(kwargs: dict[str, object],
-                                                            named: str) -> None:
+def test_compatible_protocol_refuses_native_only_parameters(
+    kwargs: dict[str, object], named: str
+) -> None:
     with pytest.raises(InvalidInputError, match=f"{named}.*protocol='native'"):
         COMPAT.check(params(**kwargs))
 
@@ -94,14 +117,18 @@ def test_compatible_protocol_refuses_models_it_does_not_serve() -> None:
 
 # ----------------------------------------------------------------------- native replies
 def native_reply(rows: list[dict[str, object]], tokens: int = 7) -> bytes:
-    return json.dumps({"output": {"embeddings": rows}, "usage": {"total_tokens": tokens},
-                       "request_id": "rid-1"}).encode()
+    return json.dumps(
+        {"output": {"embeddings": rows}, "usage": {"total_tokens": tokens}, "request_id": "rid-1"}
+    ).encode()
 
 
 def test_native_rows_are_placed_by_text_index_not_array_order() -> None:
     p = params(dimension=64)
-    rows = [{"text_index": 2, "embedding": [2.0] * 64}, {"text_index": 0, "embedding": [0.0] * 64},
-            {"text_index": 1, "embedding": [1.0] * 64}]
+    rows = [
+        {"text_index": 2, "embedding": [2.0] * 64},
+        {"text_index": 0, "embedding": [0.0] * 64},
+        {"text_index": 1, "embedding": [1.0] * 64},
+    ]
     parsed = native.parse_reply(native_reply(rows), 3, p)
     assert parsed.dense is not None
     assert [v[0] for v in parsed.dense] == [0.0, 1.0, 2.0]
@@ -110,9 +137,16 @@ def test_native_rows_are_placed_by_text_index_not_array_order() -> None:
 
 
 def test_native_sparse_and_dense_halves_from_one_reply() -> None:
-    rows = [{"text_index": 0, "embedding": [0.5] * 1024,
-             "sparse_embedding": [{"index": 7149, "value": 0.829, "token": "wind"},
-                                  {"index": 11, "value": 0.1, "token": "a"}]}]
+    rows = [
+        {
+            "text_index": 0,
+            "embedding": [0.5] * 1024,
+            "sparse_embedding": [
+                {"index": 7149, "value": 0.829, "token": "wind"},
+                {"index": 11, "value": 0.1, "token": "a"},
+            ],
+        }
+    ]
     parsed = native.parse_reply(native_reply(rows), 1, params(output_type="dense&sparse"))
     assert parsed.dense is not None and len(parsed.dense[0]) == 1024
     assert parsed.sparse is not None
@@ -131,8 +165,14 @@ def test_sparse_only_reply_needs_no_dense_vector() -> None:
     ("rows", "expected", "message"),
     [
         ([{"text_index": 0, "embedding": [0.0] * 64}], 2, r"rows \[1\] missing"),
-        ([{"text_index": 0, "embedding": [0.0] * 64}, {"text_index": 0, "embedding": [0.0] * 64}],
-         2, "returned twice"),
+        (
+            [
+                {"text_index": 0, "embedding": [0.0] * 64},
+                {"text_index": 0, "embedding": [0.0] * 64},
+            ],
+            2,
+            "returned twice",
+        ),
         ([{"text_index": 5, "embedding": [0.0] * 64}], 1, "outside"),
         ([{"text_index": 0, "embedding": [0.0] * 63}], 1, "64 floats, got 63"),
         ([{"text_index": 0}], 1, "64 floats, got NoneType"),
@@ -164,12 +204,18 @@ def test_compatible_reply_with_floats_or_base64() -> None:
     p = params(dimension=64)
     floats = [0.25] * 64
     packed = base64.b64encode(struct.pack("<64f", *([0.5] * 64))).decode()
-    content = json.dumps({
-        "data": [{"embedding": packed, "index": 1, "object": "embedding"},
-                 {"embedding": floats, "index": 0, "object": "embedding"}],
-        "model": "text-embedding-v4", "object": "list",
-        "usage": {"prompt_tokens": 6, "total_tokens": 6}, "id": "rid-c",
-    }).encode()
+    content = json.dumps(
+        {
+            "data": [
+                {"embedding": packed, "index": 1, "object": "embedding"},
+                {"embedding": floats, "index": 0, "object": "embedding"},
+            ],
+            "model": "text-embedding-v4",
+            "object": "list",
+            "usage": {"prompt_tokens": 6, "total_tokens": 6},
+            "id": "rid-c",
+        }
+    ).encode()
     parsed = openai_compatible.parse_reply(content, 2, p)
     assert parsed.dense == [floats, [0.5] * 64]
     assert parsed.total_tokens == 6 and parsed.request_id == "rid-c"
@@ -185,30 +231,88 @@ def test_compatible_bad_base64_is_a_bad_response() -> None:
 @pytest.mark.parametrize(
     ("status", "body", "cls", "code"),
     [
-        (401, {"code": "InvalidApiKey", "message": "Invalid API-key provided.",
-               "request_id": "r1"}, AuthenticationError, "InvalidApiKey"),
-        (400, {"code": "InvalidParameter", "message": "batch size is invalid", "request_id": "r1"},
-         BadRequestError, "InvalidParameter"),
-        (400, {"code": "Arrearage", "message": "Access denied", "request_id": "r1"},
-         PermissionDeniedError, "Arrearage"),
-        (403, {"code": "AccessDenied.Unpurchased", "message": "no", "request_id": "r1"},
-         PermissionDeniedError, "AccessDenied.Unpurchased"),
-        (400, {"code": "InvalidParameter", "message": "Model not exist.", "request_id": "r1"},
-         NotFoundError, "InvalidParameter"),
-        (400, {"code": "DataInspectionFailed", "message": "inappropriate", "request_id": "r1"},
-         ContentFilterError, "DataInspectionFailed"),
-        (429, {"code": "Throttling.RateQuota", "message": "slow down", "request_id": "r1"},
-         RateLimitError, "Throttling.RateQuota"),
-        (500, {"code": "InternalError", "message": "oops", "request_id": "r1"}, ServerError,
-         "InternalError"),
-        (503, {"code": "ServiceUnavailable", "msg": "legacy msg key", "request_id": "r1"},
-         ServerError, "ServiceUnavailable"),
-        (401, {"error": {"message": "Incorrect API key provided.", "type": "invalid_request_error",
-                         "param": None, "code": "invalid_api_key"}, "request_id": "r1", "id": "r1"},
-         AuthenticationError, "invalid_api_key"),
-        (404, {"error": {"message": "The model `x` does not exist", "code": "model_not_found",
-                         "type": "invalid_request_error"}, "id": "r1"},
-         NotFoundError, "model_not_found"),
+        (
+            401,
+            {"code": "InvalidApiKey", "message": "Invalid API-key provided.", "request_id": "r1"},
+            AuthenticationError,
+            "InvalidApiKey",
+        ),
+        (
+            400,
+            {"code": "InvalidParameter", "message": "batch size is invalid", "request_id": "r1"},
+            BadRequestError,
+            "InvalidParameter",
+        ),
+        (
+            400,
+            {"code": "Arrearage", "message": "Access denied", "request_id": "r1"},
+            PermissionDeniedError,
+            "Arrearage",
+        ),
+        (
+            403,
+            {"code": "AccessDenied.Unpurchased", "message": "no", "request_id": "r1"},
+            PermissionDeniedError,
+            "AccessDenied.Unpurchased",
+        ),
+        (
+            400,
+            {"code": "InvalidParameter", "message": "Model not exist.", "request_id": "r1"},
+            NotFoundError,
+            "InvalidParameter",
+        ),
+        (
+            400,
+            {"code": "DataInspectionFailed", "message": "inappropriate", "request_id": "r1"},
+            ContentFilterError,
+            "DataInspectionFailed",
+        ),
+        (
+            429,
+            {"code": "Throttling.RateQuota", "message": "slow down", "request_id": "r1"},
+            RateLimitError,
+            "Throttling.RateQuota",
+        ),
+        (
+            500,
+            {"code": "InternalError", "message": "oops", "request_id": "r1"},
+            ServerError,
+            "InternalError",
+        ),
+        (
+            503,
+            {"code": "ServiceUnavailable", "msg": "legacy msg key", "request_id": "r1"},
+            ServerError,
+            "ServiceUnavailable",
+        ),
+        (
+            401,
+            {
+                "error": {
+                    "message": "Incorrect API key provided.",
+                    "type": "invalid_request_error",
+                    "param": None,
+                    "code": "invalid_api_key",
+                },
+                "request_id": "r1",
+                "id": "r1",
+            },
+            AuthenticationError,
+            "invalid_api_key",
+        ),
+        (
+            404,
+            {
+                "error": {
+                    "message": "The model `x` does not exist",
+                    "code": "model_not_found",
+                    "type": "invalid_request_error",
+                },
+                "id": "r1",
+            },
+            NotFoundError,
+            "model_not_found",
+        ),
     ],
 )
 def test_error_bodies_of_both_protocols_map_to_typed_errors(
@@ -238,10 +342,20 @@ def test_retry_after_headers() -> None:
 
 
 def test_free_quota_exhaustion_is_not_retried_but_tpm_throttling_is() -> None:
-    free = parse_error_reply(429, {}, json.dumps(
-        {"code": "Throttling.AllocationQuota", "message": "Free allocated quota exceeded."}).encode())
-    tpm = parse_error_reply(429, {}, json.dumps(
-        {"code": "Throttling.AllocationQuota", "message": "Allocated quota exceeded."}).encode())
+    free = parse_error_reply(
+        429,
+        {},
+        json.dumps(
+            {"code": "Throttling.AllocationQuota", "message": "Free allocated quota exceeded."}
+        ).encode(),
+    )
+    tpm = parse_error_reply(
+        429,
+        {},
+        json.dumps(
+            {"code": "Throttling.AllocationQuota", "message": "Allocated quota exceeded."}
+        ).encode(),
+    )
     assert not free.retryable and tpm.retryable
 
 
@@ -251,6 +365,9 @@ def test_should_retry_header_overrides_the_status_rule() -> None:
 
 
 def test_error_text_renders_status_code_and_request_id() -> None:
-    error = parse_error_reply(400, {}, json.dumps(
-        {"code": "InvalidParameter", "message": "bad", "request_id": "rid-7"}).encode())
+    error = parse_error_reply(
+        400,
+        {},
+        json.dumps({"code": "InvalidParameter", "message": "bad", "request_id": "rid-7"}).encode(),
+    )
     assert str(error) == "[400 InvalidParameter] bad (request_id=rid-7)"

@@ -36,8 +36,11 @@ def test_retry_after_is_honoured_and_capped() -> None:
 
 @pytest.mark.parametrize(
     "error",
-    [BadRequestError("no", status_code=400), AuthenticationError("no", status_code=401),
-     ValueError("not ours")],
+    [
+        BadRequestError("no", status_code=400),
+        AuthenticationError("no", status_code=401),
+        ValueError("not ours"),
+    ],
 )
 def test_permanent_errors_are_not_retried(error: Exception) -> None:
     assert RetryPolicy().delay_before_retry(error, 1, 0.0) is None
