@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -12,9 +13,24 @@ from dashscope_embed.config import ClientConfig, Protocol
 from dashscope_embed.engine import Engine, Outcome
 from dashscope_embed.errors import ConfigurationError, PartialEmbeddingError
 from dashscope_embed.models import DEFAULT_MODEL, ModelSpec, OutputType, TextType
-from dashscope_embed.planner import Plan, assemble, plan, resolve_params, validate_texts
-from dashscope_embed.protocol import Codec, EmbedParams, ParsedBatch, codec_for
+from dashscope_embed.planner import (
+    Plan,
+    assemble,
+    plan,
+    regroup,
+    resolve_params,
+    validate_texts,
+)
+from dashscope_embed.protocol import Codec, EmbedParams, HttpRequest, ParsedBatch, codec_for
 from dashscope_embed.retry import RetryPolicy
+from dashscope_embed.tokens import (
+    LONG_TEXT_POLICIES,
+    LongTextPlan,
+    LongTextPolicy,
+    TokenCounter,
+    apply_long_text_policy,
+    default_token_counter,
+)
 from dashscope_embed.transport import Transport
 from dashscope_embed.types import EmbeddingResult, PartialResult
 
@@ -44,6 +60,11 @@ class DashScopeClient:
         http_client / async_http_client: your own httpx clients (proxies, custom TLS);
             the client then does not close them.
         retry: a full :class:`RetryPolicy` (overrides ``max_retries``).
+        long_text: what to do with a text over the model's token limit: ``"error"``
+            (raise before sending, naming it), ``"truncate"`` or ``"chunk"`` (embed the
+            pieces and average them); see :mod:`dashscope_embed.tokens`.
+        token_counter: counts tokens; default the exact Qwen tokenizer when the
+            ``tokenizer`` extra is installed, else a conservative estimate.
 
     Example::
 
@@ -68,6 +89,8 @@ class DashScopeClient:
         http_client: httpx.Client | None = None,
         async_http_client: httpx.AsyncClient | None = None,
         retry: RetryPolicy | None = None,
+        long_text: LongTextPolicy = "error",
+        token_counter: TokenCounter | None = None,
         config: ClientConfig | None = None,
     ) -> None:
         if config is None:
@@ -87,6 +110,12 @@ class DashScopeClient:
         self.config = config
         self.retry = retry or RetryPolicy(max_retries=config.max_retries)
         self.max_concurrency = max_concurrency
+        if long_text not in LONG_TEXT_POLICIES:
+            raise ConfigurationError(
+                f"long_text must be one of {list(LONG_TEXT_POLICIES)}, got {long_text!r}"
+            )
+        self.long_text: LongTextPolicy = long_text
+        self._token_counter = token_counter
         self._codec: Codec = codec_for(config.protocol)
         self._engine = Engine(self.retry, max_concurrency)
         self._transport = Transport(
@@ -108,6 +137,7 @@ class DashScopeClient:
             "config": self.config,
             "retry": self.retry,
             "max_concurrency": self.max_concurrency,
+            "long_text": self.long_text,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -115,6 +145,7 @@ class DashScopeClient:
             config=state["config"],
             retry=state["retry"],
             max_concurrency=state["max_concurrency"],
+            long_text=state.get("long_text", "error"),
         )
 
     # ------------------------------------------------------------------ public API
@@ -128,6 +159,7 @@ class DashScopeClient:
         dimension: int | None = None,
         output_type: OutputType = "dense",
         batch_size: int | None = None,
+        long_text: LongTextPolicy | None = None,
     ) -> EmbeddingResult:
         """Embed ``texts``; returns dense and/or sparse vectors in input order.
 
@@ -142,25 +174,23 @@ class DashScopeClient:
             output_type: ``"dense"``, ``"sparse"`` or ``"dense&sparse"`` (one request
                 returns both halves of a hybrid index).
             batch_size: texts per request; default and maximum is the model's row limit.
+            long_text: override the client's long-text policy for this call.
 
         Raises:
             InvalidInputError: bad texts or parameters (nothing was sent).
             APIError subclasses: when every request failed; the first error is raised.
             PartialEmbeddingError: some requests failed for good; the rest is attached.
         """
-        params, the_plan, codec = self._prepare(
-            texts, model, text_type, instruct, dimension, output_type, batch_size
+        call = self._prepare(
+            texts, model, text_type, instruct, dimension, output_type, batch_size, long_text
         )
-        base = codec.base_url(self.config)
 
         def send(batch: range) -> ParsedBatch:
-            batch_texts = the_plan.batch_texts(batch)
-            request = codec.build(batch_texts, params)
-            content = self._transport.post(base + request.path, request.body)
-            return codec.parse(content, len(batch_texts), params)
+            request = call.request(batch)
+            content = self._transport.post(call.base_url + request.path, request.body)
+            return call.parse(content, batch)
 
-        outcome = self._engine.run(the_plan.batches, send)
-        return _finish(the_plan, outcome, params)
+        return call.finish(self._engine.run(call.plan.batches, send))
 
     async def aembed(
         self,
@@ -172,21 +202,19 @@ class DashScopeClient:
         dimension: int | None = None,
         output_type: OutputType = "dense",
         batch_size: int | None = None,
+        long_text: LongTextPolicy | None = None,
     ) -> EmbeddingResult:
         """Async twin of :meth:`embed`, with the same arguments, result and errors."""
-        params, the_plan, codec = self._prepare(
-            texts, model, text_type, instruct, dimension, output_type, batch_size
+        call = self._prepare(
+            texts, model, text_type, instruct, dimension, output_type, batch_size, long_text
         )
-        base = codec.base_url(self.config)
 
         async def send(batch: range) -> ParsedBatch:
-            batch_texts = the_plan.batch_texts(batch)
-            request = codec.build(batch_texts, params)
-            content = await self._transport.apost(base + request.path, request.body)
-            return codec.parse(content, len(batch_texts), params)
+            request = call.request(batch)
+            content = await self._transport.apost(call.base_url + request.path, request.body)
+            return call.parse(content, batch)
 
-        outcome = await self._engine.arun(the_plan.batches, send)
-        return _finish(the_plan, outcome, params)
+        return call.finish(await self._engine.arun(call.plan.batches, send))
 
     def close(self) -> None:
         """Close pooled connections (the client stays usable; it reconnects on demand)."""
@@ -209,6 +237,12 @@ class DashScopeClient:
         await self.aclose()
 
     # ------------------------------------------------------------------ internals
+    def token_counter(self) -> TokenCounter:
+        """The token counter this client uses (see ``token_counter=``)."""
+        if self._token_counter is None:
+            self._token_counter = default_token_counter()
+        return self._token_counter
+
     def _prepare(
         self,
         texts: Sequence[str],
@@ -218,7 +252,8 @@ class DashScopeClient:
         dimension: int | None,
         output_type: str,
         batch_size: int | None,
-    ) -> tuple[EmbedParams, Plan, Codec]:
+        long_text: LongTextPolicy | None,
+    ) -> _Call:
         params = resolve_params(
             model,
             text_type=text_type,
@@ -236,23 +271,69 @@ class DashScopeClient:
                     f"{params.spec.name}"
                 )
             rows = batch_size
+        long_plan = self._long_text_plan(valid, params, long_text or self.long_text)
         # Fail on a missing key before planning work, not inside a worker thread.
         self.config.resolve_api_key()
-        return params, plan(valid, rows), self._codec
+        return _Call(
+            params=params,
+            codec=self._codec,
+            base_url=self._codec.base_url(self.config),
+            plan=plan(long_plan.rows if long_plan else valid, rows),
+            long_plan=long_plan,
+        )
+
+    def _long_text_plan(
+        self, texts: list[str], params: EmbedParams, policy: LongTextPolicy
+    ) -> LongTextPlan | None:
+        limit = params.spec.max_tokens_per_row - RESERVED_TOKENS
+        # A token is at least one UTF-8 byte and a character at most four, so most texts
+        # are cleared without counting anything.
+        if all(len(text) * 4 <= limit for text in texts):
+            return None
+        long_plan = apply_long_text_policy(
+            texts,
+            params.spec.max_tokens_per_row,
+            policy,
+            self.token_counter(),
+            reserved_tokens=RESERVED_TOKENS,
+        )
+        return long_plan if long_plan.changed else None
 
 
-def _finish(the_plan: Plan, outcome: Outcome, params: EmbedParams) -> EmbeddingResult:
-    replies = [r if isinstance(r, ParsedBatch) else None for r in outcome.replies]
-    result = assemble(the_plan, replies, params)
-    if isinstance(result, EmbeddingResult):
-        return result
-    errors = [error for _, error in outcome.errors]
-    if len(result.missing_positions) == the_plan.input_count and errors:
-        # Nothing was embedded: the typed error says it best.
-        raise errors[0]
-    raise PartialEmbeddingError(result, result.missing_positions, errors) from (
-        errors[0] if errors else None
-    )
+# The service may add an end-of-text token to each text (Qwen3-based models bill it).
+RESERVED_TOKENS = 1
+
+
+@dataclass(frozen=True)
+class _Call:
+    """Everything one embed call needs after validation: shared by sync and async."""
+
+    params: EmbedParams
+    codec: Codec
+    base_url: str
+    plan: Plan
+    long_plan: LongTextPlan | None
+
+    def request(self, batch: range) -> HttpRequest:
+        return self.codec.build(self.plan.batch_texts(batch), self.params)
+
+    def parse(self, content: bytes, batch: range) -> ParsedBatch:
+        return self.codec.parse(content, len(batch), self.params)
+
+    def finish(self, outcome: Outcome) -> EmbeddingResult:
+        replies = [r if isinstance(r, ParsedBatch) else None for r in outcome.replies]
+        result = assemble(self.plan, replies, self.params)
+        if self.long_plan is not None:
+            result = regroup(result, self.long_plan)
+        if isinstance(result, EmbeddingResult):
+            return result
+        errors = [error for _, error in outcome.errors]
+        if len(result.missing_positions) == len(result) and errors:
+            # Nothing was embedded: the typed error says it best.
+            raise errors[0]
+        raise PartialEmbeddingError(result, result.missing_positions, errors) from (
+            errors[0] if errors else None
+        )
 
 
 def make_config(**settings: Any) -> ClientConfig:

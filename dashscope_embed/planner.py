@@ -8,7 +8,7 @@ every input got exactly one vector.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from dashscope_embed.errors import InputProblem, InvalidInputError
@@ -19,6 +19,7 @@ from dashscope_embed.models import (
     resolve_model,
 )
 from dashscope_embed.protocol.common import EmbedParams, ParsedBatch
+from dashscope_embed.tokens import LongTextPlan, combine_dense, combine_sparse
 from dashscope_embed.types import EmbeddingResult, PartialResult, SparseEmbedding, Usage
 
 
@@ -250,3 +251,51 @@ def _put(
         # The protocol parsers guarantee this; a failure here is a bug, never a gap.
         raise AssertionError(f"{name} rows do not match batch {batch}")
     column[batch.start : batch.stop] = rows
+
+
+def regroup(
+    result: EmbeddingResult | PartialResult, long_plan: LongTextPlan
+) -> EmbeddingResult | PartialResult:
+    """Map per-row results (after truncation or chunking) back to the caller's inputs.
+
+    A chunked input's pieces are combined (token-weighted); an input is missing if any
+    of its pieces is.
+    """
+    count = len(long_plan.token_counts)
+    owner, weight = long_plan.owner, long_plan.weight
+    if isinstance(result, EmbeddingResult):
+        dense = (
+            combine_dense(result.dense, owner, weight, count) if result.dense is not None else None
+        )
+        sparse = (
+            combine_sparse(result.sparse, owner, weight, count)
+            if result.sparse is not None
+            else None
+        )
+        return replace(result, dense=dense, sparse=sparse, count=count)
+    missing_rows = set(result.missing_positions)
+    missing_inputs = sorted({owner[r] for r in missing_rows})
+    missing_set = set(missing_inputs)
+    kept = [r for r in range(len(owner)) if owner[r] not in missing_set]
+    kept_owner = [owner[r] for r in kept]
+    kept_weight = [weight[r] for r in kept]
+
+    def rebuild(column: list[Any] | None, combine: Any) -> list[Any] | None:
+        if column is None:
+            return None
+        out: list[Any] = [None] * count
+        present = sorted(set(kept_owner))
+        index_of = {who: k for k, who in enumerate(present)}
+        combined = combine(
+            [column[r] for r in kept], [index_of[o] for o in kept_owner], kept_weight, len(present)
+        )
+        for who, value in zip(present, combined, strict=True):
+            out[who] = value
+        return out
+
+    return replace(
+        result,
+        dense=rebuild(result.dense, combine_dense),
+        sparse=rebuild(result.sparse, combine_sparse),
+        missing_positions=missing_inputs,
+    )

@@ -147,3 +147,31 @@ def test_assemble_reports_exactly_the_positions_of_failed_batches() -> None:
                 count=1,
             )
         )
+
+
+def test_regroup_maps_chunk_failures_to_the_owning_input() -> None:
+    from dashscope_embed.planner import regroup
+    from dashscope_embed.tokens import LongTextPlan
+
+    spec = ModelSpec(
+        name="m", max_rows=2, max_tokens_per_row=10, dimensions=(2,), default_dimension=2
+    )
+    p = resolve_params(spec, text_type=None, instruct=None, dimension=None, output_type="dense")
+    # Input 1 was chunked into rows 1, 2, 3; rows 2-3 form the failed second batch.
+    long_plan = LongTextPlan(
+        rows=["a", "b1", "b2", "b3", "c"],
+        owner=[0, 1, 1, 1, 2],
+        weight=[1, 2, 2, 2, 1],
+        token_counts=[1, 6, 1],
+        changed=True,
+    )
+    the_plan = plan(long_plan.rows, 2)
+    replies = [
+        ParsedBatch(dense=[[1.0, 0.0], [0.0, 1.0]], sparse=None, total_tokens=3, request_id="r0"),
+        None,
+        ParsedBatch(dense=[[0.6, 0.8]], sparse=None, total_tokens=1, request_id="r2"),
+    ]
+    partial = regroup(assemble(the_plan, replies, p), long_plan)
+    assert isinstance(partial, PartialResult)
+    assert partial.missing_positions == [1]
+    assert partial.dense == [[1.0, 0.0], None, [0.6, 0.8]]
