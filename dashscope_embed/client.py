@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,6 +12,7 @@ from pydantic import SecretStr, ValidationError
 from dashscope_embed.config import ClientConfig, Protocol
 from dashscope_embed.engine import Engine, Outcome
 from dashscope_embed.errors import ConfigurationError, PartialEmbeddingError
+from dashscope_embed.limits import ConcurrencyGate, RateBudget
 from dashscope_embed.models import DEFAULT_MODEL, ModelSpec, OutputType, TextType
 from dashscope_embed.planner import (
     Plan,
@@ -65,6 +66,10 @@ class DashScopeClient:
             pieces and average them); see :mod:`dashscope_embed.tokens`.
         token_counter: counts tokens; default the exact Qwen tokenizer when the
             ``tokenizer`` extra is installed, else a conservative estimate.
+        requests_per_minute / tokens_per_minute: your quota, enforced client-side and
+            spread evenly, so it is not exceeded in the first place.
+        adaptive_concurrency: halve the requests in flight when the service throttles
+            (429) and grow back on success; ``max_concurrency`` is the ceiling.
 
     Example::
 
@@ -91,6 +96,9 @@ class DashScopeClient:
         retry: RetryPolicy | None = None,
         long_text: LongTextPolicy = "error",
         token_counter: TokenCounter | None = None,
+        requests_per_minute: int | None = None,
+        tokens_per_minute: int | None = None,
+        adaptive_concurrency: bool = True,
         config: ClientConfig | None = None,
     ) -> None:
         if config is None:
@@ -117,7 +125,9 @@ class DashScopeClient:
         self.long_text: LongTextPolicy = long_text
         self._token_counter = token_counter
         self._codec: Codec = codec_for(config.protocol)
-        self._engine = Engine(self.retry, max_concurrency)
+        self.gate = ConcurrencyGate(max_concurrency, adaptive=adaptive_concurrency)
+        self.budget = RateBudget(requests_per_minute, tokens_per_minute)
+        self._engine = Engine(self.retry, self.gate, self.budget)
         self._transport = Transport(
             config,
             http_client=http_client,
@@ -138,6 +148,8 @@ class DashScopeClient:
             "retry": self.retry,
             "max_concurrency": self.max_concurrency,
             "long_text": self.long_text,
+            "budget": self.budget,
+            "adaptive": self.gate.adaptive,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -145,7 +157,10 @@ class DashScopeClient:
             config=state["config"],
             retry=state["retry"],
             max_concurrency=state["max_concurrency"],
-            long_text=state.get("long_text", "error"),
+            long_text=state["long_text"],
+            requests_per_minute=state["budget"].requests_per_minute,
+            tokens_per_minute=state["budget"].tokens_per_minute,
+            adaptive_concurrency=state["adaptive"],
         )
 
     # ------------------------------------------------------------------ public API
@@ -190,7 +205,7 @@ class DashScopeClient:
             content = self._transport.post(call.base_url + request.path, request.body)
             return call.parse(content, batch)
 
-        return call.finish(self._engine.run(call.plan.batches, send))
+        return call.finish(self._engine.run(call.plan.batches, send, self._cost_of(call)))
 
     async def aembed(
         self,
@@ -214,7 +229,7 @@ class DashScopeClient:
             content = await self._transport.apost(call.base_url + request.path, request.body)
             return call.parse(content, batch)
 
-        return call.finish(await self._engine.arun(call.plan.batches, send))
+        return call.finish(await self._engine.arun(call.plan.batches, send, self._cost_of(call)))
 
     def close(self) -> None:
         """Close pooled connections (the client stays usable; it reconnects on demand)."""
@@ -237,6 +252,17 @@ class DashScopeClient:
         await self.aclose()
 
     # ------------------------------------------------------------------ internals
+    def _cost_of(self, call: _Call) -> Callable[[range], int] | None:
+        """Tokens a request will bill, for the tokens-per-minute budget (if one is set)."""
+        if self.budget.tokens_per_minute is None:
+            return None
+        counter = self.token_counter()
+
+        def cost(batch: range) -> int:
+            return sum(counter.count(t) + RESERVED_TOKENS for t in call.plan.batch_texts(batch))
+
+        return cost
+
     def token_counter(self) -> TokenCounter:
         """The token counter this client uses (see ``token_counter=``)."""
         if self._token_counter is None:

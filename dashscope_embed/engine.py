@@ -17,7 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from dashscope_embed.errors import BadRequestError
+from dashscope_embed.errors import BadRequestError, RateLimitError
+from dashscope_embed.limits import ConcurrencyGate, RateBudget
 from dashscope_embed.retry import RetryPolicy
 
 logger = logging.getLogger("dashscope_embed")
@@ -44,20 +45,31 @@ def _stops_everything(error: BaseException) -> bool:
 
 
 def _log_retry(job_index: int, attempt: int, delay: float, error: BaseException) -> None:
-    logger.warning("request %d failed (%s); retry %d in %.2fs", job_index, error, attempt, delay)
+    # Throttling is routine under adaptive concurrency; other retries are worth a note.
+    level = logging.DEBUG if isinstance(error, RateLimitError) else logging.INFO
+    logger.log(level, "request %d failed (%s); retry %d in %.2fs", job_index, error, attempt, delay)
 
 
 class Engine:
-    """Sends jobs with bounded concurrency and per-job retries."""
+    """Sends jobs within the client's concurrency gate and rate budget, retrying each."""
 
-    def __init__(self, retry: RetryPolicy, max_concurrency: int) -> None:
-        if max_concurrency < 1:
-            raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
+    def __init__(
+        self,
+        retry: RetryPolicy,
+        gate: ConcurrencyGate,
+        budget: RateBudget | None = None,
+    ) -> None:
         self.retry = retry
-        self.max_concurrency = max_concurrency
+        self.gate = gate
+        self.budget = budget if budget is not None and budget.active else None
 
     # ---------------------------------------------------------------- sync
-    def run(self, jobs: Sequence[Job], send: Callable[[Job], Reply]) -> Outcome:
+    def run(
+        self,
+        jobs: Sequence[Job],
+        send: Callable[[Job], Reply],
+        cost: Callable[[Job], int] | None = None,
+    ) -> Outcome:
         """Send every job (threads when there is more than one); never raises for a job."""
         outcome = Outcome(replies=[None] * len(jobs))
         stop = threading.Event()
@@ -66,13 +78,13 @@ class Engine:
             if stop.is_set():
                 return
             try:
-                outcome.replies[index] = self._send_with_retry(index, jobs[index], send, stop)
-            except Exception as exc:
+                outcome.replies[index] = self._send_with_retry(index, jobs[index], send, cost, stop)
+            except Exception as exc:  # every failure is recorded per job
                 outcome.errors.append((index, exc))
                 if _stops_everything(exc):
                     stop.set()
 
-        workers = min(self.max_concurrency, len(jobs))
+        workers = min(self.gate.maximum, len(jobs))
         if workers <= 1:
             for index in range(len(jobs)):
                 work(index)
@@ -87,14 +99,19 @@ class Engine:
         index: int,
         job: Job,
         send: Callable[[Job], Reply],
+        cost: Callable[[Job], int] | None,
         stop: threading.Event,
     ) -> Reply:
         started = time.monotonic()
         attempt = 0
         while True:
+            if self.budget is not None:
+                self.budget.wait(cost(job) if cost else 0)
+            epoch = self.gate.acquire()
             try:
-                return send(job)
+                reply = send(job)
             except Exception as exc:
+                self.gate.release(epoch, throttled=_is_throttle(exc))
                 attempt += 1
                 delay = self.retry.delay_before_retry(exc, attempt, time.monotonic() - started)
                 if delay is None or stop.is_set():
@@ -102,26 +119,34 @@ class Engine:
                 _log_retry(index, attempt, delay, exc)
                 if stop.wait(delay):
                     raise
+                continue
+            self.gate.release(epoch, succeeded=True)
+            return reply
 
     # ---------------------------------------------------------------- async
-    async def arun(self, jobs: Sequence[Job], send: Callable[[Job], Awaitable[Reply]]) -> Outcome:
-        """Async twin of :meth:`run`: at most ``max_concurrency`` requests in flight."""
+    async def arun(
+        self,
+        jobs: Sequence[Job],
+        send: Callable[[Job], Awaitable[Reply]],
+        cost: Callable[[Job], int] | None = None,
+    ) -> Outcome:
+        """Async twin of :meth:`run`; the gate bounds requests in flight."""
         outcome = Outcome(replies=[None] * len(jobs))
         stop = asyncio.Event()
-        gate = asyncio.Semaphore(self.max_concurrency)
 
         async def work(index: int) -> None:
-            async with gate:
-                if stop.is_set():
-                    return
-                try:
-                    outcome.replies[index] = await self._asend_with_retry(
-                        index, jobs[index], send, stop
-                    )
-                except Exception as exc:
-                    outcome.errors.append((index, exc))
-                    if _stops_everything(exc):
-                        stop.set()
+            if stop.is_set():
+                return
+            try:
+                outcome.replies[index] = await self._asend_with_retry(
+                    index, jobs[index], send, cost, stop
+                )
+            except _Stopped:
+                return
+            except Exception as exc:  # recorded per job
+                outcome.errors.append((index, exc))
+                if _stops_everything(exc):
+                    stop.set()
 
         await asyncio.gather(*(work(i) for i in range(len(jobs))))
         outcome.errors.sort(key=lambda pair: pair[0])
@@ -132,14 +157,24 @@ class Engine:
         index: int,
         job: Job,
         send: Callable[[Job], Awaitable[Reply]],
+        cost: Callable[[Job], int] | None,
         stop: asyncio.Event,
     ) -> Reply:
         started = time.monotonic()
         attempt = 0
         while True:
+            if self.budget is not None:
+                await self.budget.await_turn(cost(job) if cost else 0)
+            epoch = await self.gate.aacquire()
+            if stop.is_set():
+                self.gate.release(epoch)
+                raise _Stopped()
             try:
-                return await send(job)
-            except Exception as exc:
+                reply = await send(job)
+            except BaseException as exc:
+                self.gate.release(epoch, throttled=_is_throttle(exc))
+                if not isinstance(exc, Exception):
+                    raise  # cancellation
                 attempt += 1
                 delay = self.retry.delay_before_retry(exc, attempt, time.monotonic() - started)
                 if delay is None or stop.is_set():
@@ -150,3 +185,13 @@ class Engine:
                 except asyncio.TimeoutError:
                     continue
                 raise
+            self.gate.release(epoch, succeeded=True)
+            return reply
+
+
+class _Stopped(Exception):  # noqa: N818 - control flow, never escapes Outcome
+    """A job not sent because another job's failure stopped the call."""
+
+
+def _is_throttle(error: BaseException) -> bool:
+    return isinstance(error, RateLimitError) and error.retryable

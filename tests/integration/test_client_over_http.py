@@ -209,3 +209,28 @@ def test_unpickled_client_embeds_with_the_workers_key(
     clone = pickle.loads(pickle.dumps(make_client()))
     monkeypatch.setenv("DASHSCOPE_API_KEY", dashscope_emulator.api_key)
     assert len(clone.embed(["from a worker"])) == 1
+
+
+def test_adaptive_concurrency_finds_a_hidden_cap(
+    make_client: Factory, dashscope_emulator: Emulator
+) -> None:
+    # The service allows 3 requests at once and does not say so; the client starts at 12.
+    dashscope_emulator.configure(max_concurrency=3, latency=0.05, throttle_retry_after=0.05)
+    client = make_client(max_concurrency=12)
+    texts = [f"capped {i}" for i in range(600)]
+    result = client.embed(texts)
+    stats = dashscope_emulator.stats()
+    assert len(result) == 600 and stats["duplicate_embeddings"] == 0
+    assert stats["throttled"] < 0.25 * stats["requests"]  # a fixed 12 gets ~70 % 429s
+    assert 1 <= client.gate.limit <= 6 and client.gate.throttle_cuts >= 1
+
+
+async def test_adaptive_concurrency_async(
+    make_client: Factory, dashscope_emulator: Emulator
+) -> None:
+    dashscope_emulator.configure(max_concurrency=2, latency=0.03, throttle_retry_after=0.03)
+    client = make_client(max_concurrency=10)
+    result = await client.aembed([f"acapped {i}" for i in range(1000)])
+    stats = dashscope_emulator.stats()
+    assert len(result) == 1000 and stats["duplicate_embeddings"] == 0
+    assert stats["throttled"] < 0.25 * stats["requests"]

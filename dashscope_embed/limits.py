@@ -1,0 +1,188 @@
+"""How many requests may be in flight, and how fast they may start.
+
+* :class:`ConcurrencyGate`: at most ``limit`` requests in flight, shared by every call
+  of one client, sync and async alike. The limit adapts (AIMD): a 429 halves it, at most
+  once per round of requests (responses to requests sent before the last cut do not cut
+  again); each success adds ``1 / limit`` (a full window of successes adds one) until
+  just below where throttling began, and eight times more slowly from there, up to
+  ``max_concurrency``.
+* :class:`RateBudget`: optional requests-per-minute and tokens-per-minute limits enforced
+  client-side, spread evenly (the service also enforces per second), so a known quota
+  is never exceeded in the first place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+
+
+class ConcurrencyGate:
+    """Adaptive cap on requests in flight; safe across threads and event loops."""
+
+    PROBE_SLOWDOWN = 8  # near the last throttling point, grow 8x more slowly
+
+    def __init__(self, maximum: int, *, adaptive: bool = True) -> None:
+        if maximum < 1:
+            raise ValueError(f"max_concurrency must be >= 1, got {maximum}")
+        self.maximum = maximum
+        self.adaptive = adaptive
+        self.limit = float(maximum)
+        self.in_flight = 0
+        self.epoch = 0
+        self.throttle_cuts = 0
+        self.throttled_at = float("inf")  # the limit at the last cut
+        self._cond = threading.Condition(threading.Lock())
+        self._async_waiters: deque[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = deque()
+
+    def _has_room(self) -> bool:
+        return self.in_flight < max(1, int(self.limit))
+
+    def acquire(self) -> int:
+        """Block until a request may start; returns the epoch to pass to :meth:`release`."""
+        with self._cond:
+            while not self._has_room():
+                self._cond.wait()
+            self.in_flight += 1
+            return self.epoch
+
+    async def aacquire(self) -> int:
+        """Async twin of :meth:`acquire`."""
+        loop = asyncio.get_running_loop()
+        while True:
+            with self._cond:
+                if self._has_room():
+                    self.in_flight += 1
+                    return self.epoch
+                future: asyncio.Future[None] = loop.create_future()
+                self._async_waiters.append((loop, future))
+            try:
+                await future
+            except asyncio.CancelledError:
+                with self._cond:
+                    self._wake()  # pass on a wake-up this waiter may have taken
+                raise
+
+    def release(self, epoch: int, *, throttled: bool = False, succeeded: bool = False) -> None:
+        """A request finished: adapt the limit and let waiters in."""
+        with self._cond:
+            self.in_flight -= 1
+            if self.adaptive and throttled and epoch == self.epoch:
+                self.throttled_at = self.limit
+                self.limit = max(1.0, self.limit / 2)
+                self.epoch += 1
+                self.throttle_cuts += 1
+            elif self.adaptive and succeeded and self.limit < self.maximum:
+                # Back quickly to just below where throttling began, then probe past it
+                # slowly: the service's limit is usually there.
+                slow = self.limit + 1 >= self.throttled_at
+                step = 1.0 / (self.limit * (self.PROBE_SLOWDOWN if slow else 1))
+                self.limit = min(float(self.maximum), self.limit + step)
+            self._wake()
+
+    def _wake(self) -> None:
+        room = max(1, int(self.limit)) - self.in_flight
+        if room <= 0:
+            return
+        self._cond.notify(room)
+        while room > 0 and self._async_waiters:
+            loop, future = self._async_waiters.popleft()
+            if future.done() or loop.is_closed():
+                continue
+            loop.call_soon_threadsafe(_resolve, future)
+            room -= 1
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+@dataclass
+class _Pace:
+    """Generic cell rate: one unit per ``interval`` seconds, ``burst`` units at once."""
+
+    interval: float
+    burst: float
+    ready_at: float = 0.0  # theoretical arrival time of the next unit
+
+    def reserve(self, units: float, now: float) -> float:
+        """Book ``units``; return how long to wait before using them.
+
+        A request may start once the backlog is within ``burst - 1`` intervals; its
+        units are then booked, so a large request delays the next one, not itself.
+        """
+        start = max(self.ready_at, now)
+        self.ready_at = start + units * self.interval
+        return max(0.0, start - now - (self.burst - 1) * self.interval)
+
+
+class RateBudget:
+    """Client-side requests-per-minute and tokens-per-minute limits.
+
+    Args:
+        requests_per_minute: e.g. your model's RPM quota (``None``: unlimited).
+        tokens_per_minute: your TPM quota (``None``: unlimited).
+        burst_seconds: how many seconds' worth of budget may be spent at once.
+    """
+
+    def __init__(
+        self,
+        requests_per_minute: int | None = None,
+        tokens_per_minute: int | None = None,
+        *,
+        burst_seconds: float = 1.0,
+    ) -> None:
+        for name, value in (
+            ("requests_per_minute", requests_per_minute),
+            ("tokens_per_minute", tokens_per_minute),
+        ):
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1 or None, got {value}")
+        self.requests_per_minute = requests_per_minute
+        self.tokens_per_minute = tokens_per_minute
+        self._lock = threading.Lock()
+        self._requests = (
+            _Pace(60.0 / requests_per_minute, max(1.0, requests_per_minute / 60 * burst_seconds))
+            if requests_per_minute
+            else None
+        )
+        self._tokens = (
+            _Pace(60.0 / tokens_per_minute, tokens_per_minute / 60 * burst_seconds)
+            if tokens_per_minute
+            else None
+        )
+
+    @property
+    def active(self) -> bool:
+        return self._requests is not None or self._tokens is not None
+
+    def reserve(self, tokens: int) -> float:
+        """Book one request of ``tokens`` tokens; seconds to wait before sending it."""
+        now = time.monotonic()
+        with self._lock:
+            wait = 0.0
+            if self._requests is not None:
+                wait = max(wait, self._requests.reserve(1, now))
+            if self._tokens is not None:
+                wait = max(wait, self._tokens.reserve(tokens, now))
+            return wait
+
+    def wait(self, tokens: int) -> None:
+        delay = self.reserve(tokens)
+        if delay > 0:
+            time.sleep(delay)
+
+    async def await_turn(self, tokens: int) -> None:
+        delay = self.reserve(tokens)
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+    def __getstate__(self) -> dict[str, object]:
+        return {"rpm": self.requests_per_minute, "tpm": self.tokens_per_minute}
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__init__(state["rpm"], state["tpm"])  # type: ignore[misc]

@@ -1,0 +1,131 @@
+"""Adaptive concurrency and the client-side rate budget."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from dashscope_embed.limits import ConcurrencyGate, RateBudget, _Pace
+
+
+def test_throttling_halves_the_limit_once_per_round() -> None:
+    gate = ConcurrencyGate(8)
+    epochs = [gate.acquire() for _ in range(8)]
+    gate.release(epochs[0], throttled=True)
+    assert gate.limit == 4
+    for epoch in epochs[1:4]:  # the same round answering 429 too: no further cuts
+        gate.release(epoch, throttled=True)
+    assert gate.limit == 4 and gate.throttle_cuts == 1
+    for epoch in epochs[4:]:
+        gate.release(epoch)  # finished without a verdict (e.g. a 500): no change
+    assert gate.limit == 4 and gate.in_flight == 0
+    fresh = gate.acquire()  # sent after the cut: a 429 for it cuts again
+    gate.release(fresh, throttled=True)
+    assert gate.limit == 2
+
+
+def test_growth_is_fast_below_the_last_throttle_point_and_slow_near_it() -> None:
+    gate = ConcurrencyGate(16)
+    gate.release(gate.acquire(), throttled=True)  # cut from 16 to 8; throttling began at 16
+    assert gate.limit == 8
+    gate.release(gate.acquire(), succeeded=True)
+    assert gate.limit == pytest.approx(8 + 1 / 8)  # fast: a window of successes adds one
+    while gate.limit + 1 < 16:
+        gate.release(gate.acquire(), succeeded=True)
+    before = gate.limit
+    gate.release(gate.acquire(), succeeded=True)
+    assert gate.limit - before == pytest.approx(1 / (before * ConcurrencyGate.PROBE_SLOWDOWN))
+    for _ in range(2000):
+        gate.release(gate.acquire(), succeeded=True)
+    assert gate.limit == 16  # never past the ceiling
+
+
+def test_the_limit_never_drops_below_one() -> None:
+    gate = ConcurrencyGate(4)
+    for _ in range(5):
+        gate.release(gate.acquire(), throttled=True)
+    assert gate.limit == 1
+
+
+def test_fixed_gate_does_not_adapt() -> None:
+    gate = ConcurrencyGate(3, adaptive=False)
+    gate.release(gate.acquire(), throttled=True)
+    assert gate.limit == 3
+
+
+def test_a_full_gate_blocks_until_a_release() -> None:
+    gate = ConcurrencyGate(1)
+    first = gate.acquire()
+    entered = threading.Event()
+
+    def second() -> None:
+        gate.release(gate.acquire(), succeeded=True)
+        entered.set()
+
+    worker = threading.Thread(target=second)
+    worker.start()
+    assert not entered.wait(0.1)
+    gate.release(first, succeeded=True)
+    assert entered.wait(2)
+    worker.join()
+
+
+async def test_async_waiters_are_bounded_and_all_served() -> None:
+    gate = ConcurrencyGate(3)
+    peak = 0
+    running = 0
+
+    async def job() -> None:
+        nonlocal peak, running
+        epoch = await gate.aacquire()
+        running += 1
+        peak = max(peak, running)
+        await asyncio.sleep(0.005)
+        running -= 1
+        gate.release(epoch, succeeded=True)
+
+    await asyncio.gather(*(job() for _ in range(40)))
+    assert peak == 3 and gate.in_flight == 0
+
+
+async def test_cancelled_async_waiter_does_not_leak_a_slot() -> None:
+    gate = ConcurrencyGate(1)
+    held = await gate.aacquire()
+    waiter = asyncio.ensure_future(gate.aacquire())
+    await asyncio.sleep(0.01)
+    waiter.cancel()
+    gate.release(held, succeeded=True)
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    again = await asyncio.wait_for(gate.aacquire(), 1)
+    gate.release(again)
+    assert gate.in_flight == 0
+
+
+def test_pace_spreads_units_evenly_after_a_burst() -> None:
+    pace = _Pace(interval=0.5, burst=2)
+    waits = [pace.reserve(1, now=100.0) for _ in range(5)]
+    assert waits == [0.0, 0.0, 0.5, 1.0, 1.5]
+    assert pace.reserve(1, now=110.0) == 0.0  # idle time refills the burst
+
+
+def test_budget_applies_both_limits() -> None:
+    budget = RateBudget(requests_per_minute=6000, tokens_per_minute=600, burst_seconds=1.0)
+    assert budget.reserve(10) == 0.0  # within the 10-token burst
+    assert budget.reserve(60) == pytest.approx(0.1, abs=0.02)  # starts when one token is free
+    wait = budget.reserve(1)  # ...and its 60 tokens (6 s at 10/s) delay the next request
+    assert 5.9 <= wait <= 6.2
+    assert not RateBudget().active
+    with pytest.raises(ValueError, match="tokens_per_minute"):
+        RateBudget(tokens_per_minute=0)
+
+
+def test_budget_wait_sleeps_for_the_booked_time() -> None:
+    budget = RateBudget(requests_per_minute=1200, burst_seconds=0.05)  # 1 per 50 ms
+    started = time.monotonic()
+    for _ in range(4):
+        budget.wait(0)
+    assert time.monotonic() - started >= 0.14
