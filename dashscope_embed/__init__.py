@@ -30,8 +30,10 @@ from dashscope_embed.errors import (
     UnknownModelError,
     is_retryable,
 )
+from dashscope_embed.limits import RateBudget
 from dashscope_embed.models import DEFAULT_MODEL, MODELS, ModelSpec, resolve_model
 from dashscope_embed.retry import RetryPolicy
+from dashscope_embed.stream import EmbeddingChunk, EmbedStreamError
 from dashscope_embed.types import EmbeddingResult, PartialResult, SparseEmbedding, Usage
 
 __all__ = [
@@ -49,6 +51,8 @@ __all__ = [
     "ContentFilterError",
     "DashScopeClient",
     "DashScopeError",
+    "EmbedStreamError",
+    "EmbeddingChunk",
     "EmbeddingResult",
     "InvalidInputError",
     "MissingApiKeyError",
@@ -57,6 +61,7 @@ __all__ = [
     "PartialEmbeddingError",
     "PartialResult",
     "PermissionDeniedError",
+    "RateBudget",
     "RateLimitError",
     "RetryPolicy",
     "ServerError",

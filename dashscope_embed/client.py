@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,7 +13,7 @@ from dashscope_embed.config import ClientConfig, Protocol
 from dashscope_embed.engine import Engine, Outcome
 from dashscope_embed.errors import ConfigurationError, PartialEmbeddingError
 from dashscope_embed.limits import ConcurrencyGate, RateBudget
-from dashscope_embed.models import DEFAULT_MODEL, ModelSpec, OutputType, TextType
+from dashscope_embed.models import DEFAULT_MODEL, ModelSpec, OutputType, TextType, resolve_model
 from dashscope_embed.planner import (
     Plan,
     assemble,
@@ -24,6 +24,7 @@ from dashscope_embed.planner import (
 )
 from dashscope_embed.protocol import Codec, EmbedParams, HttpRequest, ParsedBatch, codec_for
 from dashscope_embed.retry import RetryPolicy
+from dashscope_embed.stream import EmbeddingChunk, float32_array, stream_async, stream_sync
 from dashscope_embed.tokens import (
     LONG_TEXT_POLICIES,
     LongTextPlan,
@@ -230,6 +231,95 @@ class DashScopeClient:
             return call.parse(content, batch)
 
         return call.finish(await self._engine.arun(call.plan.batches, send, self._cost_of(call)))
+
+    def embed_stream(
+        self,
+        texts: Iterable[str],
+        *,
+        model: str | ModelSpec = DEFAULT_MODEL,
+        text_type: TextType | None = None,
+        instruct: str | None = None,
+        dimension: int | None = None,
+        output_type: OutputType = "dense",
+        long_text: LongTextPolicy | None = None,
+        lookahead: int | None = None,
+        as_numpy: bool = False,
+    ) -> Iterator[EmbeddingChunk]:
+        """Embed an iterable of any size; yield :class:`EmbeddingChunk` s in input order.
+
+        Texts are read lazily, one request's worth at a time; at most ``lookahead``
+        (default ``2 * max_concurrency``) such slices are held at once, so memory does not
+        grow with the corpus. With ``as_numpy=True`` each chunk's ``array`` holds its dense
+        vectors as float32. Identical texts are sent once only within a slice.
+
+        Raises:
+            InvalidInputError: a bad text (positions count from the start of ``texts``).
+            EmbedStreamError: a request failed for good; every earlier input was yielded.
+        """
+        spec = resolve_model(model)
+        options: dict[str, Any] = {
+            "model": spec,
+            "text_type": text_type,
+            "instruct": instruct,
+            "dimension": dimension,
+            "output_type": output_type,
+            "long_text": long_text,
+        }
+        resolve_params(
+            spec,
+            text_type=text_type,
+            instruct=instruct,
+            dimension=dimension,
+            output_type=output_type,
+        )  # fail before reading anything
+        return stream_sync(
+            texts,
+            lambda batch: self.embed(batch, **options),
+            slice_size=spec.max_rows,
+            lookahead=lookahead or 2 * self.max_concurrency,
+            to_array=float32_array if as_numpy else None,
+        )
+
+    def aembed_stream(
+        self,
+        texts: Iterable[str] | AsyncIterable[str],
+        *,
+        model: str | ModelSpec = DEFAULT_MODEL,
+        text_type: TextType | None = None,
+        instruct: str | None = None,
+        dimension: int | None = None,
+        output_type: OutputType = "dense",
+        long_text: LongTextPolicy | None = None,
+        lookahead: int | None = None,
+        as_numpy: bool = False,
+    ) -> AsyncIterator[EmbeddingChunk]:
+        """Async twin of :meth:`embed_stream`; ``texts`` may also be an async iterable.
+
+        Use as ``async for chunk in client.aembed_stream(texts): ...``.
+        """
+        spec = resolve_model(model)
+        options: dict[str, Any] = {
+            "model": spec,
+            "text_type": text_type,
+            "instruct": instruct,
+            "dimension": dimension,
+            "output_type": output_type,
+            "long_text": long_text,
+        }
+        resolve_params(
+            spec,
+            text_type=text_type,
+            instruct=instruct,
+            dimension=dimension,
+            output_type=output_type,
+        )
+        return stream_async(
+            texts,
+            lambda batch: self.aembed(batch, **options),
+            slice_size=spec.max_rows,
+            lookahead=lookahead or 2 * self.max_concurrency,
+            to_array=float32_array if as_numpy else None,
+        )
 
     def close(self) -> None:
         """Close pooled connections (the client stays usable; it reconnects on demand)."""
