@@ -71,9 +71,13 @@ def test_stream_failure_says_where_to_resume_and_keeps_later_work(
     dashscope_emulator.configure(error_rate=0.2, seed=11)
     client = make_client(retry=RetryPolicy(max_retries=0), max_concurrency=2)
     yielded: list[int] = []
-    with pytest.raises(EmbedStreamError) as info:
+
+    def consume() -> None:
         for chunk in client.embed_stream([f"r{i}" for i in range(300)], lookahead=4):
             yielded.extend(range(chunk.start, chunk.stop))
+
+    with pytest.raises(EmbedStreamError) as info:
+        consume()
     error = info.value
     assert yielded == list(range(error.position))  # everything before it, in order
     assert isinstance(error.cause, ServerError)
