@@ -104,26 +104,50 @@ class Limiter:
                     "Requests throttling triggered.",
                     s.throttle_retry_after,
                 )
-            if s.rpm is not None and len(self._requests) >= s.rpm:
-                wait = self.WINDOW - (now - self._requests[0])
-                return Throttle(
-                    "Throttling.RateQuota",
-                    "Requests rate limit exceeded, please try again later.",
-                    max(wait, 0.01),
+            if s.rpm is not None:
+                # The service enforces the minute quota per second too (RPS = RPM / 60).
+                wait = self._window_wait(
+                    [t for t in self._requests], [1] * len(self._requests), 1, s.rpm, now
                 )
-            if s.tpm is not None and self._token_sum + tokens > s.tpm and self._tokens:
-                wait = self.WINDOW - (now - self._tokens[0][0])
-                return Throttle(
-                    "Throttling.AllocationQuota",
-                    "Allocated quota exceeded, please increase your quota limit.",
-                    max(wait, 0.01),
+                if wait is not None:
+                    return Throttle(
+                        "Throttling.RateQuota",
+                        "Requests rate limit exceeded, please try again later.",
+                        wait,
+                    )
+            if s.tpm is not None and self._tokens:
+                wait = self._window_wait(
+                    [t for t, _ in self._tokens], [n for _, n in self._tokens], tokens, s.tpm, now
                 )
+                if wait is not None:
+                    return Throttle(
+                        "Throttling.AllocationQuota",
+                        "Allocated quota exceeded, please increase your quota limit.",
+                        wait,
+                    )
             self._requests.append(now)
             if tokens:
                 self._tokens.append((now, tokens))
                 self._token_sum += tokens
             self.in_flight += 1
             return None
+
+    def _window_wait(
+        self, times: list[float], amounts: list[int], amount: int, per_minute: int, now: float
+    ) -> float | None:
+        """Seconds until ``amount`` more fits both the minute and the per-second quota, or
+        ``None`` if it fits now."""
+        per_second = max(1, -(-per_minute // 60))
+        for window, quota in ((self.WINDOW, per_minute), (1.0, per_second)):
+            used = 0
+            oldest = None
+            for when, n in zip(times, amounts, strict=True):
+                if now - when < window:
+                    used += n
+                    oldest = when if oldest is None else oldest
+            if used and used + amount > quota and oldest is not None:
+                return max(window - (now - oldest), 0.01)
+        return None
 
     def release(self) -> None:
         with self._lock:

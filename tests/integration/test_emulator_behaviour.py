@@ -169,14 +169,23 @@ def test_sparse_entries_have_index_value_token(dashscope_emulator: Emulator) -> 
     assert all(isinstance(e["index"], int) for e in entries.values())
 
 
-def test_rpm_limit_answers_429_with_retry_after(dashscope_emulator: Emulator) -> None:
-    dashscope_emulator.configure(rpm=3)
-    codes = [post(dashscope_emulator, EMBED, native([f"t{i}"])).status_code for i in range(4)]
-    assert codes == [200, 200, 200, 429]
-    throttled = post(dashscope_emulator, EMBED, native(["again"]))
-    assert throttled.json()["code"] == "Throttling.RateQuota"
-    assert 1 <= int(throttled.headers["retry-after"]) <= 60
-    assert int(throttled.headers["retry-after-ms"]) > 0
+def test_rpm_limit_is_enforced_per_second_and_per_minute(dashscope_emulator: Emulator) -> None:
+    dashscope_emulator.configure(rpm=120)  # 2 requests a second
+    codes = [post(dashscope_emulator, EMBED, native([f"t{i}"])).status_code for i in range(3)]
+    assert codes == [200, 200, 429]
+    dashscope_emulator.configure(rpm=2)  # 1 a second, 2 a minute
+    dashscope_emulator.reset()
+    assert post(dashscope_emulator, EMBED, native(["a"])).status_code == 200
+    per_second = post(dashscope_emulator, EMBED, native(["b"]))
+    assert per_second.status_code == 429
+    assert per_second.json()["code"] == "Throttling.RateQuota"
+    assert int(per_second.headers["retry-after-ms"]) <= 1000
+    time.sleep(1.05)
+    assert post(dashscope_emulator, EMBED, native(["c"])).status_code == 200
+    time.sleep(1.05)
+    per_minute = post(dashscope_emulator, EMBED, native(["d"]))
+    assert per_minute.status_code == 429
+    assert 50 <= int(per_minute.headers["retry-after"]) <= 60
 
 
 def test_tpm_limit_answers_429_allocation_quota(dashscope_emulator: Emulator) -> None:
