@@ -36,6 +36,9 @@ class EmbeddingChunk:
     def count(self) -> int:
         return len(self.result)
 
+    def __repr__(self) -> str:
+        return f"EmbeddingChunk(start={self.start}, count={self.count})"
+
     @property
     def stop(self) -> int:
         """One past the last input position in this chunk."""

@@ -36,6 +36,14 @@ class SparseEmbedding:
     def __len__(self) -> int:
         return len(self.indices)
 
+    def __repr__(self) -> str:
+        labels = self.tokens or [str(i) for i in self.indices]
+        shown = ", ".join(
+            f"{label}={value:.3g}" for label, value in zip(labels[:5], self.values[:5], strict=True)
+        )
+        more = f", ... {len(self) - 5} more" if len(self) > 5 else ""
+        return f"SparseEmbedding({shown}{more})"
+
     def as_dict(self) -> dict[int, float]:
         """``{vocabulary id: weight}``; weights of a repeated id are added up."""
         out: dict[int, float] = {}
@@ -87,6 +95,16 @@ class EmbeddingResult:
     def __len__(self) -> int:
         return self.count
 
+    def __repr__(self) -> str:
+        # Compact on purpose: results hold millions of floats, and Python 3.11's
+        # asyncio.run reprs the main task's result when it restores the SIGINT handler.
+        return (
+            f"EmbeddingResult(count={self.count}, model={self.model!r}, "
+            f"dimension={self.dimension}, dense={self.dense is not None}, "
+            f"sparse={self.sparse is not None}, total_tokens={self.usage.total_tokens}, "
+            f"requests={len(self.request_ids)})"
+        )
+
     def __iter__(self) -> Iterator[list[float]]:
         """Iterate over the dense vectors."""
         return iter(self.require_dense())
@@ -128,6 +146,12 @@ class PartialResult:
     def __len__(self) -> int:
         column = self.dense if self.dense is not None else self.sparse
         return len(column) if column is not None else 0
+
+    def __repr__(self) -> str:
+        return (
+            f"PartialResult(count={len(self)}, missing={len(self.missing_positions)}, "
+            f"model={self.model!r}, dimension={self.dimension})"
+        )
 
     def complete_with(self, rest: EmbeddingResult) -> EmbeddingResult:
         """Fill the missing positions with ``rest`` (the result of embedding exactly the

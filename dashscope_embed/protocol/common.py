@@ -48,6 +48,13 @@ class ParsedBatch:
     total_tokens: int
     request_id: str | None
 
+    def __repr__(self) -> str:
+        rows = len(self.dense if self.dense is not None else self.sparse or [])
+        return (
+            f"ParsedBatch(rows={rows}, total_tokens={self.total_tokens}, "
+            f"request_id={self.request_id!r})"
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class HttpRequest:

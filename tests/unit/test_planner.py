@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from dashscope_embed import EmbeddingResult, InvalidInputError, ModelSpec, PartialResult
+from dashscope_embed import (
+    EmbeddingResult,
+    InvalidInputError,
+    ModelSpec,
+    PartialResult,
+    SparseEmbedding,
+    Usage,
+)
 from dashscope_embed.planner import assemble, plan, resolve_params, validate_texts
 from dashscope_embed.protocol.common import ParsedBatch
 
@@ -175,3 +182,21 @@ def test_regroup_maps_chunk_failures_to_the_owning_input() -> None:
     assert isinstance(partial, PartialResult)
     assert partial.missing_positions == [1]
     assert partial.dense == [[1.0, 0.0], None, [0.6, 0.8]]
+
+
+def test_results_render_compactly() -> None:
+    # Results hold millions of floats; printing one (or asyncio.run on Python 3.11,
+    # which reprs the main task's result) must not format them all.
+    result = EmbeddingResult(
+        dense=[[0.123456789] * 1024] * 500,
+        sparse=None,
+        usage=Usage(7),
+        request_ids=("r1",),
+        model="text-embedding-v4",
+        dimension=1024,
+        count=500,
+    )
+    text = repr(result)
+    assert len(text) < 200 and "count=500" in text and "0.1234" not in text
+    sparse = repr(SparseEmbedding(list(range(9)), [0.5] * 9, [f"t{i}" for i in range(9)]))
+    assert sparse == "SparseEmbedding(t0=0.5, t1=0.5, t2=0.5, t3=0.5, t4=0.5, ... 4 more)"
