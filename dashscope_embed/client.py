@@ -11,9 +11,12 @@ from pydantic import SecretStr, ValidationError
 
 from dashscope_embed.config import ClientConfig, Protocol
 from dashscope_embed.engine import Engine, Outcome
-from dashscope_embed.errors import ConfigurationError, PartialEmbeddingError
+from dashscope_embed.errors import ConfigurationError, InvalidInputError, PartialEmbeddingError
 from dashscope_embed.limits import ConcurrencyGate, RateBudget
 from dashscope_embed.models import DEFAULT_MODEL, ModelSpec, OutputType, TextType, resolve_model
+from dashscope_embed.multimodal import MULTIMODAL_PATH, Content
+from dashscope_embed.multimodal import build_body as build_multimodal_body
+from dashscope_embed.multimodal import parse_reply as parse_multimodal_reply
 from dashscope_embed.planner import (
     Plan,
     assemble,
@@ -176,6 +179,7 @@ class DashScopeClient:
         output_type: OutputType = "dense",
         batch_size: int | None = None,
         long_text: LongTextPolicy | None = None,
+        progress: Callable[[int], None] | None = None,
     ) -> EmbeddingResult:
         """Embed ``texts``; returns dense and/or sparse vectors in input order.
 
@@ -191,6 +195,8 @@ class DashScopeClient:
                 returns both halves of a hybrid index).
             batch_size: texts per request; default and maximum is the model's row limit.
             long_text: override the client's long-text policy for this call.
+            progress: called with the number of inputs each finished request covered
+                (duplicates included), e.g. a progress bar's ``update``.
 
         Raises:
             InvalidInputError: bad texts or parameters (nothing was sent).
@@ -206,7 +212,10 @@ class DashScopeClient:
             content = self._transport.post(call.base_url + request.path, request.body)
             return call.parse(content, batch)
 
-        return call.finish(self._engine.run(call.plan.batches, send, self._cost_of(call)))
+        outcome = self._engine.run(
+            call.plan.batches, send, self._cost_of(call), call.progress_hook(progress)
+        )
+        return call.finish(outcome)
 
     async def aembed(
         self,
@@ -219,6 +228,7 @@ class DashScopeClient:
         output_type: OutputType = "dense",
         batch_size: int | None = None,
         long_text: LongTextPolicy | None = None,
+        progress: Callable[[int], None] | None = None,
     ) -> EmbeddingResult:
         """Async twin of :meth:`embed`, with the same arguments, result and errors."""
         call = self._prepare(
@@ -230,7 +240,73 @@ class DashScopeClient:
             content = await self._transport.apost(call.base_url + request.path, request.body)
             return call.parse(content, batch)
 
-        return call.finish(await self._engine.arun(call.plan.batches, send, self._cost_of(call)))
+        outcome = await self._engine.arun(
+            call.plan.batches, send, self._cost_of(call), call.progress_hook(progress)
+        )
+        return call.finish(outcome)
+
+    def embed_multimodal(
+        self,
+        contents: Sequence[Content],
+        *,
+        model: str | ModelSpec = "multimodal-embedding-v1",
+        dimension: int | None = None,
+    ) -> EmbeddingResult:
+        """Embed texts, images and videos into one vector space, in input order.
+
+        Build contents with :class:`~dashscope_embed.multimodal.Content`
+        (``Content.image("cat.png")``, ``Content.text("a cat")``); images are checked
+        against the service's limits before anything is sent.
+        """
+        call = self._prepare_multimodal(contents, model, dimension)
+
+        def send(batch: range) -> ParsedBatch:
+            content = self._transport.post(call.url, call.body(batch))
+            return call.parse(content, batch)
+
+        return call.finish(self._engine.run(call.plan.batches, send))
+
+    async def aembed_multimodal(
+        self,
+        contents: Sequence[Content],
+        *,
+        model: str | ModelSpec = "multimodal-embedding-v1",
+        dimension: int | None = None,
+    ) -> EmbeddingResult:
+        """Async twin of :meth:`embed_multimodal`."""
+        call = self._prepare_multimodal(contents, model, dimension)
+
+        async def send(batch: range) -> ParsedBatch:
+            content = await self._transport.apost(call.url, call.body(batch))
+            return call.parse(content, batch)
+
+        return call.finish(await self._engine.arun(call.plan.batches, send))
+
+    def _prepare_multimodal(
+        self, contents: Sequence[Content], model: str | ModelSpec, dimension: int | None
+    ) -> _MultimodalCall:
+        spec = resolve_model(model)
+        if spec.kind != "multimodal":
+            raise InvalidInputError(f"{spec.name} is not a multimodal model")
+        if dimension is not None and dimension not in spec.dimensions:
+            raise InvalidInputError(
+                f"dimension={dimension} is not allowed for {spec.name}; allowed: "
+                f"{sorted(spec.dimensions, reverse=True)}"
+            )
+        if not contents or not all(isinstance(c, Content) for c in contents):
+            raise InvalidInputError(
+                "contents must be a non-empty list of Content (Content.text / image / video)"
+            )
+        if self.config.protocol != "native":
+            raise InvalidInputError("multimodal embedding needs protocol='native'")
+        self.config.resolve_api_key()
+        return _MultimodalCall(
+            spec=spec,
+            contents=list(contents),
+            dimension=dimension if spec.configurable_dimension else None,
+            url=self.config.native_base_url + MULTIMODAL_PATH,
+            plan=plan([str(i) for i in range(len(contents))], spec.max_rows, deduplicate=False),
+        )
 
     def embed_stream(
         self,
@@ -430,6 +506,17 @@ class _Call:
     plan: Plan
     long_plan: LongTextPlan | None
 
+    def progress_hook(
+        self, progress: Callable[[int], None] | None
+    ) -> Callable[[range], None] | None:
+        """Turn "request done" into "this many inputs done" for a progress callback."""
+        if progress is None:
+            return None
+        inputs_per_row = [0] * len(self.plan.unique)
+        for slot in self.plan.slot_of:
+            inputs_per_row[slot] += 1
+        return lambda batch: progress(sum(inputs_per_row[batch.start : batch.stop]))
+
     def request(self, batch: range) -> HttpRequest:
         return self.codec.build(self.plan.batch_texts(batch), self.params)
 
@@ -441,15 +528,42 @@ class _Call:
         result = assemble(self.plan, replies, self.params)
         if self.long_plan is not None:
             result = regroup(result, self.long_plan)
-        if isinstance(result, EmbeddingResult):
-            return result
-        errors = [error for _, error in outcome.errors]
-        if len(result.missing_positions) == len(result) and errors:
-            # Nothing was embedded: the typed error says it best.
-            raise errors[0]
-        raise PartialEmbeddingError(result, result.missing_positions, errors) from (
-            errors[0] if errors else None
+        return _raise_or_return(result, outcome)
+
+
+def _raise_or_return(result: EmbeddingResult | PartialResult, outcome: Outcome) -> EmbeddingResult:
+    if isinstance(result, EmbeddingResult):
+        return result
+    errors = [error for _, error in outcome.errors]
+    if len(result.missing_positions) == len(result) and errors:
+        # Nothing was embedded: the typed error says it best.
+        raise errors[0]
+    raise PartialEmbeddingError(result, result.missing_positions, errors) from (
+        errors[0] if errors else None
+    )
+
+
+@dataclass(frozen=True)
+class _MultimodalCall:
+    spec: ModelSpec
+    contents: list[Content]
+    dimension: int | None
+    url: str
+    plan: Plan
+
+    def body(self, batch: range) -> dict[str, Any]:
+        return build_multimodal_body(
+            self.spec.name, self.contents[batch.start : batch.stop], self.dimension
         )
+
+    def parse(self, content: bytes, batch: range) -> ParsedBatch:
+        size = self.dimension or self.spec.default_dimension
+        return parse_multimodal_reply(content, len(batch), size)
+
+    def finish(self, outcome: Outcome) -> EmbeddingResult:
+        params = EmbedParams(self.spec, None, None, self.dimension, "dense")
+        replies = [r if isinstance(r, ParsedBatch) else None for r in outcome.replies]
+        return _raise_or_return(assemble(self.plan, replies, params), outcome)
 
 
 def make_config(**settings: Any) -> ClientConfig:

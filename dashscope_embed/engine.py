@@ -69,6 +69,7 @@ class Engine:
         jobs: Sequence[Job],
         send: Callable[[Job], Reply],
         cost: Callable[[Job], int] | None = None,
+        on_success: Callable[[Job], None] | None = None,
     ) -> Outcome:
         """Send every job (threads when there is more than one); never raises for a job."""
         outcome = Outcome(replies=[None] * len(jobs))
@@ -79,12 +80,16 @@ class Engine:
                 return
             try:
                 outcome.replies[index] = self._send_with_retry(index, jobs[index], send, cost, stop)
+                if on_success is not None:
+                    on_success(jobs[index])
             except Exception as exc:  # every failure is recorded per job
                 outcome.errors.append((index, exc))
                 if _stops_everything(exc):
                     stop.set()
 
-        workers = min(self.gate.maximum, len(jobs))
+        # Twice the gate's limit: a worker sleeping before a retry holds no slot, and the
+        # others must be able to use it meanwhile.
+        workers = min(2 * self.gate.maximum, len(jobs))
         if workers <= 1:
             for index in range(len(jobs)):
                 work(index)
@@ -107,7 +112,7 @@ class Engine:
         while True:
             if self.budget is not None:
                 self.budget.wait(cost(job) if cost else 0)
-            epoch = self.gate.acquire()
+            epoch = self.gate.acquire(priority=attempt > 0)
             try:
                 reply = send(job)
             except Exception as exc:
@@ -129,6 +134,7 @@ class Engine:
         jobs: Sequence[Job],
         send: Callable[[Job], Awaitable[Reply]],
         cost: Callable[[Job], int] | None = None,
+        on_success: Callable[[Job], None] | None = None,
     ) -> Outcome:
         """Async twin of :meth:`run`; the gate bounds requests in flight."""
         outcome = Outcome(replies=[None] * len(jobs))
@@ -141,6 +147,8 @@ class Engine:
                 outcome.replies[index] = await self._asend_with_retry(
                     index, jobs[index], send, cost, stop
                 )
+                if on_success is not None:
+                    on_success(jobs[index])
             except _Stopped:
                 return
             except Exception as exc:  # recorded per job
@@ -165,7 +173,7 @@ class Engine:
         while True:
             if self.budget is not None:
                 await self.budget.await_turn(cost(job) if cost else 0)
-            epoch = await self.gate.aacquire()
+            epoch = await self.gate.aacquire(priority=attempt > 0)
             if stop.is_set():
                 self.gate.release(epoch)
                 raise _Stopped()

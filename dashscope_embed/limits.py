@@ -1,11 +1,11 @@
 """How many requests may be in flight, and how fast they may start.
 
 * :class:`ConcurrencyGate`: at most ``limit`` requests in flight, shared by every call
-  of one client, sync and async alike. The limit adapts (AIMD): a 429 halves it, at most
-  once per round of requests (responses to requests sent before the last cut do not cut
+  of one client, sync and async alike. The limit adapts (AIMD): a 429 cuts it to 70 %,
+  at most once per round of requests (responses to requests sent before the last cut do not cut
   again); each success adds ``1 / limit`` (a full window of successes adds one) until
   just below where throttling began, and eight times more slowly from there, up to
-  ``max_concurrency``.
+  ``max_concurrency``. Retries are let in before waiting first attempts.
 * :class:`RateBudget`: optional requests-per-minute and tokens-per-minute limits enforced
   client-side, spread evenly (the service also enforces per second), so a known quota
   is never exceeded in the first place.
@@ -24,6 +24,7 @@ class ConcurrencyGate:
     """Adaptive cap on requests in flight; safe across threads and event loops."""
 
     PROBE_SLOWDOWN = 8  # near the last throttling point, grow 8x more slowly
+    DECREASE = 0.7  # multiplicative cut on throttling (as TCP CUBIC): halving overshoots
 
     def __init__(self, maximum: int, *, adaptive: bool = True) -> None:
         if maximum < 1:
@@ -36,35 +37,58 @@ class ConcurrencyGate:
         self.throttle_cuts = 0
         self.throttled_at = float("inf")  # the limit at the last cut
         self._cond = threading.Condition(threading.Lock())
-        self._async_waiters: deque[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = deque()
+        self._priority_waiting = 0
+        self._async_waiters: deque[_Waiter] = deque()
+        self._async_priority_waiters: deque[_Waiter] = deque()
 
-    def _has_room(self) -> bool:
+    def _has_room(self, priority: bool = False) -> bool:
+        if not priority and self._priority_waiting:
+            return False  # retries go first: a call's slowest request decides its end
         return self.in_flight < max(1, int(self.limit))
 
-    def acquire(self) -> int:
-        """Block until a request may start; returns the epoch to pass to :meth:`release`."""
+    def acquire(self, *, priority: bool = False) -> int:
+        """Block until a request may start; returns the epoch to pass to :meth:`release`.
+
+        ``priority`` requests (retries) are let in before waiting first attempts.
+        """
         with self._cond:
-            while not self._has_room():
-                self._cond.wait()
+            if priority:
+                self._priority_waiting += 1
+            try:
+                while not self._has_room(priority):
+                    self._cond.wait()
+            finally:
+                if priority:
+                    self._priority_waiting -= 1
             self.in_flight += 1
             return self.epoch
 
-    async def aacquire(self) -> int:
+    async def aacquire(self, *, priority: bool = False) -> int:
         """Async twin of :meth:`acquire`."""
         loop = asyncio.get_running_loop()
-        while True:
-            with self._cond:
-                if self._has_room():
-                    self.in_flight += 1
-                    return self.epoch
-                future: asyncio.Future[None] = loop.create_future()
-                self._async_waiters.append((loop, future))
-            try:
-                await future
-            except asyncio.CancelledError:
+        waiters = self._async_priority_waiters if priority else self._async_waiters
+        with self._cond:
+            if priority:
+                self._priority_waiting += 1
+        try:
+            while True:
                 with self._cond:
-                    self._wake()  # pass on a wake-up this waiter may have taken
-                raise
+                    if self._has_room(priority):
+                        self.in_flight += 1
+                        return self.epoch
+                    future: asyncio.Future[None] = loop.create_future()
+                    waiters.append((loop, future))
+                try:
+                    await future
+                except asyncio.CancelledError:
+                    with self._cond:
+                        self._wake()  # pass on a wake-up this waiter may have taken
+                    raise
+        finally:
+            if priority:
+                with self._cond:
+                    self._priority_waiting -= 1
+                    self._wake()
 
     def release(self, epoch: int, *, throttled: bool = False, succeeded: bool = False) -> None:
         """A request finished: adapt the limit and let waiters in."""
@@ -72,7 +96,7 @@ class ConcurrencyGate:
             self.in_flight -= 1
             if self.adaptive and throttled and epoch == self.epoch:
                 self.throttled_at = self.limit
-                self.limit = max(1.0, self.limit / 2)
+                self.limit = max(1.0, self.limit * self.DECREASE)
                 self.epoch += 1
                 self.throttle_cuts += 1
             elif self.adaptive and succeeded and self.limit < self.maximum:
@@ -87,13 +111,19 @@ class ConcurrencyGate:
         room = max(1, int(self.limit)) - self.in_flight
         if room <= 0:
             return
-        self._cond.notify(room)
-        while room > 0 and self._async_waiters:
-            loop, future = self._async_waiters.popleft()
-            if future.done() or loop.is_closed():
-                continue
-            loop.call_soon_threadsafe(_resolve, future)
-            room -= 1
+        # Few threads ever wait here (the engine runs at most 2 x max_concurrency), so
+        # waking them all is cheap and lets a priority waiter through first.
+        self._cond.notify_all()
+        for waiters in (self._async_priority_waiters, self._async_waiters):
+            while room > 0 and waiters:
+                loop, future = waiters.popleft()
+                if future.done() or loop.is_closed():
+                    continue
+                loop.call_soon_threadsafe(_resolve, future)
+                room -= 1
+
+
+_Waiter = tuple[asyncio.AbstractEventLoop, "asyncio.Future[None]"]
 
 
 def _resolve(future: asyncio.Future[None]) -> None:
@@ -126,7 +156,9 @@ class RateBudget:
     Args:
         requests_per_minute: e.g. your model's RPM quota (``None``: unlimited).
         tokens_per_minute: your TPM quota (``None``: unlimited).
-        burst_seconds: how many seconds' worth of budget may be spent at once.
+        burst_seconds: how many seconds' worth of budget may be spent at once. The
+            default, none, suits the service, which counts each second separately.
+        headroom: share of the quota actually used, leaving room for timing jitter.
     """
 
     def __init__(
@@ -134,7 +166,8 @@ class RateBudget:
         requests_per_minute: int | None = None,
         tokens_per_minute: int | None = None,
         *,
-        burst_seconds: float = 1.0,
+        burst_seconds: float = 0.0,
+        headroom: float = 0.97,
     ) -> None:
         for name, value in (
             ("requests_per_minute", requests_per_minute),
@@ -146,12 +179,18 @@ class RateBudget:
         self.tokens_per_minute = tokens_per_minute
         self._lock = threading.Lock()
         self._requests = (
-            _Pace(60.0 / requests_per_minute, max(1.0, requests_per_minute / 60 * burst_seconds))
+            _Pace(
+                60.0 / (requests_per_minute * headroom),
+                max(1.0, requests_per_minute / 60 * burst_seconds),
+            )
             if requests_per_minute
             else None
         )
         self._tokens = (
-            _Pace(60.0 / tokens_per_minute, tokens_per_minute / 60 * burst_seconds)
+            _Pace(
+                60.0 / (tokens_per_minute * headroom),
+                max(1.0, tokens_per_minute / 60 * burst_seconds),
+            )
             if tokens_per_minute
             else None
         )

@@ -22,7 +22,7 @@ class RetryPolicy:
     """
 
     max_retries: int = 4
-    initial_delay: float = 0.5
+    initial_delay: float = 0.25
     max_delay: float = 8.0
     max_retry_after: float = 30.0
     total_timeout: float | None = 300.0

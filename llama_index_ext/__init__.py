@@ -1,0 +1,14 @@
+"""DashScope embeddings for LlamaIndex (``pip install dashscope-embed[llama-index]``).
+
+* :class:`DashScopeEmbedding`: dense text embeddings; with ``output_type="dense&sparse"``
+  it also feeds the sparse half of a hybrid index from the same requests.
+* :class:`DashScopeSparseEmbedding`: sparse (lexical) embeddings, ``{token_id: weight}``.
+* :class:`DashScopeMultiModalEmbedding`: images and text (``multimodal-embedding-v1``).
+"""
+
+from __future__ import annotations
+
+from llama_index_ext.embeddings import DashScopeEmbedding, DashScopeSparseEmbedding
+from llama_index_ext.multimodal import DashScopeMultiModalEmbedding
+
+__all__ = ["DashScopeEmbedding", "DashScopeMultiModalEmbedding", "DashScopeSparseEmbedding"]

@@ -467,7 +467,7 @@ class TextJob:
                 value: Any = (
                     base64.b64encode(vec.astype("<f4").tobytes()).decode("ascii")
                     if self.as_base64
-                    else vec.tolist()
+                    else _as_service_floats(vec)
                 )
                 data.append({"embedding": value, "index": i, "object": "embedding"})
             tokens = self.tokens
@@ -482,7 +482,7 @@ class TextJob:
         for i, text in enumerate(self.texts):
             item: dict[str, Any] = {"text_index": i}
             if self.output_type != "sparse":
-                item["embedding"] = self.dense(text).tolist()
+                item["embedding"] = _as_service_floats(self.dense(text))
             if self.output_type != "dense":
                 item["sparse_embedding"] = vectors.sparse_vector(text)
             items.append(item)
@@ -491,6 +491,11 @@ class TextJob:
             "usage": {"total_tokens": self.tokens},
             "request_id": request_id,
         }
+
+
+def _as_service_floats(vector: np.ndarray) -> np.ndarray:
+    """float32 values widened to float64: printed with ~17 digits, as the service does."""
+    return vector.astype(np.float64)
 
 
 def parse_json_object(raw: bytes) -> dict[str, Any]:

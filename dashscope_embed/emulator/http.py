@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import math
 import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
+
+import orjson
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -72,7 +73,9 @@ class Response:
 
     @classmethod
     def json(cls, status: int, payload: Any, headers: dict[str, str] | None = None) -> Response:
-        data = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        # orjson writes NumPy vectors natively: ~30x faster than json.dumps on float lists,
+        # which would otherwise make the emulator the bottleneck of any benchmark.
+        data = orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)
         return cls(status, data, "application/json", dict(headers or {}))
 
     async def send(self, send: Send, *, drop: bool = False) -> None:

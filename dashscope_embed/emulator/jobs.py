@@ -19,6 +19,8 @@ from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
+import orjson
+
 from dashscope_embed.emulator import vectors
 from dashscope_embed.emulator.http import Request, Response, new_request_id
 from dashscope_embed.models import MODELS, ModelSpec
@@ -266,7 +268,7 @@ class JobStore:
             request_id=request.request_id,
         )
         self.tasks[task.task_id] = task
-        task.runner = asyncio.get_running_loop().create_task(self._run_task(task, spec))
+        task.runner = asyncio.get_running_loop().create_task(self._guard_task(task, spec))
         return self._reply(
             200,
             {
@@ -274,6 +276,12 @@ class JobStore:
                 "request_id": request.request_id,
             },
         )
+
+    async def _guard_task(self, task: Task, spec: ModelSpec) -> None:
+        try:
+            await self._run_task(task, spec)
+        except Exception as exc:  # an emulator bug must show, not leave a task hanging
+            self._fail_task(task, "InternalError", f"emulator error: {exc!r}")
 
     async def _run_task(self, task: Task, spec: ModelSpec) -> None:
         settings = self.app.settings
@@ -507,7 +515,7 @@ class JobStore:
             metadata=body.get("metadata"),
         )
         self.batches[batch.id] = batch
-        batch.runner = asyncio.get_running_loop().create_task(self._run_batch(batch))
+        batch.runner = asyncio.get_running_loop().create_task(self._guard_batch(batch))
         return self._reply(200, batch.describe())
 
     def _list_batches(self, request: Request) -> Reply:
@@ -539,6 +547,24 @@ class JobStore:
                 "has_more": len(ordered) > limit,
             },
         )
+
+    async def _guard_batch(self, batch: Batch) -> None:
+        try:
+            await self._run_batch(batch)
+        except Exception as exc:  # an emulator bug must show, not leave a batch hanging
+            batch.status = "failed"
+            batch.failed_at = int(time.time())
+            batch.errors = {
+                "object": "list",
+                "data": [
+                    {
+                        "code": "internal_error",
+                        "message": f"emulator error: {exc!r}",
+                        "param": None,
+                        "line": None,
+                    }
+                ],
+            }
 
     async def _run_batch(self, batch: Batch) -> None:
         from dashscope_embed.emulator.app import ServiceError
@@ -672,9 +698,7 @@ class JobStore:
 
     def _store_jsonl(self, prefix: str, rows: list[dict[str, Any]]) -> str:
         file_id = f"{prefix}-{uuid.uuid4().hex[:24]}"
-        content = "".join(
-            json.dumps(r, ensure_ascii=False, separators=(",", ":")) + "\n" for r in rows
-        ).encode("utf-8")
+        content = b"".join(orjson.dumps(r, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n" for r in rows)
         self.files[file_id] = StoredFile(file_id, f"{file_id}.jsonl", "batch_output", content)
         return file_id
 

@@ -99,7 +99,7 @@ async def embed_multimodal(app: EmulatorApp, request: Request) -> Reply:
                 vec = vectors.text_vector(spec.name, key, spec.default_dimension)
             else:
                 vec = vectors.content_vector(spec.name, key, hint, spec.default_dimension)
-            embeddings.append({"index": index, "type": kind, "embedding": vec.tolist()})
+            embeddings.append({"index": index, "type": kind, "embedding": vec.astype("float64")})
         usage: dict[str, Any] = {"input_tokens": text_tokens, "image_count": images}
         if images:
             usage["image_tokens"] = 1024 * images

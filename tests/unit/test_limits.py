@@ -15,24 +15,24 @@ def test_throttling_halves_the_limit_once_per_round() -> None:
     gate = ConcurrencyGate(8)
     epochs = [gate.acquire() for _ in range(8)]
     gate.release(epochs[0], throttled=True)
-    assert gate.limit == 4
+    assert gate.limit == pytest.approx(8 * 0.7)
     for epoch in epochs[1:4]:  # the same round answering 429 too: no further cuts
         gate.release(epoch, throttled=True)
-    assert gate.limit == 4 and gate.throttle_cuts == 1
+    assert gate.limit == pytest.approx(5.6) and gate.throttle_cuts == 1
     for epoch in epochs[4:]:
         gate.release(epoch)  # finished without a verdict (e.g. a 500): no change
-    assert gate.limit == 4 and gate.in_flight == 0
+    assert gate.limit == pytest.approx(5.6) and gate.in_flight == 0
     fresh = gate.acquire()  # sent after the cut: a 429 for it cuts again
     gate.release(fresh, throttled=True)
-    assert gate.limit == 2
+    assert gate.limit == pytest.approx(5.6 * 0.7)
 
 
 def test_growth_is_fast_below_the_last_throttle_point_and_slow_near_it() -> None:
     gate = ConcurrencyGate(16)
-    gate.release(gate.acquire(), throttled=True)  # cut from 16 to 8; throttling began at 16
-    assert gate.limit == 8
+    gate.release(gate.acquire(), throttled=True)  # cut to 11.2; throttling began at 16
+    assert gate.limit == pytest.approx(11.2)
     gate.release(gate.acquire(), succeeded=True)
-    assert gate.limit == pytest.approx(8 + 1 / 8)  # fast: a window of successes adds one
+    assert gate.limit == pytest.approx(11.2 + 1 / 11.2)  # fast: a window of successes adds one
     while gate.limit + 1 < 16:
         gate.release(gate.acquire(), succeeded=True)
     before = gate.limit
@@ -45,7 +45,7 @@ def test_growth_is_fast_below_the_last_throttle_point_and_slow_near_it() -> None
 
 def test_the_limit_never_drops_below_one() -> None:
     gate = ConcurrencyGate(4)
-    for _ in range(5):
+    for _ in range(8):
         gate.release(gate.acquire(), throttled=True)
     assert gate.limit == 1
 
@@ -113,7 +113,9 @@ def test_pace_spreads_units_evenly_after_a_burst() -> None:
 
 
 def test_budget_applies_both_limits() -> None:
-    budget = RateBudget(requests_per_minute=6000, tokens_per_minute=600, burst_seconds=1.0)
+    budget = RateBudget(
+        requests_per_minute=6000, tokens_per_minute=600, burst_seconds=1.0, headroom=1.0
+    )
     assert budget.reserve(10) == 0.0  # within the 10-token burst
     assert budget.reserve(60) == pytest.approx(0.1, abs=0.02)  # starts when one token is free
     wait = budget.reserve(1)  # ...and its 60 tokens (6 s at 10/s) delay the next request
@@ -129,3 +131,29 @@ def test_budget_wait_sleeps_for_the_booked_time() -> None:
     for _ in range(4):
         budget.wait(0)
     assert time.monotonic() - started >= 0.14
+
+
+def test_retries_are_let_in_before_first_attempts() -> None:
+    gate = ConcurrencyGate(1, adaptive=False)
+    held = gate.acquire()
+    order: list[str] = []
+    ready = threading.Barrier(3)
+
+    def wait(name: str, priority: bool) -> None:
+        ready.wait()
+        if priority:
+            time.sleep(0.05)  # the retry starts waiting after the first attempt
+        epoch = gate.acquire(priority=priority)
+        order.append(name)
+        gate.release(epoch)
+
+    first = threading.Thread(target=wait, args=("first attempt", False))
+    retry = threading.Thread(target=wait, args=("retry", True))
+    first.start()
+    retry.start()
+    ready.wait()
+    time.sleep(0.15)  # both are waiting now
+    gate.release(held)
+    first.join(2)
+    retry.join(2)
+    assert order == ["retry", "first attempt"]

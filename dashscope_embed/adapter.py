@@ -1,0 +1,265 @@
+"""What the LlamaIndex and LangChain classes share: settings, roles and the hybrid cache.
+
+Each framework class is a pydantic model that mixes in :class:`AdapterSettings` and
+names its model field the framework's way (``model_name`` / ``model``). Everything
+else (the client, the query/document roles, the sparse half kept for hybrid indexes)
+lives here once.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, PrivateAttr, SecretStr, model_validator
+
+from dashscope_embed.client import DEFAULT_MAX_CONCURRENCY, DashScopeClient
+from dashscope_embed.config import Protocol
+from dashscope_embed.errors import InvalidInputError
+from dashscope_embed.models import ModelSpec, OutputType, resolve_model
+from dashscope_embed.planner import resolve_params
+from dashscope_embed.protocol import codec_for
+from dashscope_embed.tasks import resolve_instruct
+from dashscope_embed.tokens import LongTextPolicy
+from dashscope_embed.types import EmbeddingResult, SparseEmbedding
+
+Role = Literal["query", "document"]
+
+
+class SparseCache:
+    """The sparse halves of recent ``dense&sparse`` calls, so a hybrid vector store's
+    sparse function reuses them instead of paying for a second request.
+
+    Bounded (least recently used entries go first); keyed by role, instruction and text.
+    """
+
+    def __init__(self, max_entries: int = 50_000) -> None:
+        self.max_entries = max_entries
+        self._entries: OrderedDict[tuple[str, str | None, str], SparseEmbedding] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def put(
+        self,
+        role: str,
+        instruct: str | None,
+        texts: Sequence[str],
+        vectors: Sequence[SparseEmbedding],
+    ) -> None:
+        with self._lock:
+            for text, vector in zip(texts, vectors, strict=True):
+                key = (role, instruct, text)
+                self._entries[key] = vector
+                self._entries.move_to_end(key)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+
+    def get(self, role: str, instruct: str | None, text: str) -> SparseEmbedding | None:
+        with self._lock:
+            vector = self._entries.get((role, instruct, text))
+            if vector is None:
+                self.misses += 1
+            else:
+                self.hits += 1
+                self._entries.move_to_end((role, instruct, text))
+            return vector
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+class AdapterSettings(BaseModel):
+    """Settings shared by every framework class (the model field is the framework's).
+
+    The API key is a secret: excluded from dumps, ``repr`` and pickles; with none given,
+    ``DASHSCOPE_API_KEY`` is read when the first request is made.
+    """
+
+    dimension: int | None = Field(
+        default=None, description="Vector length; one of the model's allowed sizes."
+    )
+    output_type: OutputType = Field(
+        default="dense",
+        description="'dense', 'sparse' or 'dense&sparse' (one request feeds a hybrid index).",
+    )
+    instruct: str | None = Field(
+        default=None, description="Task instruction sent with queries (wins over task)."
+    )
+    task: str | None = Field(
+        default=None,
+        description="Named instruction preset for queries: web_search, question_answering, "
+        "code_search, code_to_code, text_to_sql, ... (see dashscope_embed.tasks.TASKS).",
+    )
+    api_key: SecretStr | None = Field(default=None, exclude=True, repr=False)
+    region: str | None = Field(default=None, description="cn-beijing, ap-southeast-1, ...")
+    base_url: str | None = Field(default=None, description="Another host (proxy, emulator).")
+    workspace: str | None = Field(default=None, description="Sub-workspace id.")
+    protocol: Protocol = Field(default="native", description="'native' or 'openai-compatible'.")
+    timeout: float = Field(default=60.0, gt=0, description="Seconds per request.")
+    max_retries: int = Field(default=4, ge=0, le=20)
+    max_concurrency: int = Field(default=DEFAULT_MAX_CONCURRENCY, ge=1, le=64)
+    long_text: LongTextPolicy = Field(
+        default="error", description="Over-long texts: 'error', 'truncate' or 'chunk'."
+    )
+
+    _client: DashScopeClient | None = PrivateAttr(default=None)
+    _sparse_cache: SparseCache = PrivateAttr(default_factory=SparseCache)
+    _client_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+
+    # ----------------------------------------------------------------- configuration
+    def _model_ref(self) -> str | ModelSpec:
+        """The model this class embeds with; each adapter maps its own field here."""
+        raise NotImplementedError
+
+    @property
+    def spec(self) -> ModelSpec:
+        return resolve_model(self._model_ref())
+
+    @model_validator(mode="after")
+    def _check_against_model_table(self) -> AdapterSettings:
+        # Fail at construction, not at the first call: every request would be refused.
+        for role in ("query", "document"):
+            params = resolve_params(
+                self._model_ref(),
+                text_type=role,
+                instruct=self.query_instruct if role == "query" else None,
+                dimension=self.dimension,
+                output_type=self.output_type,
+            )
+            codec_for(self.protocol).check(
+                params if self.protocol == "native" else _without_roles(params)
+            )
+        return self
+
+    @property
+    def query_instruct(self) -> str | None:
+        """The instruction sent with queries (``instruct``, else the ``task`` preset)."""
+        return resolve_instruct(self.instruct, self.task)
+
+    @property
+    def client(self) -> DashScopeClient:
+        """The core client, built on first use from these settings."""
+        with self._client_lock:
+            if self._client is None:
+                self._client = DashScopeClient(
+                    api_key=self.api_key,
+                    region=self.region,
+                    base_url=self.base_url,
+                    workspace=self.workspace,
+                    protocol=self.protocol,
+                    timeout=self.timeout,
+                    max_retries=self.max_retries,
+                    max_concurrency=self.max_concurrency,
+                    long_text=self.long_text,
+                )
+            return self._client
+
+    @property
+    def sparse_cache(self) -> SparseCache:
+        return self._sparse_cache
+
+    # ----------------------------------------------------------------- calls
+    def _role_options(self, role: Role, output_type: OutputType | None = None) -> dict[str, Any]:
+        native = self.protocol == "native"
+        return {
+            "model": self._model_ref(),
+            # The OpenAI-compatible endpoint cannot carry roles; documents and queries
+            # are then embedded alike.
+            "text_type": role if native else None,
+            "instruct": self.query_instruct if role == "query" and native else None,
+            "dimension": self.dimension,
+            "output_type": output_type or self.output_type,
+        }
+
+    def _remember_sparse(self, role: Role, texts: Sequence[str], result: EmbeddingResult) -> None:
+        if result.sparse is not None:
+            instruct = self.query_instruct if role == "query" else None
+            self._sparse_cache.put(role, instruct, texts, result.sparse)
+
+    def embed_role(
+        self, texts: Sequence[str], role: Role, output_type: OutputType | None = None
+    ) -> EmbeddingResult:
+        """Embed ``texts`` as queries or documents with these settings."""
+        result = self.client.embed(texts, **self._role_options(role, output_type))
+        self._remember_sparse(role, texts, result)
+        return result
+
+    async def aembed_role(
+        self, texts: Sequence[str], role: Role, output_type: OutputType | None = None
+    ) -> EmbeddingResult:
+        """Async twin of :meth:`embed_role`."""
+        result = await self.client.aembed(texts, **self._role_options(role, output_type))
+        self._remember_sparse(role, texts, result)
+        return result
+
+    def dense_for(self, texts: Sequence[str], role: Role) -> list[list[float]]:
+        """Dense vectors, or a clear error when this class was set to sparse-only output."""
+        if self.output_type == "sparse":
+            raise InvalidInputError(
+                "this embedding class was created with output_type='sparse'; dense vectors "
+                "need output_type='dense' or 'dense&sparse'"
+            )
+        return self.embed_role(texts, role).require_dense()
+
+    async def adense_for(self, texts: Sequence[str], role: Role) -> list[list[float]]:
+        if self.output_type == "sparse":
+            raise InvalidInputError(
+                "this embedding class was created with output_type='sparse'; dense vectors "
+                "need output_type='dense' or 'dense&sparse'"
+            )
+        return (await self.aembed_role(texts, role)).require_dense()
+
+    def sparse_for(self, texts: Sequence[str], role: Role) -> list[SparseEmbedding]:
+        """Sparse vectors: from the cache of earlier ``dense&sparse`` calls where possible,
+        one ``sparse`` request for the rest."""
+        cached, missing = self._split_cached(texts, role)
+        if missing:
+            fresh = self.embed_role([texts[i] for i in missing], role, "sparse").require_sparse()
+            for i, vector in zip(missing, fresh, strict=True):
+                cached[i] = vector
+        return cached  # type: ignore[return-value]
+
+    async def asparse_for(self, texts: Sequence[str], role: Role) -> list[SparseEmbedding]:
+        cached, missing = self._split_cached(texts, role)
+        if missing:
+            result = await self.aembed_role([texts[i] for i in missing], role, "sparse")
+            for i, vector in zip(missing, result.require_sparse(), strict=True):
+                cached[i] = vector
+        return cached  # type: ignore[return-value]
+
+    def _split_cached(
+        self, texts: Sequence[str], role: Role
+    ) -> tuple[list[SparseEmbedding | None], list[int]]:
+        instruct = self.query_instruct if role == "query" else None
+        cached = [self._sparse_cache.get(role, instruct, t) for t in texts]
+        return cached, [i for i, v in enumerate(cached) if v is None]
+
+    # ----------------------------------------------------------------- pickling
+    def scrub_pickle_state(self, state: dict[str, Any]) -> dict[str, Any]:
+        """Drop the key and live connections from a pickle state (see ``__getstate__``)."""
+        state = dict(state)
+        if "__dict__" in state:
+            state["__dict__"] = {**state["__dict__"], "api_key": None}
+        private = state.get("__pydantic_private__")
+        if private:
+            state["__pydantic_private__"] = {
+                **private,
+                "_client": None,
+                "_sparse_cache": SparseCache(),
+                "_client_lock": None,
+            }
+        return state
+
+    def restore_private(self) -> None:
+        """Recreate what pickling left out (call from ``__setstate__``)."""
+        if self.__pydantic_private__ is not None:
+            self.__pydantic_private__["_client_lock"] = threading.Lock()
+
+
+def _without_roles(params: Any) -> Any:
+    from dataclasses import replace
+
+    return replace(params, text_type=None, instruct=None)

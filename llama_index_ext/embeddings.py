@@ -1,0 +1,253 @@
+"""DashScope embeddings for LlamaIndex: dense, sparse and hybrid from one request."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
+from llama_index.core.base.embeddings.base_sparse import BaseSparseEmbedding
+from llama_index.core.base.embeddings.base_sparse import SparseEmbedding as LlamaSparse
+from llama_index.core.callbacks import CBEventType, EventPayload
+from llama_index.core.instrumentation import get_dispatcher
+from llama_index.core.instrumentation.events.embedding import (
+    EmbeddingEndEvent,
+    EmbeddingStartEvent,
+)
+from pydantic import Field, PrivateAttr, model_validator
+
+from dashscope_embed.adapter import AdapterSettings, Role
+from dashscope_embed.models import DEFAULT_MODEL, ModelSpec, resolve_model
+
+dispatcher = get_dispatcher(__name__)
+
+SparseFn = Callable[[list[str]], tuple[list[list[int]], list[list[float]]]]
+
+
+def _fill_batch_size(data: Any) -> Any:
+    """Default ``embed_batch_size`` to the model's row limit (one request per batch)."""
+    if isinstance(data, dict) and data.get("embed_batch_size") is None:
+        model = data.get("model_spec") or data.get("model_name") or DEFAULT_MODEL
+        try:
+            data = {**data, "embed_batch_size": resolve_model(model).max_rows}
+        except Exception:  # the model is reported by the after-validator
+            data = {**data, "embed_batch_size": 10}
+    return data
+
+
+class _LlamaSettings(AdapterSettings):
+    """The LlamaIndex naming of the shared settings."""
+
+    model_spec: ModelSpec | None = Field(
+        default=None, description="Limits of a model the table does not know yet."
+    )
+
+    def _model_ref(self) -> str | ModelSpec:
+        return self.model_spec or self.model_name  # type: ignore[attr-defined, no-any-return]
+
+    def __getstate__(self) -> dict[Any, Any]:
+        # LlamaIndex ships components to worker processes by pickling; the key stays home
+        # and each worker reads its own DASHSCOPE_API_KEY.
+        return self.scrub_pickle_state(super().__getstate__())  # type: ignore[misc]
+
+
+class DashScopeEmbedding(_LlamaSettings, BaseEmbedding):
+    """DashScope text embeddings (text-embedding-v4 by default) for LlamaIndex.
+
+    Queries are sent with ``text_type="query"`` and the task instruction (``instruct`` or
+    the ``task`` preset); documents with ``text_type="document"`` and no instruction.
+    ``get_text_embedding_batch`` runs its batches concurrently (``max_concurrency``);
+    the async methods use the core's async client. With ``output_type="dense&sparse"``
+    every request also returns sparse vectors, which :attr:`sparse_doc_fn`,
+    :attr:`sparse_query_fn` and :meth:`sparse_embedding` reuse for hybrid search at no
+    extra request.
+
+    Example::
+
+        from llama_index.core import Settings
+        Settings.embed_model = DashScopeEmbedding(dimension=1024, task="question_answering")
+    """
+
+    model_name: str = Field(default=DEFAULT_MODEL, description="DashScope model id.")
+
+    _pool_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_batch_size(cls, data: Any) -> Any:
+        return _fill_batch_size(data)
+
+    @model_validator(mode="after")
+    def _batch_within_row_limit(self) -> DashScopeEmbedding:
+        limit = self.spec.max_rows
+        if self.embed_batch_size > limit:
+            raise ValueError(
+                f"embed_batch_size={self.embed_batch_size} exceeds {self.spec.name}'s limit "
+                f"of {limit} texts per request"
+            )
+        return self
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "DashScopeEmbedding"
+
+    def to_payload(self) -> dict[str, Any]:
+        return {
+            **super().to_payload(),
+            "dimension": self.dimension,
+            "output_type": self.output_type,
+        }
+
+    # ------------------------------------------------------------- LlamaIndex hooks
+    def _get_query_embedding(self, query: str) -> Embedding:
+        return self.dense_for([query], "query")[0]
+
+    async def _aget_query_embedding(self, query: str) -> Embedding:
+        return (await self.adense_for([query], "query"))[0]
+
+    def _get_text_embedding(self, text: str) -> Embedding:
+        return self.dense_for([text], "document")[0]
+
+    async def _aget_text_embedding(self, text: str) -> Embedding:
+        return (await self.adense_for([text], "document"))[0]
+
+    def _get_text_embeddings(self, texts: list[str]) -> list[Embedding]:
+        return self.dense_for(texts, "document")
+
+    async def _aget_text_embeddings(self, texts: list[str]) -> list[Embedding]:
+        return await self.adense_for(texts, "document")
+
+    def get_text_embedding_batch(
+        self, texts: list[str], show_progress: bool = False, **kwargs: Any
+    ) -> list[Embedding]:
+        """Embed ``texts`` in batches of ``embed_batch_size``, the batches concurrently.
+
+        LlamaIndex's own loop sends one batch at a time; this runs them through the core
+        client (at most ``max_concurrency`` in flight) and reports each batch to the
+        callback manager and instrumentation as the framework does. With an embeddings
+        cache or rate limiter configured, LlamaIndex's own loop is used.
+        """
+        if self.embeddings_cache is not None or self.rate_limiter is not None or not texts:
+            return super().get_text_embedding_batch(texts, show_progress=show_progress, **kwargs)
+        size = self.embed_batch_size
+        batches = [texts[i : i + size] for i in range(0, len(texts), size)]
+        model_dict = self.to_payload()
+        events = []
+        for batch in batches:
+            dispatcher.event(EmbeddingStartEvent(model_dict=model_dict))
+            event_id = self.callback_manager.on_event_start(
+                CBEventType.EMBEDDING, payload={EventPayload.SERIALIZED: model_dict}
+            )
+            events.append((event_id, batch))
+        progress = _progress_bar(show_progress, len(texts))
+        try:
+            result = self.client.embed(
+                texts,
+                batch_size=size,
+                progress=progress.update if progress else None,
+                **self._role_options("document"),
+            )
+        finally:
+            if progress is not None:
+                progress.close()
+        self._remember_sparse("document", texts, result)
+        vectors = result.require_dense()
+        for number, (event_id, batch) in enumerate(events):
+            chunk = vectors[number * size : number * size + len(batch)]
+            dispatcher.event(EmbeddingEndEvent(chunks=batch, embeddings=chunk))
+            self.callback_manager.on_event_end(
+                CBEventType.EMBEDDING,
+                payload={EventPayload.CHUNKS: batch, EventPayload.EMBEDDINGS: chunk},
+                event_id=event_id,
+            )
+        return vectors
+
+    # ------------------------------------------------------------- hybrid search
+    @property
+    def sparse_doc_fn(self) -> SparseFn:
+        """For ``QdrantVectorStore(enable_hybrid=True, sparse_doc_fn=...)``: the sparse
+        half of the documents this model just embedded (no second request when
+        ``output_type="dense&sparse"``)."""
+        return lambda texts: _indices_values(self.sparse_for(list(texts), "document"))
+
+    @property
+    def sparse_query_fn(self) -> SparseFn:
+        """For ``QdrantVectorStore(..., sparse_query_fn=...)``: the query's sparse half."""
+        return lambda texts: _indices_values(self.sparse_for(list(texts), "query"))
+
+    def sparse_embedding(self) -> DashScopeSparseEmbedding:
+        """A :class:`DashScopeSparseEmbedding` that shares this model's client and reuses
+        the sparse halves of its ``dense&sparse`` requests."""
+        sparse = DashScopeSparseEmbedding(
+            **self.model_dump(
+                exclude={"embed_batch_size", "num_workers", "embeddings_cache", "output_type"}
+            ),
+            api_key=self.api_key,
+        )
+        sparse._source = self
+        return sparse
+
+
+class DashScopeSparseEmbedding(_LlamaSettings, BaseSparseEmbedding):
+    """DashScope sparse (lexical) embeddings for LlamaIndex: ``{token_id: weight}``.
+
+    Use it alone (one ``output_type="sparse"`` request per batch) or get it from
+    :meth:`DashScopeEmbedding.sparse_embedding` to reuse a dense model's
+    ``dense&sparse`` replies.
+    """
+
+    model_name: str = Field(default=DEFAULT_MODEL, description="DashScope model id.")
+    output_type: Any = Field(default="sparse", description="Always sparse for this class.")
+
+    _source: DashScopeEmbedding | None = PrivateAttr(default=None)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_batch_size(cls, data: Any) -> Any:
+        return _fill_batch_size(data)
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "DashScopeSparseEmbedding"
+
+    def _sparse(self, texts: list[str], role: Role) -> list[LlamaSparse]:
+        source = self._source or self
+        return [v.as_dict() for v in source.sparse_for(texts, role)]
+
+    async def _asparse(self, texts: list[str], role: Role) -> list[LlamaSparse]:
+        source = self._source or self
+        return [v.as_dict() for v in await source.asparse_for(texts, role)]
+
+    def _get_query_embedding(self, query: str) -> LlamaSparse:
+        return self._sparse([query], "query")[0]
+
+    async def _aget_query_embedding(self, query: str) -> LlamaSparse:
+        return (await self._asparse([query], "query"))[0]
+
+    def _get_text_embedding(self, text: str) -> LlamaSparse:
+        return self._sparse([text], "document")[0]
+
+    async def _aget_text_embedding(self, text: str) -> LlamaSparse:
+        return (await self._asparse([text], "document"))[0]
+
+    def _get_text_embeddings(self, texts: list[str]) -> list[LlamaSparse]:
+        return self._sparse(texts, "document")
+
+    async def _aget_text_embeddings(self, texts: list[str]) -> list[LlamaSparse]:
+        return await self._asparse(texts, "document")
+
+
+def _indices_values(vectors: list[Any]) -> tuple[list[list[int]], list[list[float]]]:
+    pairs = [v.as_dict() for v in vectors]
+    return [list(p.keys()) for p in pairs], [list(p.values()) for p in pairs]
+
+
+def _progress_bar(show: bool, total: int) -> Any:
+    if not show:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # tqdm ships with llama-index-core, but be safe
+        return None
+    return tqdm(total=total, desc="Generating embeddings")

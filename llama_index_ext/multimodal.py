@@ -1,0 +1,88 @@
+"""DashScope multimodal embeddings (text, images) for LlamaIndex."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from llama_index.core.base.embeddings.base import Embedding
+from llama_index.core.embeddings.multi_modal_base import MultiModalEmbedding
+from llama_index.core.schema import ImageType
+from pydantic import Field
+
+from dashscope_embed.models import ModelSpec
+from dashscope_embed.multimodal import Content
+from llama_index_ext.embeddings import _LlamaSettings
+
+
+class DashScopeMultiModalEmbedding(_LlamaSettings, MultiModalEmbedding):
+    """``multimodal-embedding-v1`` for LlamaIndex: images and text in one 1,024-d space.
+
+    Images may be file paths, URLs, ``data:`` URIs or bytes; each is checked against the
+    service's limits (JPEG, PNG or BMP, at most 3 MB) before anything is sent. Requests
+    run concurrently (``max_concurrency``), one content each.
+    """
+
+    model_name: str = Field(default="multimodal-embedding-v1", description="DashScope model id.")
+    embed_batch_size: int = Field(default=10, gt=0, le=2048)
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "DashScopeMultiModalEmbedding"
+
+    def _model_ref(self) -> str | ModelSpec:
+        return self.model_spec or self.model_name
+
+    def _check_against_model_table(self) -> DashScopeMultiModalEmbedding:  # type: ignore[override]
+        return self  # multimodal models take no text_type / output_type
+
+    def _embed(self, contents: list[Content]) -> list[Embedding]:
+        result = self.client.embed_multimodal(
+            contents, model=self._model_ref(), dimension=self.dimension
+        )
+        return result.require_dense()
+
+    async def _aembed(self, contents: list[Content]) -> list[Embedding]:
+        result = await self.client.aembed_multimodal(
+            contents, model=self._model_ref(), dimension=self.dimension
+        )
+        return result.require_dense()
+
+    def _get_query_embedding(self, query: str) -> Embedding:
+        return self._embed([Content.text(query)])[0]
+
+    async def _aget_query_embedding(self, query: str) -> Embedding:
+        return (await self._aembed([Content.text(query)]))[0]
+
+    def _get_text_embedding(self, text: str) -> Embedding:
+        return self._embed([Content.text(text)])[0]
+
+    async def _aget_text_embedding(self, text: str) -> Embedding:
+        return (await self._aembed([Content.text(text)]))[0]
+
+    def _get_text_embeddings(self, texts: list[str]) -> list[Embedding]:
+        return self._embed([Content.text(t) for t in texts])
+
+    async def _aget_text_embeddings(self, texts: list[str]) -> list[Embedding]:
+        return await self._aembed([Content.text(t) for t in texts])
+
+    def _get_image_embedding(self, img_file_path: ImageType) -> Embedding:
+        return self._embed([Content.image(_image(img_file_path))])[0]
+
+    async def _aget_image_embedding(self, img_file_path: ImageType) -> Embedding:
+        return (await self._aembed([Content.image(_image(img_file_path))]))[0]
+
+    def _get_image_embeddings(self, img_file_paths: list[ImageType]) -> list[Embedding]:
+        return self._embed([Content.image(_image(p)) for p in img_file_paths])
+
+    async def _aget_image_embeddings(self, img_file_paths: list[ImageType]) -> list[Embedding]:
+        return await self._aembed([Content.image(_image(p)) for p in img_file_paths])
+
+
+def _image(value: Any) -> Any:
+    # LlamaIndex's ImageType is a path string or a file-like object (BytesIO).
+    if hasattr(value, "read"):
+        data = value.read()
+        if hasattr(value, "seek"):
+            value.seek(0)
+        return data
+    return value
