@@ -243,20 +243,13 @@ class AdapterSettings(BaseModel):
         state = dict(state)
         if "__dict__" in state:
             state["__dict__"] = {**state["__dict__"], "api_key": None}
-        private = state.get("__pydantic_private__")
-        if private:
-            state["__pydantic_private__"] = {
-                **private,
-                "_client": None,
-                "_sparse_cache": SparseCache(),
-                "_client_lock": None,
-            }
+        # Connections, locks and caches are rebuilt by __init__ on the other side.
+        state["__pydantic_private__"] = None
         return state
 
-    def restore_private(self) -> None:
-        """Recreate what pickling left out (call from ``__setstate__``)."""
-        if self.__pydantic_private__ is not None:
-            self.__pydantic_private__["_client_lock"] = threading.Lock()
+    def __setstate__(self, state: dict[Any, Any]) -> None:
+        # Rebuild through __init__ so private state (client, locks, cache) is fresh.
+        self.__init__(**state["__dict__"])  # type: ignore[misc]
 
 
 def _without_roles(params: Any) -> Any:

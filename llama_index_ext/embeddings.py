@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -10,7 +9,7 @@ from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
 from llama_index.core.base.embeddings.base_sparse import BaseSparseEmbedding
 from llama_index.core.base.embeddings.base_sparse import SparseEmbedding as LlamaSparse
 from llama_index.core.callbacks import CBEventType, EventPayload
-from llama_index.core.instrumentation import get_dispatcher
+from llama_index.core.instrumentation import get_dispatcher  # type: ignore[attr-defined]
 from llama_index.core.instrumentation.events.embedding import (
     EmbeddingEndEvent,
     EmbeddingStartEvent,
@@ -44,12 +43,12 @@ class _LlamaSettings(AdapterSettings):
     )
 
     def _model_ref(self) -> str | ModelSpec:
-        return self.model_spec or self.model_name  # type: ignore[attr-defined, no-any-return]
+        return self.model_spec or self.model_name  # type: ignore[attr-defined]
 
     def __getstate__(self) -> dict[Any, Any]:
         # LlamaIndex ships components to worker processes by pickling; the key stays home
         # and each worker reads its own DASHSCOPE_API_KEY.
-        return self.scrub_pickle_state(super().__getstate__())  # type: ignore[misc]
+        return self.scrub_pickle_state(super().__getstate__())
 
 
 class DashScopeEmbedding(_LlamaSettings, BaseEmbedding):
@@ -70,8 +69,6 @@ class DashScopeEmbedding(_LlamaSettings, BaseEmbedding):
     """
 
     model_name: str = Field(default=DEFAULT_MODEL, description="DashScope model id.")
-
-    _pool_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
 
     @model_validator(mode="before")
     @classmethod
@@ -247,7 +244,7 @@ def _progress_bar(show: bool, total: int) -> Any:
     if not show:
         return None
     try:
-        from tqdm.auto import tqdm
+        from tqdm.auto import tqdm  # type: ignore[import-untyped]
     except ImportError:  # tqdm ships with llama-index-core, but be safe
         return None
     return tqdm(total=total, desc="Generating embeddings")
