@@ -120,6 +120,20 @@ def ours_async(base: str, texts: list[str]) -> list[Any]:
     return result.require_dense()
 
 
+def ours_llama_index(base: str, texts: list[str]) -> list[Any]:
+    from llama_index_ext import DashScopeEmbedding
+
+    model = DashScopeEmbedding(api_key=KEY, base_url=base, max_concurrency=CONCURRENCY)
+    return list(model.get_text_embedding_batch(texts))
+
+
+def ours_langchain_async(base: str, texts: list[str]) -> list[Any]:
+    from langchain_ext import DashScopeEmbeddings
+
+    model = DashScopeEmbeddings(api_key=KEY, base_url=base, max_concurrency=CONCURRENCY)
+    return asyncio.run(model.aembed_documents(texts))
+
+
 def llama_index_dashscope(base: str, texts: list[str]) -> list[Any]:
     import dashscope
     from llama_index.embeddings.dashscope import DashScopeEmbedding
@@ -155,6 +169,8 @@ def langchain_openai_compatible(base: str, texts: list[str]) -> list[Any]:
 CLIENTS: dict[str, Callable[[str, list[str]], list[Any]]] = {
     "dashscope-embed (sync)": ours_sync,
     "dashscope-embed (async)": ours_async,
+    "dashscope-embed LlamaIndex DashScopeEmbedding (sync)": ours_llama_index,
+    "dashscope-embed LangChain DashScopeEmbeddings (async)": ours_langchain_async,
     "llama-index-embeddings-dashscope": llama_index_dashscope,
     "langchain-community DashScopeEmbeddings": langchain_community_dashscope,
     "langchain-openai OpenAIEmbeddings (compatible mode)": langchain_openai_compatible,

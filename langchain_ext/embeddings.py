@@ -1,0 +1,189 @@
+"""DashScope embeddings for LangChain: dense, sparse, hybrid and image embeddings."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from langchain_core.embeddings import Embeddings
+from langchain_core.utils import from_env, secret_from_env
+from pydantic import ConfigDict, Field, SecretStr
+
+from dashscope_embed.adapter import AdapterSettings
+from dashscope_embed.models import DEFAULT_MODEL, ModelSpec, OutputType, TextType
+from dashscope_embed.multimodal import Content, ImageInput
+from dashscope_embed.types import EmbeddingResult
+
+if TYPE_CHECKING:
+    from langchain_ext.sparse import DashScopeSparseEmbeddings
+
+
+class DashScopeEmbeddings(AdapterSettings, Embeddings):
+    """DashScope text embeddings (text-embedding-v4 by default) for LangChain.
+
+    ``embed_query`` sends ``text_type="query"`` with the task instruction (``instruct``
+    or the ``task`` preset); ``embed_documents`` sends ``text_type="document"`` with
+    none. Requests run concurrently (``max_concurrency``), async methods use the core's
+    async client, and every request is retried on its own without re-sending finished
+    work. With ``output_type="dense&sparse"``, :meth:`sparse_companion` gives a
+    ``langchain_qdrant`` sparse embedding that reuses the same replies, so a HYBRID
+    ``QdrantVectorStore`` costs one request per batch.
+
+    Setup::
+
+        pip install "dashscope-embed[langchain]"
+        export DASHSCOPE_API_KEY=sk-...
+
+    Example::
+
+        from langchain_ext import DashScopeEmbeddings
+        embeddings = DashScopeEmbeddings(dimension=1024, task="question_answering")
+        embeddings.embed_query("What is DashScope?")[:3]
+    """
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, protected_namespaces=())
+
+    model: str = Field(default=DEFAULT_MODEL, description="DashScope model id.")
+    model_spec: ModelSpec | None = Field(
+        default=None, description="Limits of a model the table does not know yet."
+    )
+    api_key: SecretStr | None = Field(
+        alias="dashscope_api_key",
+        default_factory=secret_from_env("DASHSCOPE_API_KEY", default=None),
+        exclude=True,
+        repr=False,
+    )
+    base_url: str | None = Field(
+        default_factory=from_env("DASHSCOPE_BASE_URL", default=None),
+        description="Another host (proxy, emulator); default the region's.",
+    )
+    show_progress: bool = Field(default=False, description="Show a progress bar (tqdm).")
+
+    def _model_ref(self) -> str | ModelSpec:
+        return self.model_spec or self.model
+
+    # ------------------------------------------------------------- LangChain interface
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        """Embed corpus texts (``text_type="document"``, no instruction)."""
+        if not self.show_progress:
+            return self.dense_for(texts, "document")
+        bar = _progress_bar(len(texts))
+        try:
+            result = self.client.embed(texts, progress=bar.update, **self._role_options("document"))
+        finally:
+            bar.close()
+        self._remember_sparse("document", texts, result)
+        return result.require_dense()
+
+    def embed_query(self, text: str) -> list[float]:
+        """Embed a search query (``text_type="query"`` and the task instruction)."""
+        return self.dense_for([text], "query")[0]
+
+    async def aembed_documents(self, texts: list[str]) -> list[list[float]]:
+        return await self.adense_for(texts, "document")
+
+    async def aembed_query(self, text: str) -> list[float]:
+        return (await self.adense_for([text], "query"))[0]
+
+    # ------------------------------------------------------------- beyond the interface
+    def embed(
+        self,
+        texts: Sequence[str],
+        *,
+        text_type: TextType | None = "document",
+        instruct: str | None = None,
+        dimension: int | None = None,
+        output_type: OutputType | None = None,
+    ) -> EmbeddingResult:
+        """One call with per-call overrides; returns dense, sparse and usage together."""
+        return self.client.embed(
+            texts,
+            model=self._model_ref(),
+            text_type=text_type,
+            instruct=instruct,
+            dimension=dimension if dimension is not None else self.dimension,
+            output_type=output_type or self.output_type,
+        )
+
+    async def aembed(
+        self,
+        texts: Sequence[str],
+        *,
+        text_type: TextType | None = "document",
+        instruct: str | None = None,
+        dimension: int | None = None,
+        output_type: OutputType | None = None,
+    ) -> EmbeddingResult:
+        """Async twin of :meth:`embed`."""
+        return await self.client.aembed(
+            texts,
+            model=self._model_ref(),
+            text_type=text_type,
+            instruct=instruct,
+            dimension=dimension if dimension is not None else self.dimension,
+            output_type=output_type or self.output_type,
+        )
+
+    def embed_image(self, uris: Sequence[ImageInput]) -> list[list[float]]:
+        """Embed images (paths, URLs, bytes or data URIs) with ``multimodal-embedding-v1``;
+        each is checked against the service's limits before anything is sent."""
+        contents = [Content.image(uri) for uri in uris]
+        return self.client.embed_multimodal(contents).require_dense()
+
+    def sparse_companion(self) -> DashScopeSparseEmbeddings:
+        """A ``langchain_qdrant.SparseEmbeddings`` that reuses this model's
+        ``dense&sparse`` replies (needs ``langchain-qdrant``)."""
+        from langchain_ext.sparse import DashScopeSparseEmbeddings
+
+        return DashScopeSparseEmbeddings(source=self)
+
+    @property
+    def cache_namespace(self) -> str:
+        """A ``CacheBackedEmbeddings`` namespace covering everything that changes a vector
+        (model, dimension, output type, and the query instruction), so a changed setting
+        never reads a stale cache entry."""
+        instruct = self.query_instruct or ""
+        digest = hashlib.sha256(instruct.encode("utf-8")).hexdigest()[:12]
+        dimension = self.dimension or self.spec.default_dimension
+        return f"dashscope:{self.spec.name}:d{dimension}:{self.output_type}:i{digest}:"
+
+    def __getstate__(self) -> dict[Any, Any]:
+        return self.scrub_pickle_state(super().__getstate__())
+
+
+def cached_embeddings(
+    embeddings: DashScopeEmbeddings, store: Any, *, cache_queries: bool = True
+) -> Any:
+    """``CacheBackedEmbeddings`` over ``store`` (a LangChain ``ByteStore``) with a
+    namespace that changes whenever a setting that changes the vectors does.
+
+    Documents are cached; with ``cache_queries`` so are queries (keyed apart from
+    documents, since they are embedded differently). Needs ``langchain-classic`` (or
+    ``langchain``).
+    """
+    try:
+        from langchain_classic.embeddings import CacheBackedEmbeddings
+    except ImportError:
+        try:
+            from langchain.embeddings import (  # type: ignore[import-not-found, no-redef]
+                CacheBackedEmbeddings,
+            )
+        except ImportError:
+            raise ImportError(
+                "cached_embeddings needs CacheBackedEmbeddings: pip install langchain-classic"
+            ) from None
+    return CacheBackedEmbeddings.from_bytes_store(
+        embeddings,
+        store,
+        namespace=embeddings.cache_namespace,
+        query_embedding_cache=cache_queries,
+    )
+
+
+def _progress_bar(total: int) -> Any:
+    try:
+        from tqdm.auto import tqdm  # type: ignore[import-untyped]
+    except ImportError:
+        raise ImportError("show_progress=True needs tqdm: pip install tqdm") from None
+    return tqdm(total=total, desc="Embedding documents")

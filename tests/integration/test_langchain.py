@@ -1,0 +1,207 @@
+"""The LangChain classes against the emulator, with real LangChain and Qdrant objects."""
+
+from __future__ import annotations
+
+import json
+import logging
+import pickle
+from pathlib import Path
+from typing import Any
+
+import pytest
+from langchain_core.documents import Document
+from langchain_core.stores import InMemoryByteStore
+from langchain_core.vectorstores import InMemoryVectorStore
+from langchain_tests.integration_tests import EmbeddingsIntegrationTests
+from pydantic import ValidationError
+
+from dashscope_embed import AuthenticationError
+from dashscope_embed.emulator import Emulator
+from langchain_ext import DashScopeEmbeddings, DashScopeSparseEmbeddings, cached_embeddings
+
+EMBED_PATH = "/api/v1/services/embeddings/text-embedding/text-embedding"
+PNG = bytes.fromhex(
+    "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+    "1f15c4890000000d49444154789c63f8cfc0f00f0004850180848a8c210000000049454e44ae426082"
+)
+
+
+@pytest.fixture(autouse=True)
+def _emulator_env(dashscope_emulator: Emulator, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Configured the way users configure LangChain integrations: through the environment.
+    monkeypatch.setenv("DASHSCOPE_API_KEY", dashscope_emulator.api_key)
+    monkeypatch.setenv("DASHSCOPE_BASE_URL", dashscope_emulator.base_url)
+
+
+class TestDashScopeEmbeddingsStandardIntegration(EmbeddingsIntegrationTests):
+    @property
+    def embeddings_class(self) -> type[DashScopeEmbeddings]:
+        return DashScopeEmbeddings
+
+    @property
+    def embedding_model_params(self) -> dict[str, Any]:
+        return {"model": "text-embedding-v4", "dimension": 512, "task": "web_search"}
+
+
+def corpus(n: int) -> list[str]:
+    topics = [
+        "qdrant hybrid search",
+        "dashscope billing",
+        "langchain retrievers",
+        "sparse lexical vectors",
+        "tokenizer limits",
+    ]
+    return [
+        f"Note {i}: about {topics[i % len(topics)]}; identifier func_{i:04d}_handler"
+        for i in range(n)
+    ]
+
+
+def test_roles_dimension_and_output_type_on_the_wire(dashscope_emulator: Emulator) -> None:
+    embeddings = DashScopeEmbeddings(
+        dimension=256, output_type="dense&sparse", instruct="Find the note"
+    )
+    embeddings.embed_documents(corpus(25))
+    embeddings.embed_query("billing")
+    sent = dashscope_emulator.requests(EMBED_PATH)
+    documents, query = sent[:-1], sent[-1]
+    assert sorted(len(r["json"]["input"]["texts"]) for r in documents) == [5, 10, 10]
+    for request in documents:
+        assert request["json"]["parameters"] == {
+            "text_type": "document",
+            "dimension": 256,
+            "output_type": "dense&sparse",
+        }
+    assert query["json"]["parameters"] == {
+        "text_type": "query",
+        "dimension": 256,
+        "output_type": "dense&sparse",
+        "instruct": "Find the note",
+    }
+
+
+async def test_async_methods_are_bounded(dashscope_emulator: Emulator) -> None:
+    dashscope_emulator.configure(latency=0.05)
+    embeddings = DashScopeEmbeddings(max_concurrency=2)
+    vectors = await embeddings.aembed_documents(corpus(60))
+    assert len(vectors) == 60
+    assert dashscope_emulator.stats()["peak_concurrency"] == 2
+
+
+def test_general_embed_returns_both_halves_and_usage() -> None:
+    result = DashScopeEmbeddings().embed(
+        ["hybrid"], text_type="query", instruct="Find", dimension=64, output_type="dense&sparse"
+    )
+    assert len(result.require_dense()[0]) == 64
+    assert "hybrid" in result.require_sparse()[0].tokens
+    assert result.usage.total_tokens > 0 and result.request_ids
+
+
+def test_qdrant_hybrid_costs_one_request_per_batch(
+    dashscope_emulator: Emulator, tmp_path: Path
+) -> None:
+    from langchain_qdrant import QdrantVectorStore, RetrievalMode
+
+    dense = DashScopeEmbeddings(output_type="dense&sparse", dimension=256)
+    texts = corpus(300)
+    store = QdrantVectorStore.from_texts(
+        texts,
+        embedding=dense,
+        sparse_embedding=dense.sparse_companion(),
+        path=str(tmp_path / "qdrant"),
+        collection_name="notes",
+        retrieval_mode=RetrievalMode.HYBRID,
+    )
+    sent = dashscope_emulator.requests(EMBED_PATH)
+    sent_texts = [t for r in sent for t in r["json"]["input"]["texts"]]
+    # langchain-qdrant embeds one "dummy_text" of its own to size the collection.
+    assert sent_texts.count("dummy_text") == 1
+    sent_texts.remove("dummy_text")
+    assert sorted(sent_texts) == sorted(texts)  # every text exactly once: no sparse pass
+    assert all(r["json"]["parameters"]["output_type"] == "dense&sparse" for r in sent)
+    dashscope_emulator.reset()
+    hits = store.similarity_search("func_0211_handler", k=3)
+    assert dashscope_emulator.stats()["requests"] == 1
+    assert "func_0211_handler" in hits[0].page_content
+    store.client.close()
+
+
+async def test_standalone_sparse_embeddings(dashscope_emulator: Emulator) -> None:
+    sparse = DashScopeSparseEmbeddings(model="text-embedding-v4")
+    vector = sparse.embed_query("sparse lexical vectors")
+    assert vector.indices and len(vector.indices) == len(vector.values)
+    docs = await sparse.aembed_documents(corpus(3))
+    assert len(docs) == 3
+    assert dashscope_emulator.requests(EMBED_PATH)[-1]["json"]["parameters"] == {
+        "text_type": "document",
+        "output_type": "sparse",
+    }
+
+
+def test_in_memory_vector_store_search() -> None:
+    store = InMemoryVectorStore(DashScopeEmbeddings(task="question_answering"))
+    store.add_documents([Document(page_content=t) for t in corpus(40)])
+    hits = store.similarity_search("tokenizer limits", k=3)
+    assert any("tokenizer limits" in h.page_content for h in hits)
+
+
+def test_cache_namespace_follows_every_vector_setting(dashscope_emulator: Emulator) -> None:
+    base = DashScopeEmbeddings(dimension=512, instruct="Find notes")
+    namespaces = {
+        base.cache_namespace,
+        DashScopeEmbeddings(dimension=256, instruct="Find notes").cache_namespace,
+        DashScopeEmbeddings(dimension=512, instruct="Find code").cache_namespace,
+        DashScopeEmbeddings(dimension=512, task="code_search").cache_namespace,
+        DashScopeEmbeddings(model="text-embedding-v3", dimension=512).cache_namespace,
+        DashScopeEmbeddings(
+            dimension=512, instruct="Find notes", output_type="dense&sparse"
+        ).cache_namespace,
+    }
+    assert len(namespaces) == 6
+    store = InMemoryByteStore()
+    cached = cached_embeddings(base, store)
+    first = cached.embed_documents(corpus(20))
+    requests = dashscope_emulator.stats()["requests"]
+    assert cached.embed_documents(corpus(20)) == first
+    assert dashscope_emulator.stats()["requests"] == requests  # served from the cache
+    changed = cached_embeddings(DashScopeEmbeddings(dimension=512, instruct="Other"), store)
+    changed.embed_query("notes")
+    assert dashscope_emulator.stats()["requests"] == requests + 1  # not a stale hit
+
+
+def test_embed_image(tmp_path: Path) -> None:
+    image = tmp_path / "cat.png"
+    image.write_bytes(PNG)
+    vectors = DashScopeEmbeddings().embed_image([str(image), "https://example.com/dog.jpg"])
+    assert [len(v) for v in vectors] == [1024, 1024]
+
+
+def test_errors_are_typed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DASHSCOPE_API_KEY", "sk-wrong")
+    with pytest.raises(AuthenticationError):
+        DashScopeEmbeddings().embed_documents(["x"])
+    with pytest.raises(ValidationError, match="not allowed"):
+        DashScopeEmbeddings(dimension=3)
+    with pytest.raises(ValidationError, match="extra"):
+        DashScopeEmbeddings(unknown_option=1)  # type: ignore[call-arg]
+
+
+def test_key_absent_from_repr_dump_pickle_and_logs(
+    caplog: pytest.LogCaptureFixture, dashscope_emulator: Emulator
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    secret = dashscope_emulator.api_key
+    embeddings = DashScopeEmbeddings(dashscope_api_key=secret, dimension=128)
+    embeddings.embed_query("logged call")
+    assert embeddings.api_key is not None
+    for rendering in (
+        repr(embeddings),
+        str(embeddings),
+        json.dumps(embeddings.model_dump()),
+        embeddings.model_dump_json(),
+        pickle.dumps(embeddings).decode("latin-1"),
+        caplog.text,
+    ):
+        assert secret not in rendering
+    clone = pickle.loads(pickle.dumps(embeddings))  # the worker reads its own env key
+    assert clone.embed_query("logged call") == embeddings.embed_query("logged call")
