@@ -60,19 +60,23 @@ def _to_qdrant(vector: SparseEmbedding) -> SparseVector:
 def milvus_sparse_embedding(source: DashScopeEmbeddings) -> Any:
     """A ``langchain_milvus`` ``BaseSparseEmbedding`` backed by ``source``."""
     try:
-        from langchain_milvus.utils.sparse import (  # type: ignore[import-not-found]
-            BaseSparseEmbedding,
-        )
+        from langchain_milvus.utils.sparse import BaseSparseEmbedding
     except ImportError:
         raise ImportError(
             "the Milvus sparse adapter needs langchain-milvus: pip install langchain-milvus"
         ) from None
 
-    class DashScopeMilvusSparseEmbedding(BaseSparseEmbedding):  # type: ignore[misc]
+    class DashScopeMilvusSparseEmbedding(BaseSparseEmbedding):
         def embed_query(self, query: str) -> dict[int, float]:
             return source.sparse_for([query], "query")[0].as_dict()
 
         def embed_documents(self, texts: list[str]) -> list[dict[int, float]]:
             return [v.as_dict() for v in source.sparse_for(texts, "document")]
+
+        async def aembed_query(self, query: str) -> dict[int, float]:
+            return (await source.asparse_for([query], "query"))[0].as_dict()
+
+        async def aembed_documents(self, texts: list[str]) -> list[dict[int, float]]:
+            return [v.as_dict() for v in await source.asparse_for(texts, "document")]
 
     return DashScopeMilvusSparseEmbedding()

@@ -31,8 +31,12 @@ LONG = "token " * 9000
     ],
 )
 def test_bad_input_is_refused_before_any_request(
-    make_client: Factory, dashscope_emulator: Emulator, texts: list[Any],
-    options: dict[str, Any], positions: list[int], reason: str,
+    make_client: Factory,
+    dashscope_emulator: Emulator,
+    texts: list[Any],
+    options: dict[str, Any],
+    positions: list[int],
+    reason: str,
 ) -> None:
     dashscope_emulator.configure(error_rate=0.3, drop_rate=0.3, latency=0.01)
     with pytest.raises(InvalidInputError) as info:
@@ -45,6 +49,11 @@ def test_bad_input_is_refused_before_any_request(
 def test_unknown_model_error_says_how_to_proceed(make_client: Factory) -> None:
     with pytest.raises(UnknownModelError, match=r"ModelSpec\(name='text-embedding-v9'"):
         make_client().embed(["ok"], model="text-embedding-v9")
-    spec = ModelSpec(name="text-embedding-v4", max_rows=5, max_tokens_per_row=8192,
-                     dimensions=(1024,), default_dimension=1024)
+    spec = ModelSpec(
+        name="text-embedding-v4",
+        max_rows=5,
+        max_tokens_per_row=8192,
+        dimensions=(1024,),
+        default_dimension=1024,
+    )
     assert len(make_client().embed(["ok"] * 7 + ["other"], model=spec)) == 8

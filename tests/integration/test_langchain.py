@@ -205,3 +205,20 @@ def test_key_absent_from_repr_dump_pickle_and_logs(
         assert secret not in rendering
     clone = pickle.loads(pickle.dumps(embeddings))  # the worker reads its own env key
     assert clone.embed_query("logged call") == embeddings.embed_query("logged call")
+
+
+async def test_milvus_sparse_adapter(dashscope_emulator: Emulator) -> None:
+    from langchain_milvus.utils.sparse import BaseSparseEmbedding
+
+    dense = DashScopeEmbeddings(output_type="dense&sparse", dimension=128)
+    milvus = dense.sparse_companion().as_milvus()
+    assert isinstance(milvus, BaseSparseEmbedding)
+    texts = corpus(15)
+    dense.embed_documents(texts)
+    before = dashscope_emulator.stats()["requests"]
+    vectors = milvus.embed_documents(texts)
+    assert dashscope_emulator.stats()["requests"] == before  # the dense call's sparse half
+    assert all(isinstance(k, int) and isinstance(v, float) for k, v in vectors[0].items())
+    assert vectors == await milvus.aembed_documents(texts)
+    query = await milvus.aembed_query("sparse lexical vectors")
+    assert query == milvus.embed_query("sparse lexical vectors")
