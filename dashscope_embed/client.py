@@ -332,22 +332,9 @@ class DashScopeClient:
             InvalidInputError: a bad text (positions count from the start of ``texts``).
             EmbedStreamError: a request failed for good; every earlier input was yielded.
         """
-        spec = resolve_model(model)
-        options: dict[str, Any] = {
-            "model": spec,
-            "text_type": text_type,
-            "instruct": instruct,
-            "dimension": dimension,
-            "output_type": output_type,
-            "long_text": long_text,
-        }
-        resolve_params(
-            spec,
-            text_type=text_type,
-            instruct=instruct,
-            dimension=dimension,
-            output_type=output_type,
-        )  # fail before reading anything
+        spec, options = _stream_options(
+            model, text_type, instruct, dimension, output_type, long_text
+        )
         return stream_sync(
             texts,
             lambda batch: self.embed(batch, **options),
@@ -373,21 +360,8 @@ class DashScopeClient:
 
         Use as ``async for chunk in client.aembed_stream(texts): ...``.
         """
-        spec = resolve_model(model)
-        options: dict[str, Any] = {
-            "model": spec,
-            "text_type": text_type,
-            "instruct": instruct,
-            "dimension": dimension,
-            "output_type": output_type,
-            "long_text": long_text,
-        }
-        resolve_params(
-            spec,
-            text_type=text_type,
-            instruct=instruct,
-            dimension=dimension,
-            output_type=output_type,
+        spec, options = _stream_options(
+            model, text_type, instruct, dimension, output_type, long_text
         )
         return stream_async(
             texts,
@@ -564,6 +538,30 @@ class _MultimodalCall:
         params = EmbedParams(self.spec, None, None, self.dimension, "dense")
         replies = [r if isinstance(r, ParsedBatch) else None for r in outcome.replies]
         return _raise_or_return(assemble(self.plan, replies, params), outcome)
+
+
+def _stream_options(
+    model: str | ModelSpec,
+    text_type: TextType | None,
+    instruct: str | None,
+    dimension: int | None,
+    output_type: OutputType,
+    long_text: LongTextPolicy | None,
+) -> tuple[ModelSpec, dict[str, Any]]:
+    """Validate a stream's parameters before anything is read; the per-slice options."""
+    spec = resolve_model(model)
+    resolve_params(
+        spec, text_type=text_type, instruct=instruct, dimension=dimension, output_type=output_type
+    )
+    options: dict[str, Any] = {
+        "model": spec,
+        "text_type": text_type,
+        "instruct": instruct,
+        "dimension": dimension,
+        "output_type": output_type,
+        "long_text": long_text,
+    }
+    return spec, options
 
 
 def make_config(**settings: Any) -> ClientConfig:

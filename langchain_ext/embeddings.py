@@ -98,12 +98,7 @@ class DashScopeEmbeddings(AdapterSettings, Embeddings):
     ) -> EmbeddingResult:
         """One call with per-call overrides; returns dense, sparse and usage together."""
         return self.client.embed(
-            texts,
-            model=self._model_ref(),
-            text_type=text_type,
-            instruct=instruct,
-            dimension=dimension if dimension is not None else self.dimension,
-            output_type=output_type or self.output_type,
+            texts, **self._overrides(text_type, instruct, dimension, output_type)
         )
 
     async def aembed(
@@ -117,13 +112,23 @@ class DashScopeEmbeddings(AdapterSettings, Embeddings):
     ) -> EmbeddingResult:
         """Async twin of :meth:`embed`."""
         return await self.client.aembed(
-            texts,
-            model=self._model_ref(),
-            text_type=text_type,
-            instruct=instruct,
-            dimension=dimension if dimension is not None else self.dimension,
-            output_type=output_type or self.output_type,
+            texts, **self._overrides(text_type, instruct, dimension, output_type)
         )
+
+    def _overrides(
+        self,
+        text_type: TextType | None,
+        instruct: str | None,
+        dimension: int | None,
+        output_type: OutputType | None,
+    ) -> dict[str, Any]:
+        return {
+            "model": self._model_ref(),
+            "text_type": text_type,
+            "instruct": instruct,
+            "dimension": dimension if dimension is not None else self.dimension,
+            "output_type": output_type or self.output_type,
+        }
 
     def embed_image(self, uris: Sequence[ImageInput]) -> list[list[float]]:
         """Embed images (paths, URLs, bytes or data URIs) with ``multimodal-embedding-v1``;
