@@ -12,7 +12,7 @@ from pydantic import SecretStr, ValidationError
 from dashscope_embed.config import ClientConfig, Protocol
 from dashscope_embed.engine import Engine, Outcome
 from dashscope_embed.errors import ConfigurationError, InvalidInputError, PartialEmbeddingError
-from dashscope_embed.limits import ConcurrencyGate, RateBudget
+from dashscope_embed.limits import AdaptivePace, ConcurrencyGate, RateBudget
 from dashscope_embed.models import DEFAULT_MODEL, ModelSpec, OutputType, TextType, resolve_model
 from dashscope_embed.multimodal import MULTIMODAL_PATH, Content
 from dashscope_embed.multimodal import build_body as build_multimodal_body
@@ -72,8 +72,10 @@ class DashScopeClient:
             ``tokenizer`` extra is installed, else a conservative estimate.
         requests_per_minute / tokens_per_minute: your quota, enforced client-side and
             spread evenly, so it is not exceeded in the first place.
-        adaptive_concurrency: halve the requests in flight when the service throttles
-            (429) and grow back on success; ``max_concurrency`` is the ceiling.
+        adaptive_concurrency: adapt to limits the client was not told: on a concurrency
+            429 cut the requests in flight (and grow back on success, up to
+            ``max_concurrency``); on a request-rate 429 (``Throttling.RateQuota``) pace
+            request starts just under the rate the service allowed.
 
     Example::
 
@@ -131,7 +133,9 @@ class DashScopeClient:
         self._codec: Codec = codec_for(config.protocol)
         self.gate = ConcurrencyGate(max_concurrency, adaptive=adaptive_concurrency)
         self.budget = RateBudget(requests_per_minute, tokens_per_minute)
-        self._engine = Engine(self.retry, self.gate, self.budget)
+        # Told the quota: pace to it. Not told: learn it from the service's 429s.
+        self.pace = None if requests_per_minute or not adaptive_concurrency else AdaptivePace()
+        self._engine = Engine(self.retry, self.gate, self.budget, self.pace)
         self._transport = Transport(
             config,
             http_client=http_client,

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from dashscope_embed.errors import BadRequestError, RateLimitError
-from dashscope_embed.limits import ConcurrencyGate, RateBudget
+from dashscope_embed.limits import AdaptivePace, ConcurrencyGate, RateBudget
 from dashscope_embed.retry import RetryPolicy
 
 logger = logging.getLogger("dashscope_embed")
@@ -58,10 +58,27 @@ class Engine:
         retry: RetryPolicy,
         gate: ConcurrencyGate,
         budget: RateBudget | None = None,
+        pace: AdaptivePace | None = None,
     ) -> None:
         self.retry = retry
         self.gate = gate
         self.budget = budget if budget is not None and budget.active else None
+        self.pace = pace
+
+    def _pace_delay(self) -> float:
+        return self.pace.reserve() if self.pace is not None else 0.0
+
+    def _release(self, epoch: int, error: BaseException | None) -> None:
+        """Tell the gate (and the pacer) how a request ended."""
+        if error is None:
+            self.gate.release(epoch, succeeded=True)
+            if self.pace is not None:
+                self.pace.on_success()
+        elif _is_rate_quota(error) and self.pace is not None:
+            self.gate.release(epoch)  # a rate cap: pace the starts, keep the concurrency
+            self.pace.on_rate_throttle()
+        else:
+            self.gate.release(epoch, throttled=_is_throttle(error))
 
     # ---------------------------------------------------------------- sync
     def run(
@@ -113,10 +130,14 @@ class Engine:
             if self.budget is not None:
                 self.budget.wait(cost(job) if cost else 0)
             epoch = self.gate.acquire(priority=attempt > 0)
+            # Paced inside the slot, so every send passes the pacer, however many
+            # requests were already queued when it switched on.
+            if (pause := self._pace_delay()) > 0:
+                time.sleep(pause)
             try:
                 reply = send(job)
             except Exception as exc:
-                self.gate.release(epoch, throttled=_is_throttle(exc))
+                self._release(epoch, exc)
                 attempt += 1
                 delay = self.retry.delay_before_retry(exc, attempt, time.monotonic() - started)
                 if delay is None or stop.is_set():
@@ -125,7 +146,7 @@ class Engine:
                 if stop.wait(delay):
                     raise
                 continue
-            self.gate.release(epoch, succeeded=True)
+            self._release(epoch, None)
             return reply
 
     # ---------------------------------------------------------------- async
@@ -177,10 +198,12 @@ class Engine:
             if stop.is_set():
                 self.gate.release(epoch)
                 raise _Stopped()
+            if (pause := self._pace_delay()) > 0:
+                await asyncio.sleep(pause)
             try:
                 reply = await send(job)
             except BaseException as exc:
-                self.gate.release(epoch, throttled=_is_throttle(exc))
+                self._release(epoch, exc)
                 if not isinstance(exc, Exception):
                     raise  # cancellation
                 attempt += 1
@@ -193,7 +216,7 @@ class Engine:
                 except asyncio.TimeoutError:
                     continue
                 raise
-            self.gate.release(epoch, succeeded=True)
+            self._release(epoch, None)
             return reply
 
 
@@ -203,3 +226,8 @@ class _Stopped(Exception):  # noqa: N818 - control flow, never escapes Outcome
 
 def _is_throttle(error: BaseException) -> bool:
     return isinstance(error, RateLimitError) and error.retryable
+
+
+def _is_rate_quota(error: BaseException) -> bool:
+    # The service's code for "requests per minute (or second) exceeded".
+    return isinstance(error, RateLimitError) and error.code == "Throttling.RateQuota"

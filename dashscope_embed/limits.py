@@ -225,3 +225,62 @@ class RateBudget:
 
     def __setstate__(self, state: dict[str, object]) -> None:
         self.__init__(state["rpm"], state["tpm"])  # type: ignore[misc]
+
+
+class AdaptivePace:
+    """Learns a request-rate cap the client was not told about.
+
+    Off until the service answers ``Throttling.RateQuota`` (requests per minute or second
+    exceeded). Then requests start no faster than 90 % of the rate that just succeeded,
+    and each success raises the pace a little (additive increase), so the pace settles
+    just under the service's quota. Concurrency is left alone: under a rate cap it is
+    the wrong lever (it also moves with latency).
+    """
+
+    WINDOW = 1.0  # seconds of successes the observed rate is measured over
+    CUT = 0.9
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._successes: deque[float] = deque()
+        self._pace: _Pace | None = None
+        self._cooldown_until = 0.0
+        self.cuts = 0
+
+    @property
+    def rate(self) -> float | None:
+        """Current requests per second, or ``None`` while unpaced."""
+        return None if self._pace is None else 1.0 / self._pace.interval
+
+    def _expire(self, now: float) -> None:
+        while self._successes and now - self._successes[0] > self.WINDOW:
+            self._successes.popleft()
+
+    def on_success(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self._successes.append(now)
+            self._expire(now)
+            if self._pace is not None:
+                rate = 1.0 / self._pace.interval
+                self._pace.interval = 1.0 / (rate + 1.0 / max(rate, 1.0))
+
+    def on_rate_throttle(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if now < self._cooldown_until:
+                return  # one cut per window: the others answer the same burst
+            self._expire(now)
+            observed = max(1.0, len(self._successes) / self.WINDOW)
+            current = self.rate
+            target = self.CUT * (observed if current is None else min(current, observed))
+            self._pace = _Pace(interval=1.0 / max(target, 0.5), burst=1.0)
+            self._cooldown_until = now + self.WINDOW
+            self.cuts += 1
+
+    def reserve(self) -> float:
+        """Seconds to wait before the next request may start (0 while unpaced)."""
+        if self._pace is None:
+            return 0.0
+        with self._lock:
+            return self._pace.reserve(1, time.monotonic())

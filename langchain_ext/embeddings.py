@@ -183,6 +183,7 @@ def cached_embeddings(
         store,
         namespace=embeddings.cache_namespace,
         query_embedding_cache=cache_queries,
+        key_encoder="sha256",  # LangChain's default, SHA-1, is not collision-resistant
     )
 
 

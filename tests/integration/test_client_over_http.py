@@ -234,3 +234,18 @@ async def test_adaptive_concurrency_async(
     stats = dashscope_emulator.stats()
     assert len(result) == 1000 and stats["duplicate_embeddings"] == 0
     assert stats["throttled"] < 0.25 * stats["requests"]
+
+
+def test_untold_rate_cap_is_learned_without_cutting_concurrency(
+    make_client: Factory, dashscope_emulator: Emulator
+) -> None:
+    # 600 requests a minute is 10 a second; the client is not told.
+    dashscope_emulator.configure(rpm=600, latency=0.02)
+    client = make_client(max_concurrency=8)
+    result = client.embed([f"rate {i}" for i in range(400)])
+    stats = dashscope_emulator.stats()
+    assert len(result) == 400 and stats["duplicate_embeddings"] == 0
+    assert stats["throttled"] < 0.3 * stats["requests"]
+    assert client.pace is not None and client.pace.cuts >= 1
+    assert client.pace.rate is not None and client.pace.rate <= 12
+    assert client.gate.limit == 8  # a rate cap is not a concurrency cap

@@ -157,3 +157,21 @@ def test_retries_are_let_in_before_first_attempts() -> None:
     first.join(2)
     retry.join(2)
     assert order == ["retry", "first attempt"]
+
+
+def test_adaptive_pace_is_off_until_a_rate_throttle_then_paces_under_it() -> None:
+    from dashscope_embed.limits import AdaptivePace
+
+    pace = AdaptivePace()
+    assert pace.rate is None and pace.reserve() == 0.0
+    for _ in range(20):  # 20 requests succeeded within the last second
+        pace.on_success()
+    pace.on_rate_throttle()
+    assert pace.rate == pytest.approx(18.0)  # 90 % of what the service just allowed
+    pace.on_rate_throttle()  # the same burst answering 429 again: no second cut
+    assert pace.cuts == 1
+    before = pace.rate
+    pace.on_success()
+    assert pace.rate is not None and before is not None and pace.rate > before  # grows back
+    waits = [pace.reserve() for _ in range(3)]
+    assert waits[0] == 0.0 and waits[2] > waits[1] > 0.0  # spaced, no burst
