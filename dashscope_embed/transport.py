@@ -130,6 +130,26 @@ class Transport:
             raise APIConnectionError(_describe(exc, url)) from None
         return _check(response)
 
+    def get(self, url: str) -> bytes:
+        """GET a service URL (authenticated); return the 2xx body or raise the typed error."""
+        try:
+            response = self.client.get(url, headers=self.headers())
+        except httpx.TimeoutException as exc:
+            raise APITimeoutError(f"request to {url} timed out ({type(exc).__name__})") from None
+        except httpx.TransportError as exc:
+            raise APIConnectionError(_describe(exc, url)) from None
+        return _check(response)
+
+    def download(self, url: str) -> bytes:
+        """GET a result file by its signed URL, *without* the API key (it is another host)."""
+        try:
+            response = self.client.get(url, headers={"User-Agent": USER_AGENT})
+        except httpx.TimeoutException as exc:
+            raise APITimeoutError(f"download of {url} timed out ({type(exc).__name__})") from None
+        except httpx.TransportError as exc:
+            raise APIConnectionError(_describe(exc, url)) from None
+        return _check(response)
+
     def close(self) -> None:
         """Close the HTTP clients this transport created (not ones the caller passed)."""
         with self._lock:

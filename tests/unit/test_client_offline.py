@@ -294,3 +294,17 @@ async def test_async_partial_failure_keeps_finished_work() -> None:
         await client.aembed(texts)
     assert info.value.failed_positions == list(range(10))
     assert info.value.completed_positions == list(range(10, 20))
+
+
+def test_result_files_are_downloaded_without_the_key() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, content=b'{"text_index": 0, "embedding": [1.0]}\n')
+
+    client = make_client(handler)
+    content = client._transport.download("https://result-bucket.example.com/out.txt.gz?sig=1")
+    assert content.startswith(b'{"text_index"')
+    assert "authorization" not in seen[0].headers
+    assert SECRET not in str(seen[0].headers)

@@ -1,0 +1,297 @@
+"""Async batch embedding tasks (``text-embedding-async-v1`` / ``-v2``): submit, wait, fetch.
+
+The service embeds a whole text file (one text per line, up to 100,000 lines) on its
+own infrastructure and leaves a gzip'd result file behind a signed URL. This module
+submits such a task, polls it with backoff, cancels it, and turns the result file into
+an :class:`EmbeddingResult` in line order. A line the service could not embed is never
+dropped: the call raises :class:`PartialEmbeddingError` naming every failed line and
+why, with the finished vectors attached.
+
+With ``state_file``, the task id is written down before waiting, so a restarted process
+resumes the same task instead of submitting (and paying for) it again.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from dashscope_embed.errors import (
+    APIError,
+    BadResponseError,
+    InputProblem,
+    InvalidInputError,
+    PartialEmbeddingError,
+)
+from dashscope_embed.models import ModelSpec, TextType, resolve_model
+from dashscope_embed.protocol.common import load_json
+from dashscope_embed.protocol.native import TEXT_EMBEDDING_PATH
+from dashscope_embed.types import EmbeddingResult, PartialResult, Usage
+
+if TYPE_CHECKING:
+    from dashscope_embed.client import DashScopeClient
+
+TERMINAL = frozenset({"SUCCEEDED", "FAILED", "CANCELED", "UNKNOWN"})
+
+
+class JobFailedError(APIError):
+    """The task as a whole ended FAILED, CANCELED or UNKNOWN (``code`` says why)."""
+
+
+@dataclass(frozen=True)
+class TaskStatus:
+    """One poll of a task: its state, line counts and (once done) the result URL."""
+
+    task_id: str
+    status: str
+    total: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    result_url: str | None = None
+    code: str | None = None
+    message: str | None = None
+    total_tokens: int = 0
+    request_id: str | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.status in TERMINAL
+
+    @classmethod
+    def from_reply(cls, body: Any) -> TaskStatus:
+        output = body.get("output") if isinstance(body, dict) else None
+        if not isinstance(output, dict) or "task_id" not in output:
+            raise BadResponseError(f"task reply has no output.task_id: {body!r:.200}")
+        metrics = output.get("task_metrics") or {}
+        usage = body.get("usage") or {}
+        return cls(
+            task_id=str(output["task_id"]),
+            status=str(output.get("task_status", "UNKNOWN")),
+            total=int(metrics.get("TOTAL") or 0),
+            succeeded=int(metrics.get("SUCCEEDED") or 0),
+            failed=int(metrics.get("FAILED") or 0),
+            result_url=output.get("url"),
+            code=output.get("code"),
+            message=output.get("message"),
+            total_tokens=int(usage.get("total_tokens") or 0),
+            request_id=body.get("request_id"),
+        )
+
+
+@dataclass
+class JobState:
+    """What a resumed process needs: written to ``state_file`` before waiting."""
+
+    task_id: str
+    model: str
+    input_url: str
+    text_type: str | None = None
+    submitted_at: float = field(default_factory=time.time)
+
+    def save(self, path: Path) -> None:
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(json.dumps(asdict(self)), encoding="utf-8")
+        tmp.replace(path)  # atomic: a kill mid-write never leaves half a state file
+
+    @classmethod
+    def load(cls, path: Path) -> JobState | None:
+        if not path.exists():
+            return None
+        return cls(**json.loads(path.read_text(encoding="utf-8")))
+
+
+class BatchJobs:
+    """Async batch tasks through a :class:`DashScopeClient` (its key, host and retries).
+
+    Example::
+
+        jobs = BatchJobs(client)
+        result = jobs.run("https://.../corpus.txt", state_file="corpus.job.json")
+        result.dense[0][:3]
+    """
+
+    def __init__(self, client: DashScopeClient) -> None:
+        self.client = client
+
+    @property
+    def _base(self) -> str:
+        return self.client.config.native_base_url
+
+    def submit(
+        self,
+        input_url: str,
+        *,
+        model: str | ModelSpec = "text-embedding-async-v2",
+        text_type: TextType | None = None,
+    ) -> TaskStatus:
+        """Start a task over the file at ``input_url`` (one text per line)."""
+        spec = resolve_model(model)
+        if spec.kind != "async-batch":
+            raise InvalidInputError(
+                f"{spec.name} is not an async batch model; use text-embedding-async-v1/v2"
+            )
+        if text_type not in (None, "query", "document"):
+            raise InvalidInputError(f"text_type must be 'query' or 'document', got {text_type!r}")
+        if not input_url.startswith(("http://", "https://", "oss://")):
+            raise InvalidInputError(
+                f"input_url must be an http(s) or oss:// URL, got {input_url!r}"
+            )
+        parameters = {"text_type": text_type} if text_type else {}
+        body = {"model": spec.name, "input": {"url": input_url}, "parameters": parameters}
+        content = self.client._transport.post(
+            self._base + TEXT_EMBEDDING_PATH, body, extra_headers={"X-DashScope-Async": "enable"}
+        )
+        return TaskStatus.from_reply(load_json(content))
+
+    def status(self, task_id: str) -> TaskStatus:
+        """Poll once (``GET /tasks/{id}``); an unknown id reports status ``UNKNOWN``."""
+        return TaskStatus.from_reply(load_json(self.client._transport.get(self._tasks(task_id))))
+
+    def cancel(self, task_id: str) -> None:
+        """Cancel a task that is still PENDING (the service refuses otherwise)."""
+        self.client._transport.post(self._tasks(task_id) + "/cancel", {})
+
+    def wait(
+        self,
+        task_id: str,
+        *,
+        first_interval: float = 1.0,
+        max_interval: float = 8.0,
+        timeout: float | None = 24 * 3600,
+        on_poll: Callable[[TaskStatus], None] | None = None,
+    ) -> TaskStatus:
+        """Poll until the task ends, backing off from ``first_interval`` to ``max_interval``."""
+        started = time.monotonic()
+        interval = first_interval
+        while True:
+            status = self.status(task_id)
+            if on_poll is not None:
+                on_poll(status)
+            if status.done:
+                return status
+            if timeout is not None and time.monotonic() - started + interval > timeout:
+                raise TimeoutError(f"task {task_id} still {status.status} after {timeout:.0f} s")
+            time.sleep(interval)
+            interval = min(max_interval, interval * 2)
+
+    def result(
+        self, status: TaskStatus, *, expected_lines: int | None = None, model: str = ""
+    ) -> EmbeddingResult:
+        """Download and check a finished task's vectors, in line order.
+
+        Raises:
+            JobFailedError: the task did not succeed.
+            PartialEmbeddingError: some lines failed; each is named with the reason.
+            BadResponseError: the result file is missing lines or malformed.
+        """
+        if status.status != "SUCCEEDED" or not status.result_url:
+            raise JobFailedError(
+                status.message or f"task ended {status.status}",
+                code=status.code or status.status,
+                request_id=status.request_id,
+            )
+        raw = self.client._transport.download(status.result_url)
+        return parse_result_file(raw, status, expected_lines, model)
+
+    def run(
+        self,
+        input_url: str,
+        *,
+        model: str | ModelSpec = "text-embedding-async-v2",
+        text_type: TextType | None = None,
+        state_file: str | Path | None = None,
+        expected_lines: int | None = None,
+        **wait_options: Any,
+    ) -> EmbeddingResult:
+        """Submit (or resume, from ``state_file``), wait, and return the vectors."""
+        path = Path(state_file) if state_file else None
+        spec = resolve_model(model)
+        state = JobState.load(path) if path else None
+        if state is not None and (state.input_url != input_url or state.model != spec.name):
+            raise InvalidInputError(
+                f"state file {path} belongs to another job ({state.model} over "
+                f"{state.input_url}); delete it or pass another state_file"
+            )
+        if state is None:
+            submitted = self.submit(input_url, model=spec, text_type=text_type)
+            state = JobState(submitted.task_id, spec.name, input_url, text_type)
+            if path:
+                state.save(path)
+        status = self.wait(state.task_id, **wait_options)
+        return self.result(status, expected_lines=expected_lines, model=spec.name)
+
+    def _tasks(self, task_id: str) -> str:
+        if not task_id or "/" in task_id:
+            raise InvalidInputError(f"not a task id: {task_id!r}")
+        return f"{self._base}/tasks/{task_id}"
+
+
+def parse_result_file(
+    raw: bytes, status: TaskStatus, expected_lines: int | None = None, model: str = ""
+) -> EmbeddingResult:
+    """One JSON object per input line: ``{"text_index", "embedding"}`` or, for a line the
+    service could not embed, ``{"text_index", "code", "message"}`` (gzip'd or plain)."""
+    text = (gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw).decode("utf-8")
+    rows: dict[int, Any] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            index = int(row["text_index"])
+        except (ValueError, KeyError, TypeError):
+            raise BadResponseError(
+                f"result file line {number} is not a result row: {line[:120]!r}",
+                request_id=status.request_id,
+            ) from None
+        if index in rows:
+            raise BadResponseError(f"result file lists line {index} twice")
+        rows[index] = row
+    count = expected_lines if expected_lines is not None else (status.total or len(rows))
+    missing = [i for i in range(count) if i not in rows]
+    if missing or any(i >= count for i in rows):
+        raise BadResponseError(
+            f"result file does not match the {count} input lines (missing {missing[:10]})",
+            request_id=status.request_id,
+        )
+    dense: list[list[float] | None] = []
+    problems: list[InputProblem] = []
+    errors: list[BaseException] = []
+    for i in range(count):
+        row = rows[i]
+        vector = row.get("embedding")
+        if isinstance(vector, list) and vector:
+            dense.append(vector)
+            continue
+        dense.append(None)
+        reason = f"{row.get('code') or 'Failed'}: {row.get('message') or 'no embedding returned'}"
+        problems.append(InputProblem(i, reason))
+        errors.append(InvalidInputError([InputProblem(i, reason)]))
+    dimension = next((len(v) for v in dense if v is not None), None)
+    usage = Usage(status.total_tokens)
+    ids = (status.request_id,) if status.request_id else ()
+    if problems:
+        partial = PartialResult(
+            dense=dense,
+            sparse=None,
+            usage=usage,
+            request_ids=ids,
+            model=model,
+            dimension=dimension,
+            missing_positions=[p.index for p in problems if p.index is not None],
+        )
+        raise PartialEmbeddingError(partial, partial.missing_positions, errors)
+    return EmbeddingResult(
+        dense=[v for v in dense if v is not None],  # every line has one here
+        sparse=None,
+        usage=usage,
+        request_ids=ids,
+        model=model,
+        dimension=dimension,
+        count=count,
+    )

@@ -1,0 +1,129 @@
+"""Async batch tasks end to end against the emulator's task endpoints."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dashscope_embed import DashScopeClient, InvalidInputError, PartialEmbeddingError
+from dashscope_embed.emulator import Emulator, vectors
+from dashscope_embed.jobs import BatchJobs, JobFailedError
+
+Factory = Callable[..., DashScopeClient]
+CREATE = "POST /api/v1/services/embeddings/text-embedding/text-embedding"
+
+
+def lines(n: int) -> list[str]:
+    return [f"batch line {i} about topic {i % 11}" for i in range(n)]
+
+
+def put_corpus(emu: Emulator, name: str, texts: list[str]) -> str:
+    return emu.put_file(name, ("\n".join(texts) + "\n").encode())
+
+
+def test_a_whole_job_returns_every_line_in_order(
+    make_client: Factory, dashscope_emulator: Emulator
+) -> None:
+    dashscope_emulator.configure(task_delay=0.05)
+    texts = lines(250)
+    url = put_corpus(dashscope_emulator, "corpus.txt", texts)
+    polls: list[str] = []
+    result = BatchJobs(make_client()).run(
+        url, text_type="document", first_interval=0.05, on_poll=lambda s: polls.append(s.status)
+    )
+    assert len(result) == 250 and result.dimension == 1536
+    assert result.model == "text-embedding-async-v2"
+    for i in (0, 137, 249):  # each line's own vector, at its own position
+        expected = vectors.text_vector(
+            "text-embedding-async-v2", texts[i], 1536, text_type="document"
+        )
+        assert np.allclose(result.require_dense()[i], expected, atol=1e-6)
+    assert polls[-1] == "SUCCEEDED" and result.usage.total_tokens > 0
+
+
+def test_failed_lines_are_named_never_dropped(
+    make_client: Factory, dashscope_emulator: Emulator
+) -> None:
+    dashscope_emulator.configure(task_delay=0.05)
+    texts = lines(20)
+    texts[4] = "   "
+    texts[17] = ""
+    url = put_corpus(dashscope_emulator, "holes.txt", texts)
+    with pytest.raises(PartialEmbeddingError) as info:
+        BatchJobs(make_client()).run(url, first_interval=0.05)
+    assert info.value.failed_positions == [4, 17]
+    assert "texts[4]: InvalidParameter" in str(info.value.errors[0])
+    partial = info.value.partial
+    assert partial.dense is not None and partial.dense[4] is None and partial.dense[5] is not None
+
+
+def test_a_failed_job_raises_with_the_services_code(make_client: Factory) -> None:
+    with pytest.raises(JobFailedError) as info:
+        BatchJobs(make_client()).run("https://example.com/unreachable.txt", first_interval=0.05)
+    assert info.value.code == "InvalidURL"
+
+
+def test_cancel_a_pending_job(make_client: Factory, dashscope_emulator: Emulator) -> None:
+    dashscope_emulator.configure(task_delay=5.0)
+    jobs = BatchJobs(make_client())
+    task = jobs.submit(put_corpus(dashscope_emulator, "slow.txt", lines(5)))
+    jobs.cancel(task.task_id)
+    status = jobs.wait(task.task_id, first_interval=0.05)
+    assert status.status == "CANCELED"
+    with pytest.raises(JobFailedError, match="CANCELED"):
+        jobs.result(status)
+
+
+def test_bad_job_arguments_fail_before_submitting(
+    make_client: Factory, dashscope_emulator: Emulator
+) -> None:
+    jobs = BatchJobs(make_client())
+    with pytest.raises(InvalidInputError, match="not an async batch model"):
+        jobs.submit("https://example.com/a.txt", model="text-embedding-v4")
+    with pytest.raises(InvalidInputError, match="http"):
+        jobs.submit("/local/path.txt")
+    assert dashscope_emulator.stats()["requests"] == 0
+
+
+def test_resume_after_the_process_is_killed_mid_job(
+    dashscope_emulator: Emulator, tmp_path: Path
+) -> None:
+    dashscope_emulator.configure(task_delay=2.0)
+    texts = lines(40)
+    url = put_corpus(dashscope_emulator, "resume.txt", texts)
+    state = tmp_path / "job.json"
+    script = (
+        "import sys\n"
+        "from dashscope_embed import DashScopeClient\n"
+        "from dashscope_embed.jobs import BatchJobs\n"
+        f"client = DashScopeClient(api_key={dashscope_emulator.api_key!r}, "
+        f"base_url={dashscope_emulator.base_url!r})\n"
+        f"BatchJobs(client).run({url!r}, state_file={str(state)!r}, first_interval=0.05)\n"
+    )
+    worker = subprocess.Popen([sys.executable, "-c", script])
+    deadline = time.monotonic() + 20
+    while not state.exists():
+        assert time.monotonic() < deadline, "the worker never wrote its state file"
+        time.sleep(0.02)
+    worker.kill()  # mid-wait: the task is submitted, the result not yet fetched
+    worker.wait(timeout=10)
+    task_id = json.loads(state.read_text())["task_id"]
+
+    client = DashScopeClient(
+        api_key=dashscope_emulator.api_key, base_url=dashscope_emulator.base_url
+    )
+    result = BatchJobs(client).run(url, state_file=state, first_interval=0.05)
+    assert len(result) == 40
+    stats = dashscope_emulator.stats()
+    assert stats["by_endpoint"][CREATE] == 1  # resumed, not resubmitted
+    assert stats["duplicate_embeddings"] == 0 and stats["texts_embedded"] == 40
+    assert BatchJobs(client).status(task_id).status == "SUCCEEDED"
+    with pytest.raises(InvalidInputError, match="belongs to another job"):
+        BatchJobs(client).run("https://example.com/other.txt", state_file=state)
