@@ -140,6 +140,22 @@ class Transport:
             raise APIConnectionError(_describe(exc, url)) from None
         return _check(response)
 
+    def upload(self, url: str, filename: str, content: bytes, fields: dict[str, str]) -> bytes:
+        """POST a multipart form with one file (the Batch API's ``/files``)."""
+        headers = {k: v for k, v in self.headers().items() if k != "Content-Type"}
+        try:
+            response = self.client.post(
+                url,
+                files={"file": (filename, content, "application/jsonl")},
+                data=fields,
+                headers=headers,
+            )
+        except httpx.TimeoutException as exc:
+            raise APITimeoutError(f"upload to {url} timed out ({type(exc).__name__})") from None
+        except httpx.TransportError as exc:
+            raise APIConnectionError(_describe(exc, url)) from None
+        return _check(response)
+
     def download(self, url: str) -> bytes:
         """GET a result file by its signed URL, *without* the API key (it is another host)."""
         try:

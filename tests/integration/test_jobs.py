@@ -14,7 +14,13 @@ import pytest
 
 from dashscope_embed import DashScopeClient, InvalidInputError, PartialEmbeddingError
 from dashscope_embed.emulator import Emulator, vectors
-from dashscope_embed.jobs import BatchJobs, JobFailedError
+from dashscope_embed.jobs import (
+    BatchAPIJobs,
+    BatchJobs,
+    BatchState,
+    JobFailedError,
+    _fingerprint,
+)
 
 Factory = Callable[..., DashScopeClient]
 CREATE = "POST /api/v1/services/embeddings/text-embedding/text-embedding"
@@ -127,3 +133,64 @@ def test_resume_after_the_process_is_killed_mid_job(
     assert BatchJobs(client).status(task_id).status == "SUCCEEDED"
     with pytest.raises(InvalidInputError, match="belongs to another job"):
         BatchJobs(client).run("https://example.com/other.txt", state_file=state)
+
+
+# ------------------------------------------------------------------ OpenAI-compatible Batch API
+BATCH_CREATE = "POST /compatible-mode/v1/batches"
+
+
+def test_batch_api_run_matches_the_synchronous_vectors(
+    make_client: Factory, dashscope_emulator: Emulator
+) -> None:
+    dashscope_emulator.configure(task_delay=0.05)
+    texts = lines(35)
+    client = make_client()
+    result = BatchAPIJobs(client).run(texts, dimension=256, first_interval=0.05)
+    assert len(result) == 35 and result.dimension == 256
+    direct = client.embed(texts, dimension=256)
+    assert np.allclose(result.require_dense(), direct.require_dense(), atol=1e-6)
+    sent = dashscope_emulator.requests("/compatible-mode/v1/batches")
+    assert sent[0]["json"]["endpoint"] == "/v1/embeddings"
+
+
+def test_batch_api_names_the_lines_the_service_refused(
+    make_client: Factory, dashscope_emulator: Emulator
+) -> None:
+    dashscope_emulator.configure(task_delay=0.05)
+    texts = lines(12)
+    texts[7] = "word " * 9000  # over the model's token limit: refused by the service
+    with pytest.raises(PartialEmbeddingError) as info:
+        BatchAPIJobs(make_client()).run(texts, first_interval=0.05)
+    assert info.value.failed_positions == [7]
+    assert "Range of input length" in str(info.value.errors[0])
+    assert info.value.partial.dense is not None and info.value.partial.dense[6] is not None
+
+
+def test_batch_api_cancel(make_client: Factory, dashscope_emulator: Emulator) -> None:
+    dashscope_emulator.configure(task_delay=4.0)
+    jobs = BatchAPIJobs(make_client())
+    batch = jobs.submit(lines(3))
+    assert jobs.cancel(batch.batch_id).status == "cancelling"
+    status = jobs.wait(batch.batch_id, first_interval=0.1)
+    assert status.status == "cancelled"
+    with pytest.raises(PartialEmbeddingError) as info:
+        jobs.result(status, 3)
+    assert info.value.failed_positions == [0, 1, 2]
+
+
+def test_batch_api_resumes_from_its_state_file(
+    make_client: Factory, dashscope_emulator: Emulator, tmp_path: Path
+) -> None:
+    dashscope_emulator.configure(task_delay=0.3)
+    texts = lines(8)
+    jobs = BatchAPIJobs(make_client())
+    submitted = jobs.submit(texts)  # a first process submitted, saved its state, died
+    state = tmp_path / "batch.json"
+    BatchState(
+        submitted.batch_id, "text-embedding-v4", 8, _fingerprint(texts, "text-embedding-v4", None)
+    ).save(state)
+    result = jobs.run(texts, state_file=state, first_interval=0.05)
+    assert len(result) == 8
+    assert dashscope_emulator.stats()["by_endpoint"][BATCH_CREATE] == 1
+    with pytest.raises(InvalidInputError, match="belongs to another batch"):
+        jobs.run(lines(9), state_file=state)
