@@ -194,3 +194,19 @@ def test_batch_api_resumes_from_its_state_file(
     assert dashscope_emulator.stats()["by_endpoint"][BATCH_CREATE] == 1
     with pytest.raises(InvalidInputError, match="belongs to another batch"):
         jobs.run(lines(9), state_file=state)
+
+
+def test_framework_classes_embed_through_a_batch_job(dashscope_emulator: Emulator) -> None:
+    from langchain_ext import DashScopeEmbeddings
+    from llama_index_ext import DashScopeEmbedding
+
+    dashscope_emulator.configure(task_delay=0.05)
+    connect = {"api_key": dashscope_emulator.api_key, "base_url": dashscope_emulator.base_url}
+    texts = lines(23)
+    llama = DashScopeEmbedding(**connect, dimension=128)
+    via_llama = llama.embed_documents_via_batch_job(texts, first_interval=0.05)
+    chain = DashScopeEmbeddings(**connect, dimension=128)
+    via_chain = chain.embed_documents_via_batch_job(texts, first_interval=0.05)
+    assert np.allclose(via_llama, via_chain, atol=1e-6)
+    assert np.allclose(via_llama, llama.get_text_embedding_batch(texts), atol=1e-6)
+    assert dashscope_emulator.stats()["by_endpoint"][BATCH_CREATE] == 2  # explicit, twice
