@@ -1,0 +1,211 @@
+"""The bulk command, run as a user runs it, against the emulator."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from dashscope_embed import DashScopeClient
+from dashscope_embed.emulator import Emulator
+
+
+def texts(n: int) -> list[str]:
+    return [f"bulk line {i}: topic {i % 23} and identifier id_{i:05d}" for i in range(n)]
+
+
+def run_cli(emu: Emulator, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "DASHSCOPE_API_KEY": emu.api_key, "DASHSCOPE_BASE_URL": emu.base_url}
+    return subprocess.run(
+        [sys.executable, "-m", "dashscope_embed.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+def read_jsonl(path: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_sync_mode_plain_lines_to_jsonl_and_npy(
+    dashscope_emulator: Emulator, tmp_path: Path
+) -> None:
+    corpus = texts(3000)
+    source = tmp_path / "corpus.txt"
+    source.write_text("\n".join(corpus) + "\n")
+    done = run_cli(
+        dashscope_emulator,
+        "embed",
+        str(source),
+        "--out",
+        str(tmp_path / "v.jsonl"),
+        "--dimension",
+        "128",
+    )
+    assert done.returncode == 0, done.stderr
+    rows = read_jsonl(tmp_path / "v.jsonl")
+    assert [r["index"] for r in rows] == list(range(3000))
+    client = DashScopeClient(
+        api_key=dashscope_emulator.api_key, base_url=dashscope_emulator.base_url
+    )
+    sample = client.embed([corpus[0], corpus[2999]], text_type="document", dimension=128)
+    assert rows[0]["embedding"] == sample.require_dense()[0]
+    assert rows[2999]["embedding"] == sample.require_dense()[1]
+
+    done = run_cli(
+        dashscope_emulator,
+        "embed",
+        str(source),
+        "--out",
+        str(tmp_path / "v.npy"),
+        "--dimension",
+        "128",
+        "--quiet",
+    )
+    assert done.returncode == 0, done.stderr
+    matrix = np.load(tmp_path / "v.npy")
+    assert matrix.shape == (3000, 128) and matrix.dtype == np.float32
+    assert np.allclose(matrix[2999], sample.require_dense()[1], atol=1e-6)
+    assert not (tmp_path / "v.npy.progress").exists()
+
+
+def test_jsonl_and_csv_inputs_with_a_field(dashscope_emulator: Emulator, tmp_path: Path) -> None:
+    jsonl = tmp_path / "in.jsonl"
+    jsonl.write_text("".join(json.dumps({"body": t}) + "\n" for t in texts(25)))
+    done = run_cli(
+        dashscope_emulator,
+        "embed",
+        str(jsonl),
+        "--field",
+        "body",
+        "--out",
+        str(tmp_path / "a.jsonl"),
+        "--output-type",
+        "dense&sparse",
+    )
+    assert done.returncode == 0, done.stderr
+    row = read_jsonl(tmp_path / "a.jsonl")[3]
+    assert len(row["embedding"]) == 1024 and row["sparse"]  # type: ignore[arg-type]
+    csv_file = tmp_path / "in.csv"
+    csv_file.write_text("id,body\n" + "".join(f"{i},{t}\n" for i, t in enumerate(texts(7))))
+    done = run_cli(
+        dashscope_emulator,
+        "embed",
+        str(csv_file),
+        "--field",
+        "body",
+        "--out",
+        str(tmp_path / "b.jsonl"),
+    )
+    assert done.returncode == 0 and len(read_jsonl(tmp_path / "b.jsonl")) == 7
+    missing = run_cli(
+        dashscope_emulator, "embed", str(csv_file), "--out", str(tmp_path / "c.jsonl")
+    )
+    assert missing.returncode != 0 and "no column 'text'" in missing.stderr
+
+
+def test_ctrl_c_then_resume_pays_nothing_twice_for_saved_work(
+    dashscope_emulator: Emulator, tmp_path: Path
+) -> None:
+    dashscope_emulator.configure(latency=0.05)
+    corpus = texts(3000)
+    source = tmp_path / "corpus.txt"
+    source.write_text("\n".join(corpus) + "\n")
+    out = tmp_path / "v.jsonl"
+    env = {
+        **os.environ,
+        "DASHSCOPE_API_KEY": dashscope_emulator.api_key,
+        "DASHSCOPE_BASE_URL": dashscope_emulator.base_url,
+    }
+    worker = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "dashscope_embed.cli",
+            "embed",
+            str(source),
+            "--out",
+            str(out),
+            "--max-concurrency",
+            "4",
+        ],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while not out.exists() or out.stat().st_size < 200_000:
+        assert time.monotonic() < deadline and worker.poll() is None
+        time.sleep(0.02)
+    worker.send_signal(signal.SIGINT)  # Ctrl-C
+    _, stderr = worker.communicate(timeout=60)
+    assert worker.returncode == 130 and "rerun to resume" in stderr
+    saved = len(read_jsonl(out))
+    assert 0 < saved < 3000
+
+    dashscope_emulator.reset()
+    done = run_cli(dashscope_emulator, "embed", str(source), "--out", str(out))
+    assert done.returncode == 0 and f"Resuming: {saved} of 3000" in done.stderr
+    rows = read_jsonl(out)
+    assert [r["index"] for r in rows] == list(range(3000))
+    resent = {
+        t
+        for r in dashscope_emulator.requests("text-embedding")
+        for t in r["json"]["input"]["texts"]
+    }
+    assert resent.isdisjoint(corpus[:saved])  # nothing already saved was paid for again
+    again = run_cli(dashscope_emulator, "embed", str(source), "--out", str(out))
+    assert "already holds all 3000" in again.stderr
+
+
+def test_batch_mode_in_chunks_and_resume(dashscope_emulator: Emulator, tmp_path: Path) -> None:
+    dashscope_emulator.configure(task_delay=0.05)
+    corpus = texts(2500)
+    source = tmp_path / "corpus.txt"
+    source.write_text("\n".join(corpus) + "\n")
+    done = run_cli(
+        dashscope_emulator,
+        "embed",
+        str(source),
+        "--out",
+        str(tmp_path / "b.jsonl"),
+        "--mode",
+        "batch",
+        "--batch-lines",
+        "1000",
+        "--dimension",
+        "64",
+    )
+    assert done.returncode == 0, done.stderr
+    rows = read_jsonl(tmp_path / "b.jsonl")
+    assert [r["index"] for r in rows] == list(range(2500))
+    assert dashscope_emulator.stats()["by_endpoint"]["POST /compatible-mode/v1/batches"] == 3
+
+    partial = tmp_path / "p.jsonl"  # an earlier run saved the first job, then died
+    partial.write_text("\n".join(json.dumps(r) for r in rows[:1000]) + "\n")
+    dashscope_emulator.reset()
+    done = run_cli(
+        dashscope_emulator,
+        "embed",
+        str(source),
+        "--out",
+        str(partial),
+        "--mode",
+        "batch",
+        "--batch-lines",
+        "1000",
+        "--dimension",
+        "64",
+    )
+    assert done.returncode == 0, done.stderr
+    assert read_jsonl(partial) == rows
+    assert dashscope_emulator.stats()["by_endpoint"]["POST /compatible-mode/v1/batches"] == 2
