@@ -2,7 +2,7 @@
 
 Input: ``.jsonl`` (a field, default ``text``), ``.csv`` (a column, default ``text``) or
 plain text (one text per line). Output: ``.jsonl`` (``{"index", "embedding",
-"sparse"}`` per line) or ``.npy`` (float32 matrix). Two modes:
+"sparse"}`` per line), ``.npy`` (float32 matrix) or ``.parquet`` (with pyarrow). Modes:
 
 * ``sync`` (default): the concurrent engine, streaming with bounded memory;
 * ``batch``: OpenAI-compatible Batch API jobs (half price, slower), in chunks.
@@ -66,12 +66,57 @@ class Output:
         self._handle: Any = None
         self._matrix: Any = None
         suffix = path.suffix.lower()
+        self._parts: Path | None = None
+        self._buffer: list[dict[str, Any]] = []
         if suffix == ".jsonl":
             self._open_jsonl()
         elif suffix == ".npy":
             self._open_npy()
+        elif suffix == ".parquet":
+            self._open_parquet()
         else:
-            raise SystemExit(f"--out must end in .jsonl or .npy, got {path.name}")
+            raise SystemExit(f"--out must end in .jsonl, .npy or .parquet, got {path.name}")
+
+    PART_ROWS = 1000  # Parquet rows buffered per part file
+
+    def _open_parquet(self) -> None:
+        try:
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise SystemExit("Parquet output needs pyarrow: pip install pyarrow") from None
+        self._parts = self.path.with_name(self.path.name + ".parts")
+        self._parts.mkdir(exist_ok=True)
+        self.done = sum(pq.ParquetFile(p).metadata.num_rows for p in self._parts.glob("*.parquet"))
+
+    def _flush_parquet(self) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if not self._buffer or self._parts is None:
+            return
+        start = self._buffer[0]["index"]
+        table = pa.Table.from_pylist(self._buffer)
+        tmp = self._parts / f"part-{start:012d}.tmp"
+        pq.write_table(table, tmp)
+        tmp.replace(self._parts / f"part-{start:012d}.parquet")  # whole parts only
+        self._buffer = []
+
+    def _finish_parquet(self) -> None:
+        import shutil
+
+        import pyarrow.parquet as pq
+
+        assert self._parts is not None
+        parts = sorted(self._parts.glob("*.parquet"))
+        writer = None
+        for part in parts:  # one part in memory at a time
+            table = pq.read_table(part)
+            if writer is None:
+                writer = pq.ParquetWriter(self.path, table.schema)
+            writer.write_table(table)
+        if writer is not None:
+            writer.close()
+        shutil.rmtree(self._parts)
 
     def _open_jsonl(self) -> None:
         good = 0
@@ -101,14 +146,25 @@ class Output:
         self._progress = progress
 
     def write(self, result: EmbeddingResult) -> None:
-        if self._handle is not None:
+        if self._parts is not None:
             for i in range(len(result)):
                 row: dict[str, Any] = {"index": self.done + i}
                 if result.dense is not None:
                     row["embedding"] = result.dense[i]
                 if result.sparse is not None:
-                    row["sparse"] = result.sparse[i].as_dict()
-                self._handle.write(json.dumps(row, separators=(",", ":")) + "\n")
+                    row["sparse_indices"] = result.sparse[i].indices
+                    row["sparse_values"] = result.sparse[i].values
+                self._buffer.append(row)
+            if len(self._buffer) >= self.PART_ROWS:
+                self._flush_parquet()
+        elif self._handle is not None:
+            for i in range(len(result)):
+                line: dict[str, Any] = {"index": self.done + i}
+                if result.dense is not None:
+                    line["embedding"] = result.dense[i]
+                if result.sparse is not None:
+                    line["sparse"] = result.sparse[i].as_dict()
+                self._handle.write(json.dumps(line, separators=(",", ":")) + "\n")
             self._handle.flush()
         else:
             self._matrix[self.done : self.done + len(result)] = result.require_dense()
@@ -117,7 +173,11 @@ class Output:
         self.done += len(result)
 
     def close(self) -> None:
-        if self._handle is not None:
+        if self._parts is not None:
+            self._flush_parquet()  # also on Ctrl-C: buffered vectors are kept
+            if self.done == self.total:
+                self._finish_parquet()
+        elif self._handle is not None:
             self._handle.close()
         elif self._matrix is not None:
             self._matrix.flush()
@@ -130,7 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     embed = commands.add_parser("embed", help="embed a JSONL, CSV or text file")
     embed.add_argument("input", type=Path)
-    embed.add_argument("--out", type=Path, required=True, help="output .jsonl or .npy")
+    embed.add_argument(
+        "--out", type=Path, required=True, help="output .jsonl, .npy or .parquet (needs pyarrow)"
+    )
     embed.add_argument("--field", default="text", help="JSONL field / CSV column (text)")
     embed.add_argument("--model", default="text-embedding-v4")
     embed.add_argument("--dimension", type=int)

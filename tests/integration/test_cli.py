@@ -209,3 +209,48 @@ def test_batch_mode_in_chunks_and_resume(dashscope_emulator: Emulator, tmp_path:
     assert done.returncode == 0, done.stderr
     assert read_jsonl(partial) == rows
     assert dashscope_emulator.stats()["by_endpoint"]["POST /compatible-mode/v1/batches"] == 2
+
+
+def test_parquet_output_with_resume(dashscope_emulator: Emulator, tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    corpus = texts(2200)
+    source = tmp_path / "corpus.txt"
+    source.write_text("\n".join(corpus) + "\n")
+    out = tmp_path / "v.parquet"
+    # An earlier run saved one whole part file, then died.
+    first = run_cli(
+        dashscope_emulator,
+        "embed",
+        str(source),
+        "--out",
+        str(tmp_path / "w.parquet"),
+        "--output-type",
+        "dense&sparse",
+        "--dimension",
+        "64",
+    )
+    assert first.returncode == 0, first.stderr
+    whole = pq.read_table(tmp_path / "w.parquet").to_pylist()
+    assert [r["index"] for r in whole] == list(range(2200))
+    assert len(whole[5]["embedding"]) == 64 and whole[5]["sparse_indices"]
+    parts = tmp_path / "v.parquet.parts"
+    parts.mkdir()
+    pq.write_table(
+        pq.read_table(tmp_path / "w.parquet").slice(0, 1000), parts / "part-000000000000.parquet"
+    )
+    dashscope_emulator.reset()
+    done = run_cli(
+        dashscope_emulator,
+        "embed",
+        str(source),
+        "--out",
+        str(out),
+        "--output-type",
+        "dense&sparse",
+        "--dimension",
+        "64",
+    )
+    assert done.returncode == 0 and "Resuming: 1000 of 2200" in done.stderr
+    assert pq.read_table(out).to_pylist() == whole
+    assert dashscope_emulator.stats()["texts_delivered"] == 1200 and not parts.exists()
