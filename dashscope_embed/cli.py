@@ -263,7 +263,13 @@ def run_embed(args: argparse.Namespace) -> int:
                     break
                 state = args.out.with_name(f"{args.out.name}.batch-{output.done}.json")
                 output.write(
-                    jobs.run(batch, model=spec, dimension=args.dimension, state_file=state)
+                    jobs.run(
+                        batch,
+                        model=spec,
+                        dimension=args.dimension,
+                        state_file=state,
+                        on_poll=_poll_printer(args, output.done, total),
+                    )
                 )
                 state.unlink(missing_ok=True)
                 _progress(args, output)
@@ -279,6 +285,22 @@ def run_embed(args: argparse.Namespace) -> int:
         print(file=sys.stderr)
     print(f"Wrote {total} vectors to {args.out}.", file=sys.stderr)
     return 0
+
+
+def _poll_printer(args: argparse.Namespace, start: int, total: int) -> Any:
+    """Progress while a batch job runs on the service."""
+
+    def show(status: Any) -> None:
+        if not args.quiet:
+            print(
+                f"\r{start}/{total} embedded; batch job {status.status} "
+                f"{status.completed}/{status.total}   ",
+                end="",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    return show
 
 
 def _progress(args: argparse.Namespace, output: Output) -> None:
