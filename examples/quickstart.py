@@ -12,13 +12,10 @@ Qdrant without asking the service again.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import sys
 import tempfile
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 from llama_index.core import StorageContext, VectorStoreIndex
@@ -27,6 +24,7 @@ from llama_index.core.vector_stores.types import VectorStoreQueryMode
 from llama_index.vector_stores.qdrant import QdrantVectorStore
 from qdrant_client import QdrantClient
 
+from dashscope_embed.emulator import service_or_emulator
 from llama_index_ext import DashScopeEmbedding
 
 # Local-mode Qdrant says payload indexes need a server; irrelevant for this demo.
@@ -42,20 +40,6 @@ QUESTIONS = [
 ]
 
 
-@contextlib.contextmanager
-def dashscope_connection() -> Iterator[dict[str, str]]:
-    """The real service when a key is set, else the bundled emulator."""
-    if os.environ.get("DASHSCOPE_API_KEY"):
-        print("Using the DashScope service (DASHSCOPE_API_KEY is set).")
-        yield {}
-        return
-    from dashscope_embed.emulator import Emulator
-
-    with Emulator() as emulator:
-        print(f"DASHSCOPE_API_KEY is not set: using the local emulator at {emulator.base_url}.")
-        yield {"api_key": emulator.api_key, "base_url": emulator.base_url}
-
-
 def load_nodes() -> list[TextNode]:
     rows = [json.loads(line) for line in CORPUS.read_text(encoding="utf-8").splitlines()]
     # Qdrant wants UUID ids; the readable id stays in the metadata.
@@ -66,7 +50,7 @@ def load_nodes() -> list[TextNode]:
 
 def main() -> int:
     nodes = load_nodes()
-    with dashscope_connection() as connection, tempfile.TemporaryDirectory() as folder:
+    with service_or_emulator() as connection, tempfile.TemporaryDirectory() as folder:
         embed_model = DashScopeEmbedding(
             **connection,
             model_name="text-embedding-v4",

@@ -15,7 +15,7 @@ Three ways to run it:
 from __future__ import annotations
 
 from dashscope_embed.emulator.app import EmulatorApp
-from dashscope_embed.emulator.server import Emulator
+from dashscope_embed.emulator.server import Emulator, service_or_emulator
 from dashscope_embed.emulator.state import EmulatorSettings
 
-__all__ = ["Emulator", "EmulatorApp", "EmulatorSettings"]
+__all__ = ["Emulator", "EmulatorApp", "EmulatorSettings", "service_or_emulator"]

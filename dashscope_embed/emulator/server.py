@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import fields
 from typing import Any
 
@@ -145,3 +148,19 @@ class Emulator:
         response.raise_for_status()
         url: str = response.json()["url"]
         return url
+
+
+@contextlib.contextmanager
+def service_or_emulator(announce: bool = True) -> Iterator[dict[str, str]]:
+    """Connection settings for examples: the real service when ``DASHSCOPE_API_KEY`` is
+    set (yields ``{}``, so the environment applies), else a fresh local emulator (yields
+    its ``api_key`` and ``base_url``). Says which in one line when ``announce``."""
+    if os.environ.get("DASHSCOPE_API_KEY"):
+        if announce:
+            print("Using the DashScope service (DASHSCOPE_API_KEY is set).")
+        yield {}
+        return
+    with Emulator() as emulator:
+        if announce:
+            print(f"DASHSCOPE_API_KEY is not set: using the local emulator at {emulator.base_url}.")
+        yield {"api_key": emulator.api_key, "base_url": emulator.base_url}
