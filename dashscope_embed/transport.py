@@ -8,11 +8,13 @@ several ``asyncio.run`` calls (notebooks, LlamaIndex's sync wrappers) just works
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import platform
 import threading
 import weakref
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -108,12 +110,8 @@ class Transport:
         """POST JSON; return the 2xx body or raise the typed error."""
         headers = self.headers() | (extra_headers or {})
         content = encode_body(body)
-        try:
+        with _mapped_errors(url, "request to"):
             response = self.client.post(url, content=content, headers=headers)
-        except httpx.TimeoutException as exc:
-            raise APITimeoutError(f"request to {url} timed out ({type(exc).__name__})") from None
-        except httpx.TransportError as exc:
-            raise APIConnectionError(_describe(exc, url)) from None
         return _check(response)
 
     async def apost(
@@ -122,48 +120,32 @@ class Transport:
         """Async twin of :meth:`post`."""
         headers = self.headers() | (extra_headers or {})
         content = encode_body(body)
-        try:
+        with _mapped_errors(url, "request to"):
             response = await self.async_client().post(url, content=content, headers=headers)
-        except httpx.TimeoutException as exc:
-            raise APITimeoutError(f"request to {url} timed out ({type(exc).__name__})") from None
-        except httpx.TransportError as exc:
-            raise APIConnectionError(_describe(exc, url)) from None
         return _check(response)
 
     def get(self, url: str) -> bytes:
         """GET a service URL (authenticated); return the 2xx body or raise the typed error."""
-        try:
+        with _mapped_errors(url, "request to"):
             response = self.client.get(url, headers=self.headers())
-        except httpx.TimeoutException as exc:
-            raise APITimeoutError(f"request to {url} timed out ({type(exc).__name__})") from None
-        except httpx.TransportError as exc:
-            raise APIConnectionError(_describe(exc, url)) from None
         return _check(response)
 
     def upload(self, url: str, filename: str, content: bytes, fields: dict[str, str]) -> bytes:
         """POST a multipart form with one file (the Batch API's ``/files``)."""
         headers = {k: v for k, v in self.headers().items() if k != "Content-Type"}
-        try:
+        with _mapped_errors(url, "upload to"):
             response = self.client.post(
                 url,
                 files={"file": (filename, content, "application/jsonl")},
                 data=fields,
                 headers=headers,
             )
-        except httpx.TimeoutException as exc:
-            raise APITimeoutError(f"upload to {url} timed out ({type(exc).__name__})") from None
-        except httpx.TransportError as exc:
-            raise APIConnectionError(_describe(exc, url)) from None
         return _check(response)
 
     def download(self, url: str) -> bytes:
         """GET a result file by its signed URL, *without* the API key (it is another host)."""
-        try:
+        with _mapped_errors(url, "download of"):
             response = self.client.get(url, headers={"User-Agent": USER_AGENT})
-        except httpx.TimeoutException as exc:
-            raise APITimeoutError(f"download of {url} timed out ({type(exc).__name__})") from None
-        except httpx.TransportError as exc:
-            raise APIConnectionError(_describe(exc, url)) from None
         return _check(response)
 
     def close(self) -> None:
@@ -179,6 +161,17 @@ class Transport:
         client = self._async_clients.pop(loop, None)
         if client is not None:
             await client.aclose()
+
+
+@contextlib.contextmanager
+def _mapped_errors(url: str, action: str) -> Iterator[None]:
+    """httpx's failures as this package's typed errors (the one place they are mapped)."""
+    try:
+        yield
+    except httpx.TimeoutException as exc:
+        raise APITimeoutError(f"{action} {url} timed out ({type(exc).__name__})") from None
+    except httpx.TransportError as exc:
+        raise APIConnectionError(_describe(exc, url)) from None
 
 
 def _describe(exc: httpx.TransportError, url: str) -> str:
