@@ -210,3 +210,32 @@ def test_framework_classes_embed_through_a_batch_job(dashscope_emulator: Emulato
     assert np.allclose(via_llama, via_chain, atol=1e-6)
     assert np.allclose(via_llama, llama.get_text_embedding_batch(texts), atol=1e-6)
     assert dashscope_emulator.stats()["by_endpoint"][BATCH_CREATE] == 2  # explicit, twice
+
+
+def test_batch_api_failed_batch_raises_with_the_services_errors(
+    make_client: Factory, dashscope_emulator: Emulator
+) -> None:
+    import io
+
+    import openai
+
+    dashscope_emulator.configure(task_delay=0.05)
+    # A batch whose file fails validation (created with the official SDK: ours never
+    # writes a bad line), then followed and read through this package.
+    oai = openai.OpenAI(
+        api_key=dashscope_emulator.api_key,
+        max_retries=0,
+        base_url=dashscope_emulator.compatible_base_url,
+    )
+    bad = {"custom_id": "0", "method": "POST", "url": "/v1/chat/completions", "body": {}}
+    uploaded = oai.files.create(
+        file=("bad.jsonl", io.BytesIO(json.dumps(bad).encode())), purpose="batch"
+    )
+    batch = oai.batches.create(
+        input_file_id=uploaded.id, endpoint="/v1/embeddings", completion_window="24h"
+    )
+    jobs = BatchAPIJobs(make_client())
+    status = jobs.wait(batch.id, first_interval=0.05)
+    assert status.status == "failed" and status.errors[0]["code"] == "url_not_found"
+    with pytest.raises(JobFailedError, match="not supported by the Batch API"):
+        jobs.result(status, 1)
