@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from dashscope_embed.errors import (
     APIError,
@@ -83,8 +83,60 @@ class TaskStatus:
         )
 
 
+S = TypeVar("S", bound="_StateFile")
+
+
+class _StateFile:
+    """A small JSON file that lets a restarted process resume the same job."""
+
+    def save(self, path: Path) -> None:
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(json.dumps(asdict(self)), encoding="utf-8")  # type: ignore[call-overload]
+        tmp.replace(path)  # atomic: a kill mid-write never leaves half a state file
+
+    @classmethod
+    def load(cls: type[S], path: Path) -> S | None:
+        if not path.exists():
+            return None
+        return cls(**json.loads(path.read_text(encoding="utf-8")))
+
+
+class _Pollable(Protocol):
+    @property
+    def done(self) -> bool: ...
+
+    @property
+    def status(self) -> str: ...
+
+
+P = TypeVar("P", bound=_Pollable)
+
+
+def _poll(
+    fetch: Callable[[], P],
+    what: str,
+    first_interval: float,
+    max_interval: float,
+    timeout: float | None,
+    on_poll: Callable[[P], None] | None,
+) -> P:
+    """Poll ``fetch`` until its status is done, doubling the interval up to a cap."""
+    started = time.monotonic()
+    interval = first_interval
+    while True:
+        status = fetch()
+        if on_poll is not None:
+            on_poll(status)
+        if status.done:
+            return status
+        if timeout is not None and time.monotonic() - started + interval > timeout:
+            raise TimeoutError(f"{what} still {status.status} after {timeout:.0f} s")
+        time.sleep(interval)
+        interval = min(max_interval, interval * 2)
+
+
 @dataclass
-class JobState:
+class JobState(_StateFile):
     """What a resumed process needs: written to ``state_file`` before waiting."""
 
     task_id: str
@@ -92,17 +144,6 @@ class JobState:
     input_url: str
     text_type: str | None = None
     submitted_at: float = field(default_factory=time.time)
-
-    def save(self, path: Path) -> None:
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(asdict(self)), encoding="utf-8")
-        tmp.replace(path)  # atomic: a kill mid-write never leaves half a state file
-
-    @classmethod
-    def load(cls, path: Path) -> JobState | None:
-        if not path.exists():
-            return None
-        return cls(**json.loads(path.read_text(encoding="utf-8")))
 
 
 class BatchJobs:
@@ -166,18 +207,14 @@ class BatchJobs:
         on_poll: Callable[[TaskStatus], None] | None = None,
     ) -> TaskStatus:
         """Poll until the task ends, backing off from ``first_interval`` to ``max_interval``."""
-        started = time.monotonic()
-        interval = first_interval
-        while True:
-            status = self.status(task_id)
-            if on_poll is not None:
-                on_poll(status)
-            if status.done:
-                return status
-            if timeout is not None and time.monotonic() - started + interval > timeout:
-                raise TimeoutError(f"task {task_id} still {status.status} after {timeout:.0f} s")
-            time.sleep(interval)
-            interval = min(max_interval, interval * 2)
+        return _poll(
+            lambda: self.status(task_id),
+            f"task {task_id}",
+            first_interval,
+            max_interval,
+            timeout,
+            on_poll,
+        )
 
     def result(
         self, status: TaskStatus, *, expected_lines: int | None = None, model: str = ""
@@ -337,24 +374,13 @@ class BatchStatus:
 
 
 @dataclass
-class BatchState:
+class BatchState(_StateFile):
     """Written to ``state_file`` before waiting, so a restart resumes the same batch."""
 
     batch_id: str
     model: str
     count: int
     fingerprint: str
-
-    def save(self, path: Path) -> None:
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(asdict(self)), encoding="utf-8")
-        tmp.replace(path)
-
-    @classmethod
-    def load(cls, path: Path) -> BatchState | None:
-        if not path.exists():
-            return None
-        return cls(**json.loads(path.read_text(encoding="utf-8")))
 
 
 def batch_request_lines(texts: list[str], model: str, dimension: int | None = None) -> bytes:
@@ -439,18 +465,14 @@ class BatchAPIJobs:
         timeout: float | None = 24 * 3600,
         on_poll: Callable[[BatchStatus], None] | None = None,
     ) -> BatchStatus:
-        started = time.monotonic()
-        interval = first_interval
-        while True:
-            status = self.status(batch_id)
-            if on_poll is not None:
-                on_poll(status)
-            if status.done:
-                return status
-            if timeout is not None and time.monotonic() - started + interval > timeout:
-                raise TimeoutError(f"batch {batch_id} still {status.status} after {timeout:.0f} s")
-            time.sleep(interval)
-            interval = min(max_interval, interval * 2)
+        return _poll(
+            lambda: self.status(batch_id),
+            f"batch {batch_id}",
+            first_interval,
+            max_interval,
+            timeout,
+            on_poll,
+        )
 
     def result(self, status: BatchStatus, count: int, model: str = "") -> EmbeddingResult:
         """Vectors in input order from the output file; refusals from the error file."""
