@@ -297,8 +297,7 @@ def parse_result_file(
             request_id=status.request_id,
         )
     dense: list[list[float] | None] = []
-    problems: list[InputProblem] = []
-    errors: list[BaseException] = []
+    reasons: dict[int, str] = {}
     for i in range(count):
         row = rows[i]
         vector = row.get("embedding")
@@ -306,31 +305,45 @@ def parse_result_file(
             dense.append(vector)
             continue
         dense.append(None)
-        reason = f"{row.get('code') or 'Failed'}: {row.get('message') or 'no embedding returned'}"
-        problems.append(InputProblem(i, reason))
-        errors.append(InvalidInputError([InputProblem(i, reason)]))
-    dimension = next((len(v) for v in dense if v is not None), None)
-    usage = Usage(status.total_tokens)
+        reasons[i] = (
+            f"{row.get('code') or 'Failed'}: {row.get('message') or 'no embedding returned'}"
+        )
     ids = (status.request_id,) if status.request_id else ()
-    if problems:
+    return lines_to_result(dense, reasons, Usage(status.total_tokens), ids, model)
+
+
+def lines_to_result(
+    dense: list[list[float] | None],
+    reasons: dict[int, str],
+    usage: Usage,
+    request_ids: tuple[str, ...],
+    model: str,
+) -> EmbeddingResult:
+    """Every line's vector in order, or a PartialEmbeddingError naming each failed line
+    (``reasons``: position → why) with the other vectors attached."""
+    dimension = next((len(v) for v in dense if v is not None), None)
+    if reasons:
+        failed = sorted(reasons)
         partial = PartialResult(
             dense=dense,
             sparse=None,
             usage=usage,
-            request_ids=ids,
+            request_ids=request_ids,
             model=model,
             dimension=dimension,
-            missing_positions=[p.index for p in problems if p.index is not None],
+            missing_positions=failed,
         )
-        raise PartialEmbeddingError(partial, partial.missing_positions, errors)
+        raise PartialEmbeddingError(
+            partial, failed, [InvalidInputError([InputProblem(i, reasons[i])]) for i in failed]
+        )
     return EmbeddingResult(
         dense=[v for v in dense if v is not None],  # every line has one here
         sparse=None,
         usage=usage,
-        request_ids=ids,
+        request_ids=request_ids,
         model=model,
         dimension=dimension,
-        count=count,
+        count=len(dense),
     )
 
 
@@ -506,30 +519,7 @@ class BatchAPIJobs:
         for i in range(count):  # a line in neither file was lost by the service: say so
             if dense[i] is None and i not in reasons:
                 reasons[i] = f"no result for this line (batch ended {status.status})"
-        dimension = next((len(v) for v in dense if v is not None), None)
-        if reasons:
-            failed = sorted(reasons)
-            partial = PartialResult(
-                dense=dense,
-                sparse=None,
-                usage=Usage(tokens),
-                request_ids=(),
-                model=model,
-                dimension=dimension,
-                missing_positions=failed,
-            )
-            raise PartialEmbeddingError(
-                partial, failed, [InvalidInputError([InputProblem(i, reasons[i])]) for i in failed]
-            )
-        return EmbeddingResult(
-            dense=[v for v in dense if v is not None],
-            sparse=None,
-            usage=Usage(tokens),
-            request_ids=(),
-            model=model,
-            dimension=dimension,
-            count=count,
-        )
+        return lines_to_result(dense, reasons, Usage(tokens), (), model)
 
     def run(
         self,

@@ -20,6 +20,12 @@ def texts(n: int) -> list[str]:
     return [f"bulk line {i}: topic {i % 23} and identifier id_{i:05d}" for i in range(n)]
 
 
+def write_corpus(folder: Path, corpus: list[str]) -> Path:
+    source = folder / "corpus.txt"
+    source.write_text("\n".join(corpus) + "\n")
+    return source
+
+
 def run_cli(emu: Emulator, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "DASHSCOPE_API_KEY": emu.api_key, "DASHSCOPE_BASE_URL": emu.base_url}
     return subprocess.run(
@@ -40,8 +46,7 @@ def test_sync_mode_plain_lines_to_jsonl_and_npy(
     dashscope_emulator: Emulator, tmp_path: Path
 ) -> None:
     corpus = texts(3000)
-    source = tmp_path / "corpus.txt"
-    source.write_text("\n".join(corpus) + "\n")
+    source = write_corpus(tmp_path, corpus)
     done = run_cli(
         dashscope_emulator,
         "embed",
@@ -118,8 +123,7 @@ def test_ctrl_c_then_resume_pays_nothing_twice_for_saved_work(
 ) -> None:
     dashscope_emulator.configure(latency=0.05)
     corpus = texts(3000)
-    source = tmp_path / "corpus.txt"
-    source.write_text("\n".join(corpus) + "\n")
+    source = write_corpus(tmp_path, corpus)
     out = tmp_path / "v.jsonl"
     env = {
         **os.environ,
@@ -170,8 +174,7 @@ def test_ctrl_c_then_resume_pays_nothing_twice_for_saved_work(
 def test_batch_mode_in_chunks_and_resume(dashscope_emulator: Emulator, tmp_path: Path) -> None:
     dashscope_emulator.configure(task_delay=0.05)
     corpus = texts(2500)
-    source = tmp_path / "corpus.txt"
-    source.write_text("\n".join(corpus) + "\n")
+    source = write_corpus(tmp_path, corpus)
     done = run_cli(
         dashscope_emulator,
         "embed",
@@ -215,8 +218,7 @@ def test_parquet_output_with_resume(dashscope_emulator: Emulator, tmp_path: Path
     import pyarrow.parquet as pq
 
     corpus = texts(2200)
-    source = tmp_path / "corpus.txt"
-    source.write_text("\n".join(corpus) + "\n")
+    source = write_corpus(tmp_path, corpus)
     out = tmp_path / "v.parquet"
     # An earlier run saved one whole part file, then died.
     first = run_cli(
