@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -380,10 +381,11 @@ class EmulatorApp:
                 raise ServiceError(
                     500, "InternalError", "An internal error has occured, please try again later."
                 )
-            delay = self.settings.latency + self.settings.latency_per_text * rows
-            if delay > 0:
-                await asyncio.sleep(delay)
             response = produce()
+            service_time = self.settings.latency + self.settings.latency_per_text * rows
+            remaining = service_time - (time.monotonic() - request.arrived_at)
+            if remaining > 0:
+                await asyncio.sleep(remaining)
             drop = state.roll(self.settings.drop_rate)
             with state.lock:
                 state.stats.texts_embedded += rows

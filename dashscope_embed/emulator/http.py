@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
@@ -35,9 +36,13 @@ class Request:
     scheme: str = "http"
     host: str = "127.0.0.1"
     request_id: str = field(default_factory=new_request_id)
+    # When the request began arriving: the emulated latency is measured from here, so the
+    # emulator's own work is part of it, as the service's compute is part of its latency.
+    arrived_at: float = field(default_factory=time.monotonic)
 
     @classmethod
     async def read(cls, scope: Scope, receive: Receive) -> Request:
+        arrived_at = time.monotonic()
         chunks = []
         while True:
             message = await receive()
@@ -53,6 +58,7 @@ class Request:
             body=b"".join(chunks),
             scheme=scope.get("scheme", "http"),
             host=headers.get("host", "127.0.0.1"),
+            arrived_at=arrived_at,
         )
 
     def query_value(self, name: str, default: str | None = None) -> str | None:

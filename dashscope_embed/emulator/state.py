@@ -18,7 +18,9 @@ class EmulatorSettings:
 
     Attributes:
         api_key: if set, only this key is accepted; otherwise any ``sk-`` key is.
-        latency: seconds added to every embedding request.
+        latency: seconds an embedding request takes, from its arrival to its reply
+            (the emulator's own work is counted in it, as the service's compute is in
+            the service's latency; a reply never comes sooner).
         latency_per_text: seconds added per text (or content) in a request.
         max_concurrency: requests served at once; more get 429 ``Throttling``.
         rpm: requests per minute per emulator; more get 429 ``Throttling.RateQuota``.

@@ -226,7 +226,7 @@ def test_injected_500s_and_dropped_connections(dashscope_emulator: Emulator) -> 
     assert stats["wasted_embeddings"] == 1 and stats["texts_delivered"] == 0
 
 
-def test_latency_is_added(dashscope_emulator: Emulator) -> None:
+def test_a_reply_takes_at_least_the_configured_latency(dashscope_emulator: Emulator) -> None:
     dashscope_emulator.configure(latency=0.2, latency_per_text=0.02)
     started = time.monotonic()
     post(dashscope_emulator, EMBED, native([f"l{i}" for i in range(10)]))
