@@ -211,13 +211,12 @@ class DashScopeClient:
             texts, model, text_type, instruct, dimension, output_type, batch_size, long_text
         )
 
-        def send(batch: range) -> ParsedBatch:
+        def send(batch: range) -> bytes:
             request = call.request(batch)
-            content = self._transport.post(call.base_url + request.path, request.body)
-            return call.parse(content, batch)
+            return self._transport.post(call.base_url + request.path, request.body)
 
         outcome = self._engine.run(
-            call.plan.batches, send, self._cost_of(call), call.progress_hook(progress)
+            call.plan.batches, send, call.parse, self._cost_of(call), call.progress_hook(progress)
         )
         return call.finish(outcome)
 
@@ -239,13 +238,12 @@ class DashScopeClient:
             texts, model, text_type, instruct, dimension, output_type, batch_size, long_text
         )
 
-        async def send(batch: range) -> ParsedBatch:
+        async def send(batch: range) -> bytes:
             request = call.request(batch)
-            content = await self._transport.apost(call.base_url + request.path, request.body)
-            return call.parse(content, batch)
+            return await self._transport.apost(call.base_url + request.path, request.body)
 
         outcome = await self._engine.arun(
-            call.plan.batches, send, self._cost_of(call), call.progress_hook(progress)
+            call.plan.batches, send, call.parse, self._cost_of(call), call.progress_hook(progress)
         )
         return call.finish(outcome)
 
@@ -264,11 +262,10 @@ class DashScopeClient:
         """
         call = self._prepare_multimodal(contents, model, dimension)
 
-        def send(batch: range) -> ParsedBatch:
-            content = self._transport.post(call.url, call.body(batch))
-            return call.parse(content, batch)
+        def send(batch: range) -> bytes:
+            return self._transport.post(call.url, call.body(batch))
 
-        return call.finish(self._engine.run(call.plan.batches, send))
+        return call.finish(self._engine.run(call.plan.batches, send, call.parse))
 
     async def aembed_multimodal(
         self,
@@ -280,11 +277,10 @@ class DashScopeClient:
         """Async twin of :meth:`embed_multimodal`."""
         call = self._prepare_multimodal(contents, model, dimension)
 
-        async def send(batch: range) -> ParsedBatch:
-            content = await self._transport.apost(call.url, call.body(batch))
-            return call.parse(content, batch)
+        async def send(batch: range) -> bytes:
+            return await self._transport.apost(call.url, call.body(batch))
 
-        return call.finish(await self._engine.arun(call.plan.batches, send))
+        return call.finish(await self._engine.arun(call.plan.batches, send, call.parse))
 
     def _prepare_multimodal(
         self, contents: Sequence[Content], model: str | ModelSpec, dimension: int | None
@@ -498,7 +494,7 @@ class _Call:
     def request(self, batch: range) -> HttpRequest:
         return self.codec.build(self.plan.batch_texts(batch), self.params)
 
-    def parse(self, content: bytes, batch: range) -> ParsedBatch:
+    def parse(self, batch: range, content: bytes) -> ParsedBatch:
         return self.codec.parse(content, len(batch), self.params)
 
     def finish(self, outcome: Outcome) -> EmbeddingResult:
@@ -534,7 +530,7 @@ class _MultimodalCall:
             self.spec.name, self.contents[batch.start : batch.stop], self.dimension
         )
 
-    def parse(self, content: bytes, batch: range) -> ParsedBatch:
+    def parse(self, batch: range, content: bytes) -> ParsedBatch:
         size = self.dimension or self.spec.default_dimension
         return parse_multimodal_reply(content, len(batch), size)
 

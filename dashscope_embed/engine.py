@@ -24,6 +24,7 @@ from dashscope_embed.retry import RetryPolicy
 logger = logging.getLogger("dashscope_embed")
 
 Job = TypeVar("Job")
+Raw = TypeVar("Raw")
 Reply = TypeVar("Reply")
 
 
@@ -84,11 +85,17 @@ class Engine:
     def run(
         self,
         jobs: Sequence[Job],
-        send: Callable[[Job], Reply],
+        send: Callable[[Job], Raw],
+        decode: Callable[[Job, Raw], Reply],
         cost: Callable[[Job], int] | None = None,
         on_success: Callable[[Job], None] | None = None,
     ) -> Outcome:
-        """Send every job (threads when there is more than one); never raises for a job."""
+        """Send every job (threads when there is more than one); never raises for a job.
+
+        ``send`` is the request (it holds a concurrency slot); ``decode`` turns its raw
+        reply into the job's result after the slot is freed, so the next request is not
+        kept waiting on parsing. An error from either is retried the same way.
+        """
         outcome = Outcome(replies=[None] * len(jobs))
         stop = threading.Event()
 
@@ -96,7 +103,9 @@ class Engine:
             if stop.is_set():
                 return
             try:
-                outcome.replies[index] = self._send_with_retry(index, jobs[index], send, cost, stop)
+                outcome.replies[index] = self._send_with_retry(
+                    index, jobs[index], send, decode, cost, stop
+                )
                 if on_success is not None:
                     on_success(jobs[index])
             except Exception as exc:  # every failure is recorded per job
@@ -120,7 +129,8 @@ class Engine:
         self,
         index: int,
         job: Job,
-        send: Callable[[Job], Reply],
+        send: Callable[[Job], Raw],
+        decode: Callable[[Job, Raw], Reply],
         cost: Callable[[Job], int] | None,
         stop: threading.Event,
     ) -> Reply:
@@ -135,25 +145,30 @@ class Engine:
             if (pause := self._pace_delay()) > 0:
                 time.sleep(pause)
             try:
-                reply = send(job)
+                raw = send(job)
             except Exception as exc:
                 self._release(epoch, exc)
-                attempt += 1
-                delay = self.retry.delay_before_retry(exc, attempt, time.monotonic() - started)
-                if delay is None or stop.is_set():
-                    raise
-                _log_retry(index, attempt, delay, exc)
-                if stop.wait(delay):
-                    raise
-                continue
-            self._release(epoch, None)
-            return reply
+                error: Exception = exc
+            else:
+                self._release(epoch, None)
+                try:
+                    return decode(job, raw)
+                except Exception as exc:
+                    error = exc
+            attempt += 1
+            delay = self.retry.delay_before_retry(error, attempt, time.monotonic() - started)
+            if delay is None or stop.is_set():
+                raise error
+            _log_retry(index, attempt, delay, error)
+            if stop.wait(delay):
+                raise error
 
     # ---------------------------------------------------------------- async
     async def arun(
         self,
         jobs: Sequence[Job],
-        send: Callable[[Job], Awaitable[Reply]],
+        send: Callable[[Job], Awaitable[Raw]],
+        decode: Callable[[Job, Raw], Reply],
         cost: Callable[[Job], int] | None = None,
         on_success: Callable[[Job], None] | None = None,
     ) -> Outcome:
@@ -166,7 +181,7 @@ class Engine:
                 return
             try:
                 outcome.replies[index] = await self._asend_with_retry(
-                    index, jobs[index], send, cost, stop
+                    index, jobs[index], send, decode, cost, stop
                 )
                 if on_success is not None:
                     on_success(jobs[index])
@@ -185,7 +200,8 @@ class Engine:
         self,
         index: int,
         job: Job,
-        send: Callable[[Job], Awaitable[Reply]],
+        send: Callable[[Job], Awaitable[Raw]],
+        decode: Callable[[Job, Raw], Reply],
         cost: Callable[[Job], int] | None,
         stop: asyncio.Event,
     ) -> Reply:
@@ -201,23 +217,30 @@ class Engine:
             if (pause := self._pace_delay()) > 0:
                 await asyncio.sleep(pause)
             try:
-                reply = await send(job)
+                raw = await send(job)
             except BaseException as exc:
                 self._release(epoch, exc)
                 if not isinstance(exc, Exception):
                     raise  # cancellation
-                attempt += 1
-                delay = self.retry.delay_before_retry(exc, attempt, time.monotonic() - started)
-                if delay is None or stop.is_set():
-                    raise
-                _log_retry(index, attempt, delay, exc)
+                error: Exception = exc
+            else:
+                self._release(epoch, None)
+                # Let the request that takes this slot go out before parsing this reply.
+                await asyncio.sleep(0)
                 try:
-                    await asyncio.wait_for(stop.wait(), timeout=delay)
-                except asyncio.TimeoutError:
-                    continue
-                raise
-            self._release(epoch, None)
-            return reply
+                    return decode(job, raw)
+                except Exception as exc:
+                    error = exc
+            attempt += 1
+            delay = self.retry.delay_before_retry(error, attempt, time.monotonic() - started)
+            if delay is None or stop.is_set():
+                raise error
+            _log_retry(index, attempt, delay, error)
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=delay)
+            except asyncio.TimeoutError:
+                continue
+            raise error
 
 
 class _Stopped(Exception):  # noqa: N818 - control flow, never escapes Outcome
