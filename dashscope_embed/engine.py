@@ -69,15 +69,15 @@ class Engine:
     def _pace_delay(self) -> float:
         return self.pace.reserve() if self.pace is not None else 0.0
 
-    def _release(self, epoch: int, error: BaseException | None) -> None:
-        """Tell the gate (and the pacer) how a request ended."""
+    def _release(self, epoch: int, sent_at: float, error: BaseException | None) -> None:
+        """Tell the gate (and the pacer) how a request sent at ``sent_at`` ended."""
         if error is None:
             self.gate.release(epoch, succeeded=True)
             if self.pace is not None:
                 self.pace.on_success()
         elif _is_rate_quota(error) and self.pace is not None:
             self.gate.release(epoch)  # a rate cap: pace the starts, keep the concurrency
-            self.pace.on_rate_throttle()
+            self.pace.on_rate_throttle(sent_at)
         else:
             self.gate.release(epoch, throttled=_is_throttle(error))
 
@@ -144,13 +144,14 @@ class Engine:
             # requests were already queued when it switched on.
             if (pause := self._pace_delay()) > 0:
                 time.sleep(pause)
+            sent_at = time.monotonic()
             try:
                 raw = send(job)
             except Exception as exc:
-                self._release(epoch, exc)
+                self._release(epoch, sent_at, exc)
                 error: Exception = exc
             else:
-                self._release(epoch, None)
+                self._release(epoch, sent_at, None)
                 try:
                     return decode(job, raw)
                 except Exception as exc:
@@ -216,15 +217,16 @@ class Engine:
                 raise _Stopped()
             if (pause := self._pace_delay()) > 0:
                 await asyncio.sleep(pause)
+            sent_at = time.monotonic()
             try:
                 raw = await send(job)
             except BaseException as exc:
-                self._release(epoch, exc)
+                self._release(epoch, sent_at, exc)
                 if not isinstance(exc, Exception):
                     raise  # cancellation
                 error: Exception = exc
             else:
-                self._release(epoch, None)
+                self._release(epoch, sent_at, None)
                 # Let the request that takes this slot go out before parsing this reply.
                 await asyncio.sleep(0)
                 try:

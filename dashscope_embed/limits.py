@@ -231,20 +231,34 @@ class AdaptivePace:
     """Learns a request-rate cap the client was not told about.
 
     Off until the service answers ``Throttling.RateQuota`` (requests per minute or second
-    exceeded). Then requests start no faster than 90 % of the rate that just succeeded,
-    and each success raises the pace a little (additive increase), so the pace settles
-    just under the service's quota. Concurrency is left alone: under a rate cap it is
-    the wrong lever (it also moves with latency).
+    exceeded). The service counts the requests it admitted within the last second, so
+    at a refusal the cap is estimated as the larger of two counts over that second: the
+    replies that succeeded, and the requests sent minus those refused (refusals come at
+    once). The second is right from the very first second, before a second's worth of
+    replies exists. Requests then start no faster than 90 % of the estimate; each
+    success raises the pace a little (one more request per second, per second), eight
+    times more slowly within one request per second of the estimate, so the pace settles
+    just under the quota and probes past it rarely.
+
+    As the concurrency gate ignores throttling of requests sent before its last cut, a
+    refusal only cuts again if its request was sent a full window after the last cut:
+    until then the service's window still holds what was admitted before the cut.
+    Refusals of requests sent before the cut only sharpen the estimate. Concurrency is
+    left alone: under a rate cap it is the wrong lever.
     """
 
-    WINDOW = 1.0  # seconds of successes the observed rate is measured over
+    WINDOW = 1.0  # the service enforces RPM per second too (RPS = RPM / 60)
     CUT = 0.9
+    PROBE_SLOWDOWN = 8
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._successes: deque[float] = deque()
+        self._sent: deque[float] = deque()
+        self._refused: deque[float] = deque()
+        self._succeeded: deque[float] = deque()
         self._pace: _Pace | None = None
-        self._cooldown_until = 0.0
+        self._cut_at = float("-inf")
+        self.cap_estimate: float | None = None  # requests per second, from the last cut
         self.cuts = 0
 
     @property
@@ -253,34 +267,57 @@ class AdaptivePace:
         return None if self._pace is None else 1.0 / self._pace.interval
 
     def _expire(self, now: float) -> None:
-        while self._successes and now - self._successes[0] > self.WINDOW:
-            self._successes.popleft()
+        for times in (self._sent, self._refused, self._succeeded):
+            while times and now - times[0] > self.WINDOW:
+                times.popleft()
+
+    def reserve(self) -> float:
+        """Book the next request: seconds to wait before it starts (0 while unpaced)."""
+        now = time.monotonic()
+        with self._lock:
+            wait = 0.0 if self._pace is None else self._pace.reserve(1, now)
+            self._sent.append(now + wait)
+            self._expire(now)
+            return wait
 
     def on_success(self) -> None:
         now = time.monotonic()
         with self._lock:
-            self._successes.append(now)
+            self._succeeded.append(now)
             self._expire(now)
-            if self._pace is not None:
-                rate = 1.0 / self._pace.interval
-                self._pace.interval = 1.0 / (rate + 1.0 / max(rate, 1.0))
+            if self._pace is None:
+                return
+            rate = 1.0 / self._pace.interval
+            near_cap = self.cap_estimate is not None and rate + 1.0 >= self.cap_estimate
+            step = 1.0 / (max(rate, 1.0) * (self.PROBE_SLOWDOWN if near_cap else 1))
+            self._pace.interval = 1.0 / (rate + step)
 
-    def on_rate_throttle(self) -> None:
+    def on_rate_throttle(self, sent_at: float | None = None) -> None:
+        """A request sent at ``sent_at`` (default: just now) was refused for rate."""
         now = time.monotonic()
+        sent_at = now if sent_at is None else sent_at
         with self._lock:
-            if now < self._cooldown_until:
-                return  # one cut per window: the others answer the same burst
+            self._refused.append(now)
             self._expire(now)
-            observed = max(1.0, len(self._successes) / self.WINDOW)
+            sent = sum(1 for t in self._sent if t <= now)
+            observed = max(1.0, len(self._succeeded), sent - len(self._refused)) / self.WINDOW
+            if sent_at <= self._cut_at:
+                # Sent in the burst that caused the last cut: not admitted, so the
+                # estimate drops, but this says nothing about the pace since.
+                if self.cap_estimate is not None and observed < self.cap_estimate:
+                    self._set_cap(observed)
+                return
+            if sent_at < self._cut_at + self.WINDOW:
+                return  # the service's window still holds what it admitted before the cut
             current = self.rate
-            target = self.CUT * (observed if current is None else min(current, observed))
-            self._pace = _Pace(interval=1.0 / max(target, 0.5), burst=1.0)
-            self._cooldown_until = now + self.WINDOW
+            self._set_cap(observed if current is None else min(current, observed))
+            self._cut_at = now
             self.cuts += 1
 
-    def reserve(self) -> float:
-        """Seconds to wait before the next request may start (0 while unpaced)."""
+    def _set_cap(self, cap: float) -> None:
+        self.cap_estimate = cap
+        interval = 1.0 / max(self.CUT * cap, 0.5)
         if self._pace is None:
-            return 0.0
-        with self._lock:
-            return self._pace.reserve(1, time.monotonic())
+            self._pace = _Pace(interval=interval, burst=1.0)
+        else:
+            self._pace.interval = interval

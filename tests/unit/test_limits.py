@@ -163,11 +163,12 @@ def test_adaptive_pace_is_off_until_a_rate_throttle_then_paces_under_it() -> Non
     from dashscope_embed.limits import AdaptivePace
 
     pace = AdaptivePace()
-    assert pace.rate is None and pace.reserve() == 0.0
-    for _ in range(20):  # 20 requests succeeded within the last second
-        pace.on_success()
+    assert pace.rate is None
+    # 21 requests sent within a second, unpaced; the service refuses the 21st.
+    assert all(pace.reserve() == 0.0 for _ in range(21))
     pace.on_rate_throttle()
-    assert pace.rate == pytest.approx(18.0)  # 90 % of what the service just allowed
+    assert pace.cap_estimate == pytest.approx(20.0)  # it admitted 20 in the last second
+    assert pace.rate == pytest.approx(18.0)  # 90 % of that
     pace.on_rate_throttle()  # the same burst answering 429 again: no second cut
     assert pace.cuts == 1
     before = pace.rate
@@ -175,3 +176,55 @@ def test_adaptive_pace_is_off_until_a_rate_throttle_then_paces_under_it() -> Non
     assert pace.rate is not None and before is not None and pace.rate > before  # grows back
     waits = [pace.reserve() for _ in range(3)]
     assert waits[0] == 0.0 and waits[2] > waits[1] > 0.0  # spaced, no burst
+
+
+def test_adaptive_pace_counts_sends_not_replies_so_the_first_second_is_judged_right() -> None:
+    import time
+
+    from dashscope_embed.limits import AdaptivePace
+
+    # The first 429 comes 0.3 s in, when few replies exist yet: what the service admitted
+    # is what was sent minus what it refused, whatever has come back so far.
+    pace = AdaptivePace()
+    burst_sent_at = time.monotonic()
+    for _ in range(24):
+        pace.reserve()
+    pace.on_rate_throttle(burst_sent_at)
+    assert pace.cap_estimate == pytest.approx(23.0)  # three sent may still be refused
+    for _ in range(3):  # they are: the same burst, so no new cut, a better estimate
+        pace.on_rate_throttle(burst_sent_at)
+    assert pace.cuts == 1 and pace.cap_estimate == pytest.approx(20.0)
+    assert pace.rate == pytest.approx(18.0)
+
+
+def test_adaptive_pace_ignores_refusals_while_the_window_holds_the_old_burst() -> None:
+    import time
+
+    from dashscope_embed.limits import AdaptivePace
+
+    pace = AdaptivePace()
+    for _ in range(21):
+        pace.reserve()
+    pace.on_rate_throttle()
+    # Sent after the cut but within a window of it: the service still counts the burst.
+    pace.on_rate_throttle(time.monotonic())
+    assert pace.cuts == 1 and pace.rate == pytest.approx(18.0)
+    # Sent a full window after the cut: the pace itself is too fast, so cut again.
+    pace.on_rate_throttle(time.monotonic() + pace.WINDOW)
+    assert pace.cuts == 2 and pace.rate is not None and pace.rate < 18.0
+
+
+def test_adaptive_pace_probes_slowly_near_the_cap_it_learned() -> None:
+    from dashscope_embed.limits import AdaptivePace
+
+    pace = AdaptivePace()
+    for _ in range(41):
+        pace.reserve()
+    pace.on_rate_throttle()  # cap 40/s: pace 36/s
+    assert pace.rate == pytest.approx(36.0)
+    for _ in range(36):  # a second of successes far below the cap: about +1/s
+        pace.on_success()
+    assert pace.rate == pytest.approx(37.0, abs=0.05)
+    for _ in range(80):  # two seconds of successes near the cap: 8x more slowly
+        pace.on_success()
+    assert pace.rate is not None and 39.0 < pace.rate < 39.5
