@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from dashscope_embed.errors import APIError, is_retryable
+from dashscope_embed.errors import APIConnectionError, APIError, APITimeoutError, is_retryable
 
 
 @dataclass(frozen=True)
@@ -19,6 +19,10 @@ class RetryPolicy:
         max_retry_after: largest ``Retry-After`` honoured; a longer one is capped.
         total_timeout: give up on a request once this many seconds have passed since its
             first try (``None``: only ``max_retries`` bounds it).
+        immediate_reconnect: retry a dropped connection (not a timeout) once without
+            waiting. A dropped connection is usually a pooled keep-alive connection the
+            server closed, or a network blip, not a service asking for less load; the
+            official SDK also resends such a request at once. Later retries back off.
     """
 
     max_retries: int = 4
@@ -26,6 +30,7 @@ class RetryPolicy:
     max_delay: float = 8.0
     max_retry_after: float = 30.0
     total_timeout: float | None = 300.0
+    immediate_reconnect: bool = True
 
     def __post_init__(self) -> None:
         if self.max_retries < 0:
@@ -47,6 +52,13 @@ class RetryPolicy:
         """
         if not is_retryable(error) or attempt > self.max_retries:
             return None
+        if (
+            attempt == 1
+            and self.immediate_reconnect
+            and isinstance(error, APIConnectionError)
+            and not isinstance(error, APITimeoutError)
+        ):
+            return 0.0
         draw = rng.random() if rng is not None else random.random()
         ceiling = min(self.max_delay, self.initial_delay * 2.0 ** (attempt - 1))
         delay = ceiling * draw

@@ -46,6 +46,21 @@ def test_permanent_errors_are_not_retried(error: Exception) -> None:
     assert RetryPolicy().delay_before_retry(error, 1, 0.0) is None
 
 
+def test_a_dropped_connection_is_retried_once_at_once_then_with_backoff() -> None:
+    from dashscope_embed import APITimeoutError
+
+    policy = RetryPolicy(initial_delay=1.0, total_timeout=None)
+    rng = random.Random(3)
+    dropped = APIConnectionError("peer closed connection")
+    assert policy.delay_before_retry(dropped, 1, 0.0, rng) == 0.0
+    second = [policy.delay_before_retry(dropped, 2, 0.0, rng) for _ in range(50)]
+    assert max(d for d in second if d is not None) > 0.5  # backs off from the second retry
+    timed_out = APITimeoutError("read timeout")  # a slow service: back off at once
+    assert any(policy.delay_before_retry(timed_out, 1, 0.0, rng) for _ in range(5))
+    patient = RetryPolicy(initial_delay=1.0, immediate_reconnect=False)
+    assert any(patient.delay_before_retry(dropped, 1, 0.0, rng) for _ in range(5))
+
+
 def test_retries_stop_at_max_retries_and_at_the_total_time_bound() -> None:
     policy = RetryPolicy(max_retries=2, total_timeout=10.0)
     error = APIConnectionError("dropped")
