@@ -215,8 +215,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_embed(args: argparse.Namespace) -> int:
+    from dashscope_embed.jobs import BATCH_API_MAX_REQUESTS
+
     if not args.input.exists():
         raise SystemExit(f"no such input file: {args.input}")
+    if not 1 <= args.batch_lines <= BATCH_API_MAX_REQUESTS:
+        raise SystemExit(
+            f"--batch-lines must be 1..{BATCH_API_MAX_REQUESTS:,} (requests per Batch API job), "
+            f"got {args.batch_lines}"
+        )
     client = DashScopeClient(
         base_url=args.base_url,
         region=args.region,

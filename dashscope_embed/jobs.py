@@ -396,17 +396,53 @@ class BatchState(_StateFile):
     fingerprint: str
 
 
-def batch_request_lines(texts: list[str], model: str, dimension: int | None = None) -> bytes:
-    """The Batch API input: one ``/v1/embeddings`` request per text, ``custom_id`` = its
-    position (one text per line is the documented form; arrays inside are unconfirmed)."""
+# DashScope does not publish the Batch API's per-batch limits; these are OpenAI's, whose
+# protocol it follows. Both can be changed on BatchAPIJobs if the service differs.
+BATCH_API_MAX_REQUESTS = 50_000
+BATCH_API_MAX_FILE_BYTES = 200 * 1024 * 1024
+
+
+def batch_request_lines(texts: list[str], model: str, dimension: int | None = None) -> list[bytes]:
+    """The Batch API input lines, newline included: one ``/v1/embeddings`` request per
+    text, ``custom_id`` = its position (one text per line is the documented form; arrays
+    inside a line are unconfirmed)."""
     out = []
     for i, text in enumerate(texts):
         body: dict[str, Any] = {"model": model, "input": text, "encoding_format": "float"}
         if dimension is not None:
             body["dimensions"] = dimension
         line = {"custom_id": str(i), "method": "POST", "url": "/v1/embeddings", "body": body}
-        out.append(json.dumps(line, ensure_ascii=False, separators=(",", ":")))
-    return ("\n".join(out) + "\n").encode("utf-8")
+        out.append(json.dumps(line, ensure_ascii=False, separators=(",", ":")).encode() + b"\n")
+    return out
+
+
+def check_batch_size(lines: list[bytes], max_requests: int, max_file_bytes: int) -> None:
+    """Refuse, before anything is uploaded, a batch bigger than the service takes."""
+    if len(lines) > max_requests:
+        raise InvalidInputError(
+            [
+                InputProblem(
+                    max_requests,
+                    f"a batch holds at most {max_requests:,} requests (one per text) and "
+                    f"{len(lines):,} texts were given: this text and the "
+                    f"{len(lines) - max_requests - 1:,} after it do not fit. Split the list "
+                    "into several batches (the dashscope-embed command does this itself)",
+                )
+            ]
+        )
+    size = 0
+    for index, line in enumerate(lines):
+        size += len(line)
+        if size > max_file_bytes:
+            raise InvalidInputError(
+                [
+                    InputProblem(
+                        index,
+                        f"the request file would pass the Batch API's {max_file_bytes:,}-byte "
+                        "limit at this text; split the list into several batches",
+                    )
+                ]
+            )
 
 
 class BatchAPIJobs:
@@ -417,8 +453,24 @@ class BatchAPIJobs:
     named in a :class:`PartialEmbeddingError`, never dropped.
     """
 
-    def __init__(self, client: DashScopeClient) -> None:
+    def __init__(
+        self,
+        client: DashScopeClient,
+        *,
+        max_requests: int = BATCH_API_MAX_REQUESTS,
+        max_file_bytes: int = BATCH_API_MAX_FILE_BYTES,
+    ) -> None:
+        """
+        Args:
+            client: the client whose key, region and workspace the jobs use.
+            max_requests: texts per batch (one request each); larger lists are refused
+                before upload. DashScope does not publish this limit; the default is
+                OpenAI's.
+            max_file_bytes: size limit of the uploaded request file (OpenAI's, likewise).
+        """
         self.client = client
+        self.max_requests = max_requests
+        self.max_file_bytes = max_file_bytes
 
     @property
     def _base(self) -> str:
@@ -435,18 +487,19 @@ class BatchAPIJobs:
         from dashscope_embed.planner import resolve_params, validate_texts
 
         spec = resolve_model(model)
-        resolve_params(
+        params = resolve_params(
             spec, text_type=None, instruct=None, dimension=dimension, output_type="dense"
         )
         valid = validate_texts(texts)
         if not spec.openai_compatible:
             raise InvalidInputError(f"{spec.name} is not served by the Batch API")
+        # Too-long texts would only be refused hours later, one line at a time.
+        self.client._long_text_plan(valid, params, "error")
+        lines = batch_request_lines(valid, spec.name, dimension)
+        check_batch_size(lines, self.max_requests, self.max_file_bytes)
         uploaded = load_json(
             self.client._transport.upload(
-                self._base + "/files",
-                "requests.jsonl",
-                batch_request_lines(valid, spec.name, dimension),
-                {"purpose": "batch"},
+                self._base + "/files", "requests.jsonl", b"".join(lines), {"purpose": "batch"}
             )
         )
         body = {

@@ -313,8 +313,7 @@ class EmulatorApp:
             raise invalid(f"Dimension should be one of {allowed}, got {value!r}.", param)
         return value
 
-    @staticmethod
-    def check_texts(spec: ModelSpec, texts: Any, param: str) -> list[str]:
+    def check_texts(self, spec: ModelSpec, texts: Any, param: str) -> list[str]:
         if not isinstance(texts, list) or not texts:
             raise invalid("Input should not be empty.: input.contents", param)
         if len(texts) > spec.max_rows:
@@ -327,7 +326,20 @@ class EmulatorApp:
             problem = line_problem(spec, text)
             if problem is not None:
                 raise invalid(f"{problem}: input.contents[{i}]", param)
+        if any(self.blocked(text) for text in texts):
+            raise ServiceError(
+                400,
+                INSPECTION_FAILED,
+                INSPECTION_MESSAGE,
+                compatible_code="data_inspection_failed",
+                compatible_type="data_inspection_failed",
+            )
         return texts
+
+    def blocked(self, text: str) -> bool:
+        """Whether content inspection refuses ``text`` (see ``blocked_phrase``)."""
+        phrase = self.settings.blocked_phrase
+        return phrase is not None and phrase != "" and phrase in text
 
     async def serve_texts(self, request: Request, job: TextJob) -> Reply:
         """Limits, faults and latency, then the job's vectors: one path for both protocols."""
@@ -399,6 +411,10 @@ class EmulatorApp:
             with state.lock:
                 state.stats.in_flight -= 1
             state.limiter.release()
+
+
+INSPECTION_FAILED = "DataInspectionFailed"
+INSPECTION_MESSAGE = "Input data may contain inappropriate content."
 
 
 def line_problem(spec: ModelSpec, text: Any) -> str | None:

@@ -327,7 +327,12 @@ class JobStore:
             self._finish_task(task, spec, lines)
 
     def _finish_task(self, task: Task, spec: ModelSpec, lines: list[str]) -> None:
-        from dashscope_embed.emulator.app import EOS_BILLED, line_problem
+        from dashscope_embed.emulator.app import (
+            EOS_BILLED,
+            INSPECTION_FAILED,
+            INSPECTION_MESSAGE,
+            line_problem,
+        )
         from dashscope_embed.emulator.state import embedding_key
 
         text_type = task.text_type or "document"
@@ -338,6 +343,12 @@ class JobStore:
             if problem is not None:
                 task.failed += 1
                 out.append({"text_index": i, "code": "InvalidParameter", "message": problem})
+                continue
+            if self.app.blocked(line):
+                task.failed += 1
+                out.append(
+                    {"text_index": i, "code": INSPECTION_FAILED, "message": INSPECTION_MESSAGE}
+                )
                 continue
             vector = vectors.text_vector(
                 spec.name, line, spec.default_dimension, text_type=text_type

@@ -35,6 +35,9 @@ class EmulatorSettings:
         task_seconds_per_line: simulated work per line of an async task.
         base64_as_float: answer ``encoding_format="base64"`` with float arrays anyway (a
             stricter reading of the docs, which say only float is supported).
+        blocked_phrase: a text containing it is refused as the service's content
+            inspection refuses one (400 ``DataInspectionFailed``; a failed line in batch
+            jobs), so an application's handling of that can be tested.
     """
 
     api_key: str | None = None
@@ -50,6 +53,7 @@ class EmulatorSettings:
     task_delay: float = 0.2
     task_seconds_per_line: float = 0.0
     base64_as_float: bool = False
+    blocked_phrase: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("error_rate", "drop_rate"):

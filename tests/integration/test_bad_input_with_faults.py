@@ -46,6 +46,37 @@ def test_bad_input_is_refused_before_any_request(
     assert dashscope_emulator.stats()["requests"] == 0  # sent to no one, billed nothing
 
 
+def test_a_batch_job_bigger_than_the_service_takes_is_refused_before_upload(
+    make_client: Factory, dashscope_emulator: Emulator
+) -> None:
+    from dashscope_embed.jobs import BATCH_API_MAX_REQUESTS, BatchAPIJobs
+
+    dashscope_emulator.configure(error_rate=0.3, drop_rate=0.3, latency=0.01)
+    texts = [f"text {i}" for i in range(BATCH_API_MAX_REQUESTS + 2)]
+    with pytest.raises(InvalidInputError, match="a batch holds at most 50,000 requests") as info:
+        BatchAPIJobs(make_client()).submit(texts)
+    assert info.value.positions == [BATCH_API_MAX_REQUESTS]
+    assert dashscope_emulator.stats()["requests"] == 0
+
+
+def test_content_inspection_refusal_names_the_texts_of_that_request(
+    make_client: Factory, dashscope_emulator: Emulator
+) -> None:
+    from dashscope_embed import ContentFilterError, PartialEmbeddingError
+
+    dashscope_emulator.configure(blocked_phrase="forbidden words")
+    texts = [f"fine text {i}" for i in range(30)]
+    texts[14] = "some forbidden words here"
+    with pytest.raises(PartialEmbeddingError) as info:
+        make_client().embed(texts)
+    # The service refuses the whole request of ten; the other requests are kept.
+    assert info.value.failed_positions == list(range(10, 20))
+    assert isinstance(info.value.errors[0], ContentFilterError)
+    partial = info.value.partial
+    assert partial.dense is not None
+    assert all(partial.dense[i] is not None for i in [*range(10), *range(20, 30)])
+
+
 def test_unknown_model_error_says_how_to_proceed(make_client: Factory) -> None:
     with pytest.raises(UnknownModelError, match=r"ModelSpec\(name='text-embedding-v9'"):
         make_client().embed(["ok"], model="text-embedding-v9")

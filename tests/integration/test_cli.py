@@ -256,3 +256,16 @@ def test_parquet_output_with_resume(dashscope_emulator: Emulator, tmp_path: Path
     assert done.returncode == 0 and "Resuming: 1000 of 2200" in done.stderr
     assert pq.read_table(out).to_pylist() == whole
     assert dashscope_emulator.stats()["texts_delivered"] == 1200 and not parts.exists()
+
+
+def test_batch_jobs_larger_than_the_service_takes_are_refused_up_front(
+    dashscope_emulator: Emulator, tmp_path: Path
+) -> None:
+    source = write_corpus(tmp_path, texts(5))
+    out = tmp_path / "x.jsonl"
+    refused = run_cli(
+        dashscope_emulator, "embed", str(source), "--out", str(out), "--batch-lines", "60000"
+    )
+    assert refused.returncode != 0
+    assert "--batch-lines must be 1..50,000" in refused.stderr
+    assert dashscope_emulator.stats()["requests"] == 0 and not out.exists()

@@ -156,14 +156,35 @@ def test_batch_api_run_matches_the_synchronous_vectors(
 def test_batch_api_names_the_lines_the_service_refused(
     make_client: Factory, dashscope_emulator: Emulator
 ) -> None:
-    dashscope_emulator.configure(task_delay=0.05)
+    # Content inspection is the service's alone: no client can foresee it.
+    dashscope_emulator.configure(task_delay=0.05, blocked_phrase="forbidden words")
     texts = lines(12)
-    texts[7] = "word " * 9000  # over the model's token limit: refused by the service
+    texts[7] = "a line with forbidden words in it"
     with pytest.raises(PartialEmbeddingError) as info:
         BatchAPIJobs(make_client()).run(texts, first_interval=0.05)
     assert info.value.failed_positions == [7]
-    assert "Range of input length" in str(info.value.errors[0])
+    assert "inappropriate content" in str(info.value.errors[0])
     assert info.value.partial.dense is not None and info.value.partial.dense[6] is not None
+
+
+def test_batch_api_refuses_too_many_texts_and_too_long_ones_before_uploading(
+    make_client: Factory, dashscope_emulator: Emulator
+) -> None:
+    jobs = BatchAPIJobs(make_client(), max_requests=20)
+    with pytest.raises(InvalidInputError) as info:
+        jobs.run(lines(23))
+    assert info.value.positions == [20]  # the first text that does not fit
+    assert "at most 20 requests" in str(info.value) and "23 texts" in str(info.value)
+    small_file = BatchAPIJobs(make_client(), max_file_bytes=1_000)
+    with pytest.raises(InvalidInputError, match="1,000-byte limit") as info:
+        small_file.run(lines(23))
+    assert info.value.positions and 0 < info.value.positions[0] < 23
+    too_long = lines(5)
+    too_long[3] = "word " * 9000
+    with pytest.raises(InvalidInputError, match="exceeds the model's limit") as info:
+        jobs.run(too_long)
+    assert info.value.positions == [3]
+    assert dashscope_emulator.stats()["requests"] == 0  # nothing uploaded, nothing billed
 
 
 def test_batch_api_cancel(make_client: Factory, dashscope_emulator: Emulator) -> None:
