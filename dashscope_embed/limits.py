@@ -240,11 +240,13 @@ class AdaptivePace:
     times more slowly within one request per second of the estimate, so the pace settles
     just under the quota and probes past it rarely.
 
-    As the concurrency gate ignores throttling of requests sent before its last cut, a
-    refusal only cuts again if its request was sent a full window after the last cut:
-    until then the service's window still holds what was admitted before the cut.
-    Refusals of requests sent before the cut only sharpen the estimate. Concurrency is
-    left alone: under a rate cap it is the wrong lever.
+    At a cut the service's window is full, so nothing more is sent until the oldest
+    request in it has left the window; the pace runs from there. As the concurrency gate
+    ignores throttling of requests sent before its last cut, a refusal only cuts again if
+    its request was sent a full window after the last cut: until then the service's
+    window may still hold what was admitted before the cut. Refusals of requests sent
+    before the cut only sharpen the estimate. Concurrency is left alone: under a rate
+    cap it is the wrong lever.
     """
 
     WINDOW = 1.0  # the service enforces RPM per second too (RPS = RPM / 60)
@@ -310,14 +312,20 @@ class AdaptivePace:
             if sent_at < self._cut_at + self.WINDOW:
                 return  # the service's window still holds what it admitted before the cut
             current = self.rate
-            self._set_cap(observed if current is None else min(current, observed))
+            pace = self._set_cap(observed if current is None else min(current, observed))
+            # The service's window is full of what it just admitted: send nothing more
+            # until its oldest entry leaves, rather than have the next sends refused too.
+            # (A little later than that: the service admitted it after the trip there.)
+            oldest = next((t for t in self._sent if t <= now), now)
+            pace.ready_at = max(pace.ready_at, oldest + self.WINDOW * 1.05)
             self._cut_at = now
             self.cuts += 1
 
-    def _set_cap(self, cap: float) -> None:
+    def _set_cap(self, cap: float) -> _Pace:
         self.cap_estimate = cap
         interval = 1.0 / max(self.CUT * cap, 0.5)
         if self._pace is None:
             self._pace = _Pace(interval=interval, burst=1.0)
         else:
             self._pace.interval = interval
+        return self._pace

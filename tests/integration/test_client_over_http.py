@@ -245,7 +245,9 @@ def test_untold_rate_cap_is_learned_without_cutting_concurrency(
     result = client.embed([f"rate {i}" for i in range(400)])
     stats = dashscope_emulator.stats()
     assert len(result) == 400 and stats["duplicate_embeddings"] == 0
-    assert stats["throttled"] < 0.3 * stats["requests"]
+    # Only the burst that revealed the cap is refused (at most one per slot): after it
+    # the client waits for the service's window to clear, then paces under the cap.
+    assert stats["throttled"] <= 8
     assert client.pace is not None and client.pace.cuts >= 1
     assert client.pace.rate is not None and client.pace.rate <= 12
     assert client.gate.limit == 8  # a rate cap is not a concurrency cap
