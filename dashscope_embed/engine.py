@@ -81,6 +81,18 @@ class Engine:
         else:
             self.gate.release(epoch, throttled=_is_throttle(error))
 
+    def _delay_or_raise(
+        self, index: int, attempt: int, started: float, error: Exception, stopped: bool
+    ) -> float:
+        """Seconds to wait before retry ``attempt`` of job ``index``; raises ``error``
+        when there is to be no retry (retries used up, not retryable, or the call
+        stopped)."""
+        delay = self.retry.delay_before_retry(error, attempt, time.monotonic() - started)
+        if delay is None or stopped:
+            raise error
+        _log_retry(index, attempt, delay, error)
+        return delay
+
     # ---------------------------------------------------------------- sync
     def run(
         self,
@@ -157,10 +169,7 @@ class Engine:
                 except Exception as exc:
                     error = exc
             attempt += 1
-            delay = self.retry.delay_before_retry(error, attempt, time.monotonic() - started)
-            if delay is None or stop.is_set():
-                raise error
-            _log_retry(index, attempt, delay, error)
+            delay = self._delay_or_raise(index, attempt, started, error, stop.is_set())
             if stop.wait(delay):
                 raise error
 
@@ -234,10 +243,7 @@ class Engine:
                 except Exception as exc:
                     error = exc
             attempt += 1
-            delay = self.retry.delay_before_retry(error, attempt, time.monotonic() - started)
-            if delay is None or stop.is_set():
-                raise error
-            _log_retry(index, attempt, delay, error)
+            delay = self._delay_or_raise(index, attempt, started, error, stop.is_set())
             try:
                 await asyncio.wait_for(stop.wait(), timeout=delay)
             except asyncio.TimeoutError:
