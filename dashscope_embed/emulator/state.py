@@ -78,24 +78,60 @@ class Throttle:
     retry_after: float
 
 
-class Limiter:
-    """Concurrency cap and sliding one-minute request/token windows."""
+class _Window:
+    """What was admitted within the last ``seconds``, with its running total: checking a
+    request costs the same at 60 requests a minute as at 60,000."""
 
-    WINDOW = 60.0
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._entries: deque[tuple[float, int]] = deque()
+        self.used = 0
+
+    def _expire(self, now: float) -> None:
+        while self._entries and now - self._entries[0][0] >= self.seconds:
+            self.used -= self._entries.popleft()[1]
+
+    def wait(self, amount: int, quota: int, now: float) -> float | None:
+        """Seconds until ``amount`` more fits under ``quota``, or ``None`` if it fits now.
+        Something always fits an empty window, however large."""
+        self._expire(now)
+        if self.used and self.used + amount > quota:
+            return max(self.seconds - (now - self._entries[0][0]), 0.01)
+        return None
+
+    def add(self, amount: int, now: float) -> None:
+        self._expire(now)
+        if amount:
+            self._entries.append((now, amount))
+            self.used += amount
+
+
+class _Quota:
+    """A per-minute quota, enforced per second too (the service: RPS = RPM / 60)."""
+
+    def __init__(self) -> None:
+        self._minute = _Window(60.0)
+        self._second = _Window(1.0)
+
+    def wait(self, amount: int, per_minute: int, now: float) -> float | None:
+        per_second = max(1, -(-per_minute // 60))
+        minute = self._minute.wait(amount, per_minute, now)
+        return minute if minute is not None else self._second.wait(amount, per_second, now)
+
+    def add(self, amount: int, now: float) -> None:
+        self._minute.add(amount, now)
+        self._second.add(amount, now)
+
+
+class Limiter:
+    """Concurrency cap and sliding request/token windows (per minute and per second)."""
 
     def __init__(self, settings: EmulatorSettings) -> None:
         self.settings = settings
         self._lock = threading.Lock()
-        self._requests: deque[float] = deque()
-        self._tokens: deque[tuple[float, int]] = deque()
-        self._token_sum = 0
+        self._requests = _Quota()
+        self._tokens = _Quota()
         self.in_flight = 0
-
-    def _expire(self, now: float) -> None:
-        while self._requests and now - self._requests[0] >= self.WINDOW:
-            self._requests.popleft()
-        while self._tokens and now - self._tokens[0][0] >= self.WINDOW:
-            self._token_sum -= self._tokens.popleft()[1]
 
     def admit(self, tokens: int) -> Throttle | None:
         """Admit a request of ``tokens`` tokens, or say why not. Call :meth:`release`
@@ -103,7 +139,6 @@ class Limiter:
         s = self.settings
         with self._lock:
             now = time.monotonic()
-            self._expire(now)
             if s.max_concurrency is not None and self.in_flight >= s.max_concurrency:
                 return Throttle(
                     "Throttling",
@@ -111,49 +146,25 @@ class Limiter:
                     s.throttle_retry_after,
                 )
             if s.rpm is not None:
-                # The service enforces the minute quota per second too (RPS = RPM / 60).
-                wait = self._window_wait(
-                    [t for t in self._requests], [1] * len(self._requests), 1, s.rpm, now
-                )
+                wait = self._requests.wait(1, s.rpm, now)
                 if wait is not None:
                     return Throttle(
                         "Throttling.RateQuota",
                         "Requests rate limit exceeded, please try again later.",
                         wait,
                     )
-            if s.tpm is not None and self._tokens:
-                wait = self._window_wait(
-                    [t for t, _ in self._tokens], [n for _, n in self._tokens], tokens, s.tpm, now
-                )
+            if s.tpm is not None:
+                wait = self._tokens.wait(tokens, s.tpm, now)
                 if wait is not None:
                     return Throttle(
                         "Throttling.AllocationQuota",
                         "Allocated quota exceeded, please increase your quota limit.",
                         wait,
                     )
-            self._requests.append(now)
-            if tokens:
-                self._tokens.append((now, tokens))
-                self._token_sum += tokens
+            self._requests.add(1, now)
+            self._tokens.add(tokens, now)
             self.in_flight += 1
             return None
-
-    def _window_wait(
-        self, times: list[float], amounts: list[int], amount: int, per_minute: int, now: float
-    ) -> float | None:
-        """Seconds until ``amount`` more fits both the minute and the per-second quota, or
-        ``None`` if it fits now."""
-        per_second = max(1, -(-per_minute // 60))
-        for window, quota in ((self.WINDOW, per_minute), (1.0, per_second)):
-            used = 0
-            oldest = None
-            for when, n in zip(times, amounts, strict=True):
-                if now - when < window:
-                    used += n
-                    oldest = when if oldest is None else oldest
-            if used and used + amount > quota and oldest is not None:
-                return max(window - (now - oldest), 0.01)
-        return None
 
     def release(self) -> None:
         with self._lock:
