@@ -402,47 +402,51 @@ BATCH_API_MAX_REQUESTS = 50_000
 BATCH_API_MAX_FILE_BYTES = 200 * 1024 * 1024
 
 
-def batch_request_lines(texts: list[str], model: str, dimension: int | None = None) -> list[bytes]:
-    """The Batch API input lines, newline included: one ``/v1/embeddings`` request per
-    text, ``custom_id`` = its position (one text per line is the documented form; arrays
-    inside a line are unconfirmed)."""
-    out = []
-    for i, text in enumerate(texts):
-        body: dict[str, Any] = {"model": model, "input": text, "encoding_format": "float"}
-        if dimension is not None:
-            body["dimensions"] = dimension
-        line = {"custom_id": str(i), "method": "POST", "url": "/v1/embeddings", "body": body}
-        out.append(json.dumps(line, ensure_ascii=False, separators=(",", ":")).encode() + b"\n")
-    return out
-
-
-def check_batch_size(lines: list[bytes], max_requests: int, max_file_bytes: int) -> None:
-    """Refuse, before anything is uploaded, a batch bigger than the service takes."""
-    if len(lines) > max_requests:
+def batch_file(
+    texts: list[str],
+    model: str,
+    dimension: int | None = None,
+    *,
+    max_requests: int = BATCH_API_MAX_REQUESTS,
+    max_file_bytes: int = BATCH_API_MAX_FILE_BYTES,
+) -> bytes:
+    """The Batch API request file: one ``/v1/embeddings`` request per text, ``custom_id``
+    = its position (one text per line is the documented form; arrays inside a line are
+    unconfirmed). A batch bigger than the service takes is refused, naming the first text
+    that does not fit, before anything is uploaded."""
+    if len(texts) > max_requests:
         raise InvalidInputError(
             [
                 InputProblem(
                     max_requests,
                     f"a batch holds at most {max_requests:,} requests (one per text) and "
-                    f"{len(lines):,} texts were given: this text and the "
-                    f"{len(lines) - max_requests - 1:,} after it do not fit. Split the list "
+                    f"{len(texts):,} texts were given: this text and the "
+                    f"{len(texts) - max_requests - 1:,} after it do not fit. Split the list "
                     "into several batches (the dashscope-embed command does this itself)",
                 )
             ]
         )
+    lines = []
     size = 0
-    for index, line in enumerate(lines):
+    for i, text in enumerate(texts):
+        body: dict[str, Any] = {"model": model, "input": text, "encoding_format": "float"}
+        if dimension is not None:
+            body["dimensions"] = dimension
+        request = {"custom_id": str(i), "method": "POST", "url": "/v1/embeddings", "body": body}
+        line = json.dumps(request, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
         size += len(line)
         if size > max_file_bytes:
             raise InvalidInputError(
                 [
                     InputProblem(
-                        index,
+                        i,
                         f"the request file would pass the Batch API's {max_file_bytes:,}-byte "
                         "limit at this text; split the list into several batches",
                     )
                 ]
             )
+        lines.append(line)
+    return b"".join(lines)
 
 
 class BatchAPIJobs:
@@ -493,13 +497,18 @@ class BatchAPIJobs:
         valid = validate_texts(texts)
         if not spec.openai_compatible:
             raise InvalidInputError(f"{spec.name} is not served by the Batch API")
+        file = batch_file(
+            valid,
+            spec.name,
+            dimension,
+            max_requests=self.max_requests,
+            max_file_bytes=self.max_file_bytes,
+        )
         # Too-long texts would only be refused hours later, one line at a time.
         self.client._long_text_plan(valid, params, "error")
-        lines = batch_request_lines(valid, spec.name, dimension)
-        check_batch_size(lines, self.max_requests, self.max_file_bytes)
         uploaded = load_json(
             self.client._transport.upload(
-                self._base + "/files", "requests.jsonl", b"".join(lines), {"purpose": "batch"}
+                self._base + "/files", "requests.jsonl", file, {"purpose": "batch"}
             )
         )
         body = {
