@@ -394,7 +394,11 @@ class EmulatorApp:
                     500, "InternalError", "An internal error has occured, please try again later."
                 )
             response = produce()
-            service_time = self.settings.latency + self.settings.latency_per_text * rows
+            service_time = (
+                self.settings.latency
+                + self.settings.latency_per_text * rows
+                + state.jitter(self.settings.latency_jitter)
+            )
             remaining = service_time - (time.monotonic() - request.arrived_at)
             if remaining > 0:
                 await asyncio.sleep(remaining)

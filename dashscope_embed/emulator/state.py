@@ -22,6 +22,9 @@ class EmulatorSettings:
             (the emulator's own work is counted in it, as the service's compute is in
             the service's latency; a reply never comes sooner).
         latency_per_text: seconds added per text (or content) in a request.
+        latency_jitter: up to this many seconds more, drawn at random (from ``seed``) for
+            each request, as the service's latency varies; replies then come back out of
+            order.
         max_concurrency: requests served at once; more get 429 ``Throttling``.
         rpm: requests per minute per emulator; more get 429 ``Throttling.RateQuota``.
         tpm: tokens per minute; more get 429 ``Throttling.AllocationQuota``.
@@ -43,6 +46,7 @@ class EmulatorSettings:
     api_key: str | None = None
     latency: float = 0.0
     latency_per_text: float = 0.0
+    latency_jitter: float = 0.0
     max_concurrency: int | None = None
     rpm: int | None = None
     tpm: int | None = None
@@ -60,7 +64,13 @@ class EmulatorSettings:
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be within [0, 1], got {value}")
-        for name in ("latency", "latency_per_text", "task_delay", "task_seconds_per_line"):
+        for name in (
+            "latency",
+            "latency_per_text",
+            "latency_jitter",
+            "task_delay",
+            "task_seconds_per_line",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
         for name in ("max_concurrency", "rpm", "tpm"):
@@ -249,6 +259,14 @@ class EmulatorState:
             return False
         with self.lock:
             return self._rng.random() < rate
+
+    def jitter(self, most: float) -> float:
+        """A random extra latency in ``[0, most)`` (0 without drawing when ``most`` is 0,
+        so turning jitter off leaves the fault sequence of a seed unchanged)."""
+        if most <= 0:
+            return 0.0
+        with self.lock:
+            return self._rng.random() * most
 
     def reset(self) -> None:
         with self.lock:

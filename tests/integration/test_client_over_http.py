@@ -106,7 +106,8 @@ def test_openai_compatible_protocol(make_client: Factory, dashscope_emulator: Em
 def test_faults_are_retried_without_paying_twice(
     make_client: Factory, dashscope_emulator: Emulator
 ) -> None:
-    dashscope_emulator.configure(error_rate=0.25, drop_rate=0.15, seed=7)
+    # Jittered latency: replies come back out of order, and must still land in place.
+    dashscope_emulator.configure(error_rate=0.25, drop_rate=0.15, seed=7, latency_jitter=0.02)
     client = make_client(
         max_concurrency=4,
         retry=RetryPolicy(max_retries=10, initial_delay=0.001, max_delay=0.01, total_timeout=30),

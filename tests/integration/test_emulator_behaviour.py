@@ -233,6 +233,17 @@ def test_a_reply_takes_at_least_the_configured_latency(dashscope_emulator: Emula
     assert time.monotonic() - started >= 0.4
 
 
+def test_latency_jitter_varies_each_reply_above_the_latency(dashscope_emulator: Emulator) -> None:
+    dashscope_emulator.configure(latency=0.05, latency_jitter=0.1, seed=3)
+    took = []
+    for i in range(10):
+        started = time.monotonic()
+        post(dashscope_emulator, EMBED, native([f"j{i}"]))
+        took.append(time.monotonic() - started)
+    assert min(took) >= 0.05
+    assert max(took) - min(took) > 0.02  # ten draws from [0, 0.1): spread, not fixed
+
+
 def test_stats_count_duplicate_embeddings(dashscope_emulator: Emulator) -> None:
     post(dashscope_emulator, EMBED, native(["same", "other"]))
     post(dashscope_emulator, EMBED, native(["same"]))
