@@ -32,8 +32,13 @@ class CountingCorpus:
             yield f"streamed document {i} about topic {i % 17}"
 
 
-def test_stream_is_ordered_complete_and_lazy(make_client: Factory) -> None:
-    client = make_client(max_concurrency=3)
+def test_stream_is_ordered_complete_and_lazy(
+    make_client: Factory, dashscope_emulator: Emulator
+) -> None:
+    # Replies out of order (jitter), some failed or dropped and retried.
+    dashscope_emulator.configure(latency_jitter=0.01, error_rate=0.1, drop_rate=0.05, seed=5)
+    fast_retries = RetryPolicy(max_retries=10, initial_delay=0.001, max_delay=0.01)
+    client = make_client(max_concurrency=3, retry=fast_retries)
     corpus = CountingCorpus(2345)
     lookahead = 6
     seen = 0
@@ -45,6 +50,10 @@ def test_stream_is_ordered_complete_and_lazy(make_client: Factory) -> None:
         # Never more than the look-ahead window read beyond what was yielded.
         assert corpus.read - seen <= lookahead * 10
     assert seen == 2345
+    stats = dashscope_emulator.stats()
+    assert stats["injected_errors"] and stats["dropped_connections"]
+    assert stats["duplicate_embeddings"] == 0
+    dashscope_emulator.configure(latency_jitter=0.0, error_rate=0.0, drop_rate=0.0)
     whole = make_client().embed(list(CountingCorpus(2345)), dimension=64)
     assert vectors == whole.require_dense()
 
