@@ -18,6 +18,7 @@ from pydantic import Field, PrivateAttr, model_validator
 
 from dashscope_embed.adapter import AdapterSettings, Role
 from dashscope_embed.models import DEFAULT_MODEL, ModelSpec, resolve_model
+from dashscope_embed.types import EmbeddingResult
 
 dispatcher = get_dispatcher(__name__)
 
@@ -120,36 +121,72 @@ class DashScopeEmbedding(_LlamaSettings, BaseEmbedding):
     ) -> list[Embedding]:
         """Embed ``texts`` in batches of ``embed_batch_size``, the batches concurrently.
 
-        LlamaIndex's own loop sends one batch at a time; this runs them through the core
-        client (at most ``max_concurrency`` in flight) and reports each batch to the
-        callback manager and instrumentation as the framework does. With an embeddings
-        cache or rate limiter configured, LlamaIndex's own loop is used.
+        LlamaIndex's own loop sends one batch at a time; this is one call to the core
+        client (at most ``max_concurrency`` requests in flight, a text repeated across
+        batches sent once, a failure reported for the whole list with the finished
+        vectors attached), and each batch is still reported to the callback manager and
+        instrumentation as the framework does. With an embeddings cache or rate limiter
+        configured, LlamaIndex's own loop is used.
         """
-        if self.embeddings_cache is not None or self.rate_limiter is not None or not texts:
+        if self._framework_loop(texts):
             return super().get_text_embedding_batch(texts, show_progress=show_progress, **kwargs)
+        events = self._start_batch_events(texts)
+        progress = _progress_bar(show_progress, len(texts))
+        try:
+            result = self.client.embed(texts, **self._batch_options(progress))
+        finally:
+            if progress is not None:
+                progress.close()
+        return self._end_batch_events(texts, events, result)
+
+    async def aget_text_embedding_batch(
+        self, texts: list[str], show_progress: bool = False, **kwargs: Any
+    ) -> list[Embedding]:
+        """Async twin of :meth:`get_text_embedding_batch`, with the same guarantees."""
+        if self._framework_loop(texts):
+            return await super().aget_text_embedding_batch(
+                texts, show_progress=show_progress, **kwargs
+            )
+        events = self._start_batch_events(texts)
+        progress = _progress_bar(show_progress, len(texts))
+        try:
+            result = await self.client.aembed(texts, **self._batch_options(progress))
+        finally:
+            if progress is not None:
+                progress.close()
+        return self._end_batch_events(texts, events, result)
+
+    def _framework_loop(self, texts: list[str]) -> bool:
+        # LlamaIndex's cache and rate limiter work per batch inside its own loop.
+        return self.embeddings_cache is not None or self.rate_limiter is not None or not texts
+
+    def _batch_options(self, progress: Any) -> dict[str, Any]:
+        return {
+            "batch_size": self.embed_batch_size,
+            "progress": progress.update if progress else None,
+            **self._role_options("document"),
+        }
+
+    def _start_batch_events(self, texts: list[str]) -> list[tuple[str, list[str]]]:
+        """Announce each ``embed_batch_size`` batch as LlamaIndex's own loop would."""
         size = self.embed_batch_size
-        batches = [texts[i : i + size] for i in range(0, len(texts), size)]
         model_dict = self.to_payload()
         events = []
-        for batch in batches:
+        for start in range(0, len(texts), size):
             dispatcher.event(EmbeddingStartEvent(model_dict=model_dict))
             event_id = self.callback_manager.on_event_start(
                 CBEventType.EMBEDDING, payload={EventPayload.SERIALIZED: model_dict}
             )
-            events.append((event_id, batch))
-        progress = _progress_bar(show_progress, len(texts))
-        try:
-            result = self.client.embed(
-                texts,
-                batch_size=size,
-                progress=progress.update if progress else None,
-                **self._role_options("document"),
-            )
-        finally:
-            if progress is not None:
-                progress.close()
+            events.append((event_id, texts[start : start + size]))
+        return events
+
+    def _end_batch_events(
+        self, texts: list[str], events: list[tuple[str, list[str]]], result: EmbeddingResult
+    ) -> list[Embedding]:
+        """Report each batch's vectors and return them all, in input order."""
         self._remember_sparse("document", texts, result)
         vectors = result.require_dense()
+        size = self.embed_batch_size
         for number, (event_id, batch) in enumerate(events):
             chunk = vectors[number * size : number * size + len(batch)]
             dispatcher.event(EmbeddingEndEvent(chunks=batch, embeddings=chunk))

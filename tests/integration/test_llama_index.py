@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import math
@@ -103,7 +104,7 @@ async def test_async_methods_are_async_and_bounded(
     assert last == {"text_type": "query", "instruct": "Find notes"}
 
 
-def test_sync_batches_run_concurrently_and_report_each_batch(
+def test_batches_run_concurrently_and_report_each_batch(
     connect: dict[str, Any], dashscope_emulator: Emulator
 ) -> None:
     class Counter(BaseCallbackHandler):
@@ -142,6 +143,9 @@ def test_sync_batches_run_concurrently_and_report_each_batch(
     assert dashscope_emulator.stats()["peak_concurrency"] == 4
     one_by_one = [model.get_text_embedding(t) for t in texts[:3]]
     assert vectors[:3] == one_by_one  # same vectors, in input order
+    counter.chunks.clear()
+    assert asyncio.run(model.aget_text_embedding_batch(texts)) == vectors
+    assert counter.chunks == [10, 10, 10, 10, 10, 7]  # the async path reports alike
 
 
 def test_batch_size_defaults_to_the_row_limit_and_cannot_exceed_it() -> None:
