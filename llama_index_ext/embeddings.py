@@ -13,6 +13,8 @@ from llama_index.core.instrumentation import get_dispatcher  # type: ignore[attr
 from llama_index.core.instrumentation.events.embedding import (
     EmbeddingEndEvent,
     EmbeddingStartEvent,
+    SparseEmbeddingEndEvent,
+    SparseEmbeddingStartEvent,
 )
 from pydantic import Field, PrivateAttr, model_validator
 
@@ -270,6 +272,38 @@ class DashScopeSparseEmbedding(_LlamaSettings, BaseSparseEmbedding):
 
     async def _aget_text_embeddings(self, texts: list[str]) -> list[LlamaSparse]:
         return await self._asparse(texts, "document")
+
+    def get_text_embedding_batch(
+        self, texts: list[str], show_progress: bool = False, **kwargs: Any
+    ) -> list[LlamaSparse]:
+        """Sparse vectors for ``texts``: one core call (batches concurrent, a repeated
+        text sent once), each ``embed_batch_size`` batch still reported to
+        instrumentation as LlamaIndex's own loop does."""
+        self._announce_batches(texts)
+        return self._report_batches(texts, self._sparse(texts, "document") if texts else [])
+
+    async def aget_text_embedding_batch(
+        self, texts: list[str], show_progress: bool = False, **kwargs: Any
+    ) -> list[LlamaSparse]:
+        """Async twin of :meth:`get_text_embedding_batch`."""
+        self._announce_batches(texts)
+        vectors = await self._asparse(texts, "document") if texts else []
+        return self._report_batches(texts, vectors)
+
+    def _announce_batches(self, texts: list[str]) -> None:
+        model_dict = self.to_payload()
+        for _ in range(0, len(texts), self.embed_batch_size):
+            dispatcher.event(SparseEmbeddingStartEvent(model_dict=model_dict))
+
+    def _report_batches(self, texts: list[str], vectors: list[LlamaSparse]) -> list[LlamaSparse]:
+        size = self.embed_batch_size
+        for start in range(0, len(texts), size):
+            dispatcher.event(
+                SparseEmbeddingEndEvent(
+                    chunks=texts[start : start + size], embeddings=vectors[start : start + size]
+                )
+            )
+        return vectors
 
 
 def _indices_values(vectors: list[Any]) -> tuple[list[list[int]], list[list[float]]]:

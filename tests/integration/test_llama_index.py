@@ -18,7 +18,7 @@ from llama_index.core.callbacks.base_handler import BaseCallbackHandler
 from llama_index.core.ingestion import IngestionCache, IngestionPipeline
 from llama_index.core.schema import Document, TextNode
 from llama_index.core.vector_stores.types import VectorStoreQueryMode
-from pydantic import ValidationError
+from pydantic import Field, ValidationError
 from qdrant_client import QdrantClient
 
 from dashscope_embed import AuthenticationError, InvalidInputError
@@ -252,6 +252,42 @@ def test_sparse_embedding_alone_and_shared(
     assert dashscope_emulator.stats()["requests"] == before  # reused, not re-requested
     assert sparse[0] == alone.get_text_embedding(texts[0])
     assert shared.get_query_embedding("billing")  # a miss is fetched once
+
+
+def test_sparse_batches_run_concurrently_send_repeats_once_and_report_each_batch(
+    connect: dict[str, Any], dashscope_emulator: Emulator
+) -> None:
+    from llama_index.core.instrumentation import get_dispatcher
+    from llama_index.core.instrumentation.event_handlers import BaseEventHandler
+
+    class Batches(BaseEventHandler):
+        ended: list[int] = Field(default_factory=list)
+
+        def handle(self, event: Any, **kwargs: Any) -> None:
+            if type(event).__name__ == "SparseEmbeddingEndEvent":
+                self.ended.append(len(event.chunks))
+
+    handler = Batches()
+    get_dispatcher().add_event_handler(handler)
+    dashscope_emulator.configure(latency=0.05)
+    texts = corpus(57)
+    texts[45] = texts[2]
+    calls: list[dict[str, Any]] = []
+    try:
+        sparse = DashScopeSparseEmbedding(**connect, max_concurrency=4)
+        vectors = sparse.get_text_embedding_batch(texts)
+        calls.append(dashscope_emulator.stats())
+        dashscope_emulator.reset()
+        fresh = DashScopeSparseEmbedding(**connect, max_concurrency=4)  # no cached vectors
+        again = asyncio.run(fresh.aget_text_embedding_batch(texts))
+        calls.append(dashscope_emulator.stats())
+    finally:
+        get_dispatcher().event_handlers.remove(handler)
+    for stats in calls:  # each call: concurrent, and the repeated text sent once
+        assert stats["peak_concurrency"] == 4 and stats["duplicate_embeddings"] == 0
+        assert stats["texts_delivered"] == 56
+    assert vectors == again and vectors[45] == vectors[2]
+    assert handler.ended == [10, 10, 10, 10, 10, 7] * 2  # sync, then async
 
 
 # ------------------------------------------------------------------ errors and secrets
