@@ -141,6 +141,8 @@ class Emulator:
         for name, value in changes.items():
             setattr(self.settings, name, value)
         self.settings.__post_init__()
+        if "seed" in changes:
+            self.app.state.reseed()  # a new seed means its sequence, from the start
 
     def put_file(self, name: str, content: bytes) -> str:
         """Store a file the emulator serves (task input, an image); returns its URL."""

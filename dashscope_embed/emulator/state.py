@@ -237,7 +237,7 @@ class EmulatorState:
         self.lock = threading.Lock()
         self.stats = Stats()
         self.limiter = Limiter(settings)
-        self._rng = random.Random(settings.seed)
+        self.reseed()
         self.request_log: deque[dict[str, Any]] = deque(maxlen=self.REQUEST_LOG_SIZE)
 
     REQUEST_LOG_SIZE = 5000
@@ -261,18 +261,24 @@ class EmulatorState:
             return self._rng.random() < rate
 
     def jitter(self, most: float) -> float:
-        """A random extra latency in ``[0, most)`` (0 without drawing when ``most`` is 0,
-        so turning jitter off leaves the fault sequence of a seed unchanged)."""
+        """A random extra latency in ``[0, most)``, from its own seeded stream: turning
+        jitter on or off leaves the fault sequence of a seed unchanged."""
         if most <= 0:
             return 0.0
         with self.lock:
-            return self._rng.random() * most
+            return self._jitter_rng.random() * most
+
+    def reseed(self) -> None:
+        """Start the fault and jitter sequences of ``settings.seed`` from the beginning."""
+        with self.lock:
+            self._rng = random.Random(self.settings.seed)
+            self._jitter_rng = random.Random(f"jitter {self.settings.seed}")
 
     def reset(self) -> None:
+        self.reseed()
         with self.lock:
             self.stats = Stats()
             self.limiter = Limiter(self.settings)
-            self._rng = random.Random(self.settings.seed)
             self.request_log.clear()
 
     def record_delivered(self, keys: list[bytes]) -> None:

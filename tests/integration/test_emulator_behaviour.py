@@ -263,6 +263,18 @@ def test_faults_follow_the_seed() -> None:
     assert pattern(3) != pattern(4)
 
 
+def test_configuring_a_seed_restarts_its_sequence_and_jitter_leaves_it_alone(
+    dashscope_emulator: Emulator,
+) -> None:
+    def pattern(**settings: float) -> list[int]:
+        dashscope_emulator.configure(error_rate=0.5, **settings)
+        return [post(dashscope_emulator, EMBED, native([f"q{i}"])).status_code for i in range(12)]
+
+    first = pattern(seed=3)
+    assert pattern(seed=3) == first  # no reset needed
+    assert pattern(seed=3, latency_jitter=0.01) == first  # jitter draws from its own stream
+
+
 def test_paths_behind_a_proxy_prefix_are_served(dashscope_emulator: Emulator) -> None:
     response = post(dashscope_emulator, "/gateway/dashscope" + EMBED, native(["x"]))
     assert response.status_code == 200
