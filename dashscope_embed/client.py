@@ -300,12 +300,16 @@ class DashScopeClient:
         if self.config.protocol != "native":
             raise InvalidInputError("multimodal embedding needs protocol='native'")
         self.config.resolve_api_key()
+        # Identical contents (same text, same image reference or bytes) are sent once.
+        unique: dict[tuple[str, str], Content] = {}
+        for content in contents:
+            unique.setdefault((content.modality, content.value), content)
         return _MultimodalCall(
             spec=spec,
-            contents=list(contents),
+            contents=list(unique.values()),
             dimension=dimension if spec.configurable_dimension else None,
             url=self.config.native_base_url + MULTIMODAL_PATH,
-            plan=plan([str(i) for i in range(len(contents))], spec.max_rows, deduplicate=False),
+            plan=plan([f"{c.modality}\x1f{c.value}" for c in contents], spec.max_rows),
         )
 
     def embed_stream(
@@ -520,7 +524,7 @@ def _raise_or_return(result: EmbeddingResult | PartialResult, outcome: Outcome) 
 @dataclass(frozen=True)
 class _MultimodalCall:
     spec: ModelSpec
-    contents: list[Content]
+    contents: list[Content]  # distinct contents, in the plan's order
     dimension: int | None
     url: str
     plan: Plan

@@ -158,17 +158,14 @@ class Plan:
         return [i for i, slot in enumerate(self.slot_of) if slot in slots]
 
 
-def plan(texts: Sequence[str], rows_per_request: int, *, deduplicate: bool = True) -> Plan:
-    """Split ``texts`` into requests of at most ``rows_per_request`` distinct texts."""
+def plan(texts: Sequence[str], rows_per_request: int) -> Plan:
+    """Split ``texts`` into requests of at most ``rows_per_request`` distinct texts; a
+    text that appears more than once is sent once."""
     if rows_per_request < 1:
         raise InvalidInputError(f"rows per request must be >= 1, got {rows_per_request}")
-    if deduplicate:
-        index: dict[str, int] = {}
-        slot_of = [index.setdefault(text, len(index)) for text in texts]
-        unique = list(index)
-    else:
-        unique = list(texts)
-        slot_of = list(range(len(unique)))
+    index: dict[str, int] = {}
+    slot_of = [index.setdefault(text, len(index)) for text in texts]
+    unique = list(index)
     batches = [
         range(start, min(start + rows_per_request, len(unique)))
         for start in range(0, len(unique), rows_per_request)
