@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
@@ -130,9 +130,9 @@ class DashScopeEmbedding(_LlamaSettings, BaseEmbedding):
         instrumentation as the framework does. With an embeddings cache or rate limiter
         configured, LlamaIndex's own loop is used.
         """
-        if self._framework_loop(texts):
+        if framework_loop(self, texts):
             return super().get_text_embedding_batch(texts, show_progress=show_progress, **kwargs)
-        events = self._start_batch_events(texts)
+        events = start_batch_events(self, texts)
         progress = _progress_bar(show_progress, len(texts))
         try:
             result = self.client.embed(texts, **self._batch_options(progress))
@@ -145,11 +145,11 @@ class DashScopeEmbedding(_LlamaSettings, BaseEmbedding):
         self, texts: list[str], show_progress: bool = False, **kwargs: Any
     ) -> list[Embedding]:
         """Async twin of :meth:`get_text_embedding_batch`, with the same guarantees."""
-        if self._framework_loop(texts):
+        if framework_loop(self, texts):
             return await super().aget_text_embedding_batch(
                 texts, show_progress=show_progress, **kwargs
             )
-        events = self._start_batch_events(texts)
+        events = start_batch_events(self, texts)
         progress = _progress_bar(show_progress, len(texts))
         try:
             result = await self.client.aembed(texts, **self._batch_options(progress))
@@ -158,10 +158,6 @@ class DashScopeEmbedding(_LlamaSettings, BaseEmbedding):
                 progress.close()
         return self._end_batch_events(texts, events, result)
 
-    def _framework_loop(self, texts: list[str]) -> bool:
-        # LlamaIndex's cache and rate limiter work per batch inside its own loop.
-        return self.embeddings_cache is not None or self.rate_limiter is not None or not texts
-
     def _batch_options(self, progress: Any) -> dict[str, Any]:
         return {
             "batch_size": self.embed_batch_size,
@@ -169,34 +165,13 @@ class DashScopeEmbedding(_LlamaSettings, BaseEmbedding):
             **self._role_options("document"),
         }
 
-    def _start_batch_events(self, texts: list[str]) -> list[tuple[str, list[str]]]:
-        """Announce each ``embed_batch_size`` batch as LlamaIndex's own loop would."""
-        size = self.embed_batch_size
-        model_dict = self.to_payload()
-        events = []
-        for start in range(0, len(texts), size):
-            dispatcher.event(EmbeddingStartEvent(model_dict=model_dict))
-            event_id = self.callback_manager.on_event_start(
-                CBEventType.EMBEDDING, payload={EventPayload.SERIALIZED: model_dict}
-            )
-            events.append((event_id, texts[start : start + size]))
-        return events
-
     def _end_batch_events(
-        self, texts: list[str], events: list[tuple[str, list[str]]], result: EmbeddingResult
+        self, texts: list[str], events: list[tuple[str, list[Any]]], result: EmbeddingResult
     ) -> list[Embedding]:
         """Report each batch's vectors and return them all, in input order."""
         self._remember_sparse("document", texts, result)
         vectors = result.require_dense()
-        size = self.embed_batch_size
-        for number, (event_id, batch) in enumerate(events):
-            chunk = vectors[number * size : number * size + len(batch)]
-            dispatcher.event(EmbeddingEndEvent(chunks=batch, embeddings=chunk))
-            self.callback_manager.on_event_end(
-                CBEventType.EMBEDDING,
-                payload={EventPayload.CHUNKS: batch, EventPayload.EMBEDDINGS: chunk},
-                event_id=event_id,
-            )
+        end_batch_events(self, events, vectors)
         return vectors
 
     # ------------------------------------------------------------- hybrid search
@@ -309,6 +284,51 @@ class DashScopeSparseEmbedding(_LlamaSettings, BaseSparseEmbedding):
 def _indices_values(vectors: list[Any]) -> tuple[list[list[int]], list[list[float]]]:
     pairs = [v.as_dict() for v in vectors]
     return [list(p.keys()) for p in pairs], [list(p.values()) for p in pairs]
+
+
+def framework_loop(model: BaseEmbedding, texts: Sequence[Any]) -> bool:
+    """Whether LlamaIndex's own batch loop must run: its cache and rate limiter work per
+    batch inside it."""
+    return model.embeddings_cache is not None or model.rate_limiter is not None or not texts
+
+
+def start_batch_events(
+    model: BaseEmbedding, items: Sequence[Any], *, instrument: bool = True
+) -> list[tuple[str, list[Any]]]:
+    """Announce each ``embed_batch_size`` batch as LlamaIndex's own loop would (to the
+    callback manager, and to instrumentation unless ``instrument`` is false, as for
+    images); one core call then embeds all of them."""
+    size = model.embed_batch_size
+    model_dict = model.to_payload()
+    events = []
+    for start in range(0, len(items), size):
+        if instrument:
+            dispatcher.event(EmbeddingStartEvent(model_dict=model_dict))
+        event_id = model.callback_manager.on_event_start(
+            CBEventType.EMBEDDING, payload={EventPayload.SERIALIZED: model_dict}
+        )
+        events.append((event_id, list(items[start : start + size])))
+    return events
+
+
+def end_batch_events(
+    model: BaseEmbedding,
+    events: list[tuple[str, list[Any]]],
+    vectors: list[Embedding],
+    *,
+    instrument: bool = True,
+) -> None:
+    """Report each announced batch with its vectors."""
+    size = model.embed_batch_size
+    for number, (event_id, batch) in enumerate(events):
+        chunk = vectors[number * size : number * size + len(batch)]
+        if instrument:
+            dispatcher.event(EmbeddingEndEvent(chunks=batch, embeddings=chunk))
+        model.callback_manager.on_event_end(
+            CBEventType.EMBEDDING,
+            payload={EventPayload.CHUNKS: batch, EventPayload.EMBEDDINGS: chunk},
+            event_id=event_id,
+        )
 
 
 def _progress_bar(show: bool, total: int) -> Any:

@@ -11,7 +11,12 @@ from pydantic import Field
 
 from dashscope_embed.models import ModelSpec
 from dashscope_embed.multimodal import Content
-from llama_index_ext.embeddings import _LlamaSettings
+from llama_index_ext.embeddings import (
+    _LlamaSettings,
+    end_batch_events,
+    framework_loop,
+    start_batch_events,
+)
 
 
 class DashScopeMultiModalEmbedding(_LlamaSettings, MultiModalEmbedding):
@@ -76,6 +81,51 @@ class DashScopeMultiModalEmbedding(_LlamaSettings, MultiModalEmbedding):
 
     async def _aget_image_embeddings(self, img_file_paths: list[ImageType]) -> list[Embedding]:
         return await self._aembed([Content.image(_image(p)) for p in img_file_paths])
+
+    # One core call per list, as DashScopeEmbedding does: requests stay concurrent across
+    # embed_batch_size batches (LlamaIndex's loop waits for each batch), a repeated text
+    # or image is sent once, and each batch is still reported to callbacks.
+    def get_text_embedding_batch(
+        self, texts: list[str], show_progress: bool = False, **kwargs: Any
+    ) -> list[Embedding]:
+        if framework_loop(self, texts):
+            return super().get_text_embedding_batch(texts, show_progress=show_progress, **kwargs)
+        events = start_batch_events(self, texts)
+        vectors = self._embed([Content.text(t) for t in texts])
+        end_batch_events(self, events, vectors)
+        return vectors
+
+    async def aget_text_embedding_batch(
+        self, texts: list[str], show_progress: bool = False, **kwargs: Any
+    ) -> list[Embedding]:
+        if framework_loop(self, texts):
+            return await super().aget_text_embedding_batch(
+                texts, show_progress=show_progress, **kwargs
+            )
+        events = start_batch_events(self, texts)
+        vectors = await self._aembed([Content.text(t) for t in texts])
+        end_batch_events(self, events, vectors)
+        return vectors
+
+    def get_image_embedding_batch(
+        self, img_file_paths: list[ImageType], show_progress: bool = False
+    ) -> list[Embedding]:
+        if not img_file_paths:
+            return []
+        events = start_batch_events(self, img_file_paths, instrument=False)
+        vectors = self._embed([Content.image(_image(p)) for p in img_file_paths])
+        end_batch_events(self, events, vectors, instrument=False)
+        return vectors
+
+    async def aget_image_embedding_batch(
+        self, img_file_paths: list[ImageType], show_progress: bool = False
+    ) -> list[Embedding]:
+        if not img_file_paths:
+            return []
+        events = start_batch_events(self, img_file_paths, instrument=False)
+        vectors = await self._aembed([Content.image(_image(p)) for p in img_file_paths])
+        end_batch_events(self, events, vectors, instrument=False)
+        return vectors
 
 
 def _image(value: Any) -> Any:

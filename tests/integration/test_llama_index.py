@@ -355,6 +355,26 @@ async def test_multimodal_async_batch(
     assert dashscope_emulator.stats()["peak_concurrency"] <= 2
 
 
+def test_multimodal_batches_overlap_send_repeats_once_and_report_each_batch(
+    connect: dict[str, Any], image_file: Path, dashscope_emulator: Emulator
+) -> None:
+    dashscope_emulator.configure(latency=0.05)
+    model = DashScopeMultiModalEmbedding(**connect, max_concurrency=4, embed_batch_size=5)
+    urls = [f"https://example.com/photos/item_{i}.jpg" for i in range(11)]
+    images = [str(image_file), *urls, str(image_file)]  # the same picture twice
+    vectors = model.get_image_embedding_batch(images)
+    stats = dashscope_emulator.stats()
+    assert len(vectors) == 13 and vectors[0] == vectors[12]
+    assert stats["requests"] == 12 and stats["duplicate_embeddings"] == 0
+    # Four in flight throughout: LlamaIndex's loop would wait for each batch of five.
+    assert stats["peak_concurrency"] == 4
+    dashscope_emulator.reset()
+    texts = ["a red car", "a blue boat", "a red car"]
+    assert asyncio.run(model.aget_text_embedding_batch(texts)) == model.get_text_embedding_batch(
+        texts
+    )
+
+
 def test_multimodal_bad_images_fail_before_sending(
     connect: dict[str, Any], tmp_path: Path, dashscope_emulator: Emulator
 ) -> None:
