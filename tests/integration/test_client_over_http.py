@@ -222,7 +222,9 @@ def test_adaptive_concurrency_finds_a_hidden_cap(
     result = client.embed(texts)
     stats = dashscope_emulator.stats()
     assert len(result) == 600 and stats["duplicate_embeddings"] == 0
-    assert stats["throttled"] < 0.25 * stats["requests"]  # a fixed 12 gets ~70 % 429s
+    # Refusals are a one-off cost of finding the cap (12 -> 8 -> 6 -> 4 -> 3: about 18,
+    # measured 17-20), not a steady rate: a fixed 12 would get ~70 % 429s, ~140 here.
+    assert stats["throttled"] <= 25
     assert 1 <= client.gate.limit <= 6 and client.gate.throttle_cuts >= 1
 
 
