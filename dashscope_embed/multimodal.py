@@ -15,8 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from dashscope_embed.errors import BadResponseError, InputProblem, InvalidInputError
-from dashscope_embed.protocol.common import ParsedBatch, check_dense, load_json, place_rows
+from dashscope_embed.errors import InputProblem, InvalidInputError
+from dashscope_embed.protocol.common import (
+    ParsedBatch,
+    check_dense,
+    native_embeddings,
+    place_rows,
+)
 
 MULTIMODAL_PATH = "/services/embeddings/multimodal-embedding/multimodal-embedding"
 MAX_IMAGE_BYTES = 3 * 1024 * 1024
@@ -138,16 +143,12 @@ def build_body(model: str, contents: list[Content], dimension: int | None) -> di
 
 def parse_reply(content: bytes, expected: int, dimension: int) -> ParsedBatch:
     """Rows placed by ``index``; usage from ``input_tokens`` (text) as billed."""
-    body = load_json(content)
-    request_id = body.get("request_id") if isinstance(body, dict) else None
-    output = body.get("output") if isinstance(body, dict) else None
-    rows = output.get("embeddings") if isinstance(output, dict) else None
-    if not isinstance(rows, list):
-        raise BadResponseError("reply has no output.embeddings list", request_id=request_id)
+    body, request_id, rows = native_embeddings(content)
     placed = place_rows(
         [(r.get("index") if isinstance(r, dict) else None, r) for r in rows], expected, request_id
     )
     dense = check_dense([r.get("embedding") for r in placed], dimension, request_id)
-    usage = body.get("usage") if isinstance(body.get("usage"), dict) else {}
+    usage = body.get("usage")
+    usage = usage if isinstance(usage, dict) else {}
     tokens = int(usage.get("input_tokens") or usage.get("total_tokens") or 0)
     return ParsedBatch(dense=dense, sparse=None, total_tokens=tokens, request_id=request_id)

@@ -75,6 +75,25 @@ def load_json(content: bytes, request_id: str | None = None) -> Any:
         ) from None
 
 
+def native_embeddings(content: bytes) -> tuple[dict[str, Any], str | None, list[Any]]:
+    """A native 2xx reply's body, ``request_id`` and ``output.embeddings`` list; a reply
+    without that list is a :class:`BadResponseError` quoting the service's code if any."""
+    body = load_json(content)
+    if not isinstance(body, dict):
+        raise BadResponseError("reply is not a JSON object")
+    request_id = body.get("request_id")
+    output = body.get("output")
+    rows = output.get("embeddings") if isinstance(output, dict) else None
+    if not isinstance(rows, list):
+        code = body.get("code")
+        raise BadResponseError(
+            "reply has no output.embeddings list"
+            + (f" (code {code!r}: {body.get('message')!r})" if code else ""),
+            request_id=request_id,
+        )
+    return body, request_id, rows
+
+
 def place_rows(rows: Sequence[tuple[Any, Any]], expected: int, request_id: str | None) -> list[Any]:
     """Put ``(index, value)`` rows at their index; fail on any gap, repeat or stray index.
 

@@ -23,7 +23,7 @@ from dashscope_embed.protocol.common import (
     HttpRequest,
     ParsedBatch,
     check_dense,
-    load_json,
+    native_embeddings,
     place_rows,
 )
 from dashscope_embed.types import SparseEmbedding
@@ -60,17 +60,7 @@ def build_request(texts: Sequence[str], params: EmbedParams) -> HttpRequest:
 
 def parse_reply(content: bytes, expected_rows: int, params: EmbedParams) -> ParsedBatch:
     """Parse a 2xx native reply; rows placed by ``text_index`` and checked complete."""
-    body = load_json(content)
-    request_id = body.get("request_id") if isinstance(body, dict) else None
-    output = body.get("output") if isinstance(body, dict) else None
-    embeddings = output.get("embeddings") if isinstance(output, dict) else None
-    if not isinstance(embeddings, list):
-        code = body.get("code") if isinstance(body, dict) else None
-        raise BadResponseError(
-            "reply has no output.embeddings list"
-            + (f" (code {code!r}: {body.get('message')!r})" if code else ""),
-            request_id=request_id,
-        )
+    body, request_id, embeddings = native_embeddings(content)
     rows: list[tuple[Any, Any]] = []
     for item in embeddings:
         if not isinstance(item, dict):
