@@ -25,7 +25,14 @@ from dashscope_embed.planner import (
     resolve_params,
     validate_texts,
 )
-from dashscope_embed.protocol import Codec, EmbedParams, HttpRequest, ParsedBatch, codec_for
+from dashscope_embed.protocol import (
+    Codec,
+    EmbedParams,
+    HttpRequest,
+    ParsedBatch,
+    codec_for,
+    reply_byte_limit,
+)
 from dashscope_embed.retry import RetryPolicy
 from dashscope_embed.stream import EmbeddingChunk, float32_array, stream_async, stream_sync
 from dashscope_embed.tokens import (
@@ -213,7 +220,9 @@ class DashScopeClient:
 
         def send(batch: range) -> bytes:
             request = call.request(batch)
-            return self._transport.post(call.base_url + request.path, request.body)
+            return self._transport.post(
+                call.base_url + request.path, request.body, max_reply_bytes=call.reply_limit(batch)
+            )
 
         outcome = self._engine.run(
             call.plan.batches, send, call.parse, self._cost_of(call), call.progress_hook(progress)
@@ -240,7 +249,9 @@ class DashScopeClient:
 
         async def send(batch: range) -> bytes:
             request = call.request(batch)
-            return await self._transport.apost(call.base_url + request.path, request.body)
+            return await self._transport.apost(
+                call.base_url + request.path, request.body, max_reply_bytes=call.reply_limit(batch)
+            )
 
         outcome = await self._engine.arun(
             call.plan.batches, send, call.parse, self._cost_of(call), call.progress_hook(progress)
@@ -263,7 +274,9 @@ class DashScopeClient:
         call = self._prepare_multimodal(contents, model, dimension)
 
         def send(batch: range) -> bytes:
-            return self._transport.post(call.url, call.body(batch))
+            return self._transport.post(
+                call.url, call.body(batch), max_reply_bytes=call.reply_limit(batch)
+            )
 
         return call.finish(self._engine.run(call.plan.batches, send, call.parse))
 
@@ -278,7 +291,9 @@ class DashScopeClient:
         call = self._prepare_multimodal(contents, model, dimension)
 
         async def send(batch: range) -> bytes:
-            return await self._transport.apost(call.url, call.body(batch))
+            return await self._transport.apost(
+                call.url, call.body(batch), max_reply_bytes=call.reply_limit(batch)
+            )
 
         return call.finish(await self._engine.arun(call.plan.batches, send, call.parse))
 
@@ -498,6 +513,9 @@ class _Call:
     def request(self, batch: range) -> HttpRequest:
         return self.codec.build(self.plan.batch_texts(batch), self.params)
 
+    def reply_limit(self, batch: range) -> int:
+        return reply_byte_limit(self.plan.batch_texts(batch), self.params)
+
     def parse(self, batch: range, content: bytes) -> ParsedBatch:
         return self.codec.parse(content, len(batch), self.params)
 
@@ -537,6 +555,10 @@ class _MultimodalCall:
     def parse(self, batch: range, content: bytes) -> ParsedBatch:
         size = self.dimension or self.spec.default_dimension
         return parse_multimodal_reply(content, len(batch), size)
+
+    def reply_limit(self, batch: range) -> int:
+        size = self.dimension or self.spec.default_dimension
+        return 64 * 1024 + len(batch) * (size * 32 + 256)
 
     def finish(self, outcome: Outcome) -> EmbeddingResult:
         params = EmbedParams(self.spec, None, None, self.dimension, "dense")

@@ -20,6 +20,7 @@ from typing import TypeVar
 from dashscope_embed.errors import BadRequestError, RateLimitError
 from dashscope_embed.limits import AdaptivePace, ConcurrencyGate, RateBudget
 from dashscope_embed.retry import RetryPolicy
+from dashscope_embed.transport import call_deadline
 
 logger = logging.getLogger("dashscope_embed")
 
@@ -65,6 +66,11 @@ class Engine:
         self.gate = gate
         self.budget = budget if budget is not None and budget.active else None
         self.pace = pace
+
+    def _deadline(self, started: float) -> float | None:
+        # ``total_timeout`` bounds a request's attempts together, the last one included.
+        total = self.retry.total_timeout
+        return None if total is None else started + total
 
     def _pace_delay(self) -> float:
         return self.pace.reserve() if self.pace is not None else 0.0
@@ -158,7 +164,8 @@ class Engine:
                 time.sleep(pause)
             sent_at = time.monotonic()
             try:
-                raw = send(job)
+                with call_deadline(self._deadline(started)):
+                    raw = send(job)
             except Exception as exc:
                 self._release(epoch, sent_at, exc)
                 error: Exception = exc
@@ -228,7 +235,8 @@ class Engine:
                 await asyncio.sleep(pause)
             sent_at = time.monotonic()
             try:
-                raw = await send(job)
+                with call_deadline(self._deadline(started)):
+                    raw = await send(job)
             except BaseException as exc:
                 self._release(epoch, sent_at, exc)
                 if not isinstance(exc, Exception):

@@ -227,6 +227,13 @@ _CODE_CLASSES: Mapping[str, type[APIError]] = {
     "model_not_found": NotFoundError,
     "DataInspectionFailed": ContentFilterError,
     "data_inspection_failed": ContentFilterError,
+    "InvalidParameter": BadRequestError,
+    # Server-side failures, by name: they may come with a 2xx status (the v2 SDK's
+    # "two-layer" errors), and must still be retried.
+    "InternalError": ServerError,
+    "ServiceUnavailable": ServerError,
+    "GatewayTimeout": ServerError,
+    "RequestTimeOut": ServerError,
 }
 
 _STATUS_CLASSES: Mapping[int, type[APIError]] = {
@@ -243,12 +250,12 @@ _STATUS_CLASSES: Mapping[int, type[APIError]] = {
 
 def error_class_for(status_code: int, code: str | None, message: str = "") -> type[APIError]:
     """Pick the error class for a failed reply from its status, code and message."""
+    if "model not exist" in message.lower():
+        return NotFoundError
     if code and code in _CODE_CLASSES:
         return _CODE_CLASSES[code]
     if code and code.startswith("Throttling"):
         return RateLimitError
-    if "model not exist" in message.lower():
-        return NotFoundError
     if status_code in _STATUS_CLASSES:
         return _STATUS_CLASSES[status_code]
     if status_code >= 500:
@@ -273,12 +280,10 @@ def is_retryable(error: BaseException) -> bool:
         return False
     if error.should_retry is not None:
         return error.should_retry
-    if isinstance(error, (APIConnectionError, BadResponseError)):
+    if isinstance(error, (APIConnectionError, BadResponseError, ServerError)):
         return True
-    if isinstance(error, RateLimitError) and any(
-        marker in error.message.lower() for marker in _PERMANENT_THROTTLE_MARKERS
-    ):
-        return False
+    if isinstance(error, RateLimitError):
+        return not any(marker in error.message.lower() for marker in _PERMANENT_THROTTLE_MARKERS)
     if error.status_code is None:
         return False
     return error.status_code in RETRYABLE_STATUS or error.status_code >= 500

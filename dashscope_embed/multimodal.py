@@ -21,6 +21,7 @@ from dashscope_embed.protocol.common import (
     check_dense,
     native_embeddings,
     place_rows,
+    usage_tokens,
 )
 
 MULTIMODAL_PATH = "/services/embeddings/multimodal-embedding/multimodal-embedding"
@@ -148,7 +149,5 @@ def parse_reply(content: bytes, expected: int, dimension: int) -> ParsedBatch:
         [(r.get("index") if isinstance(r, dict) else None, r) for r in rows], expected, request_id
     )
     dense = check_dense([r.get("embedding") for r in placed], dimension, request_id)
-    usage = body.get("usage")
-    usage = usage if isinstance(usage, dict) else {}
-    tokens = int(usage.get("input_tokens") or usage.get("total_tokens") or 0)
+    tokens = usage_tokens(body.get("usage"), "input_tokens", "total_tokens", request_id=request_id)
     return ParsedBatch(dense=dense, sparse=None, total_tokens=tokens, request_id=request_id)

@@ -16,7 +16,9 @@ class RetryPolicy:
         max_retries: resends of one request after its first try.
         initial_delay: backoff ceiling for the first retry, in seconds; doubles each time.
         max_delay: largest backoff ceiling.
-        max_retry_after: largest ``Retry-After`` honoured; a longer one is capped.
+        max_retry_after: largest ``Retry-After`` waited for. A service that asks for a
+            longer wait is not retried: its error is raised at once, with the wait it
+            asked for in ``retry_after``, rather than retried too early.
         total_timeout: give up on a request once this many seconds have passed since its
             first try (``None``: only ``max_retries`` bounds it).
         immediate_reconnect: retry a dropped connection (not a timeout) once without
@@ -47,8 +49,8 @@ class RetryPolicy:
     ) -> float | None:
         """Seconds to wait before retry number ``attempt`` (1-based), or ``None`` to stop.
 
-        Stops when the error is not retryable, the retries are used up, or waiting would
-        pass ``total_timeout``.
+        Stops when the error is not retryable, the retries are used up, the service asks
+        for a longer wait than ``max_retry_after``, or waiting would pass ``total_timeout``.
         """
         if not is_retryable(error) or attempt > self.max_retries:
             return None
@@ -64,9 +66,11 @@ class RetryPolicy:
         delay = ceiling * draw
         retry_after = error.retry_after if isinstance(error, APIError) else None
         if retry_after is not None:
-            # Wait at least what the service asked (capped), spread a little so that
-            # requests throttled together do not return together.
-            delay = min(retry_after, self.max_retry_after) * (1.0 + 0.1 * draw)
+            if retry_after > self.max_retry_after:
+                return None
+            # Wait at least what the service asked, spread a little so that requests
+            # throttled together do not return together.
+            delay = retry_after * (1.0 + 0.1 * draw)
         if self.total_timeout is not None and elapsed + delay > self.total_timeout:
             return None
         return delay

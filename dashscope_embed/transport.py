@@ -1,27 +1,53 @@
 """One HTTP request at a time, sync or async: JSON body in, reply bytes or a typed error out.
 
-Clients are created lazily and kept out of pickles. An ``httpx.AsyncClient`` is tied to
-the event loop it first ran on, so one is kept per loop: calling the async API from
-several ``asyncio.run`` calls (notebooks, LlamaIndex's sync wrappers) just works.
+What this layer promises, whatever the server at the other end does:
+
+* **Bounded replies.** A reply is read up to a byte limit the caller sets (decoded size:
+  a gzip bomb stops at the limit, not after inflating), never whole and unchecked.
+* **A deadline per attempt.** ``timeout`` bounds a whole attempt, connecting, sending
+  and reading included; a server that trickles a byte a second cannot hold it longer.
+  A call-wide deadline (:func:`call_deadline`) can shorten it further.
+* **The key stays in.** The ``Authorization`` header is added by an ``httpx.Auth`` at
+  send time, only for the configured service origin; no frame of ours holds it, and
+  our errors are raised outside ``except`` blocks, so no httpx exception (whose request
+  carries the header) hides in ``__context__``.
+* **Fork-safe pools.** Connections never cross ``os.fork()``: a child process starts
+  with fresh pools (a shared keep-alive socket would hand one process the other's
+  reply). An ``httpx`` client *you* passed cannot be renewed, so using it after a fork
+  is an error rather than a silent swap.
+* **One async pool per event loop, closed with it.** Each loop gets its own
+  ``httpx.AsyncClient``; it is closed when ``asyncio.run`` shuts the loop down, so many
+  ``asyncio.run`` calls do not pile up sockets.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import json
 import logging
+import os
 import platform
 import threading
+import time
 import weakref
-from collections.abc import Iterator
+import zlib
+from collections.abc import AsyncGenerator, Generator, Iterator
 from typing import Any
 
+import httpcore
 import httpx
 
 from dashscope_embed import __version__
 from dashscope_embed.config import ClientConfig
-from dashscope_embed.errors import APIConnectionError, APITimeoutError
+from dashscope_embed.errors import (
+    APIConnectionError,
+    APIError,
+    APITimeoutError,
+    BadResponseError,
+    ConfigurationError,
+)
 from dashscope_embed.protocol.common import parse_error_reply
 
 logger = logging.getLogger("dashscope_embed")
@@ -30,10 +56,339 @@ USER_AGENT = (
     f"dashscope-embed/{__version__} httpx/{httpx.__version__} python/{platform.python_version()}"
 )
 
+DEFAULT_MAX_REPLY_BYTES = 64 * 1024 * 1024
+"""Reply limit for calls that do not say what they expect (polls, uploads)."""
+
+DOWNLOAD_MAX_BYTES = 4 * 1024 * 1024 * 1024
+"""Limit for job result files, which grow with the job (50,000 vectors is ~1 GB)."""
+
+ERROR_REPLY_MAX_BYTES = 1024 * 1024
+"""An error reply is a short JSON object; more than this is not read."""
+
 
 def encode_body(body: dict[str, Any]) -> bytes:
     """Compact UTF-8 JSON, non-ASCII kept as is (smaller than ``\\u`` escapes)."""
     return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+# ---------------------------------------------------------------------- deadlines
+_CALL_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "dashscope_call_deadline", default=None
+)
+_ATTEMPT_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "dashscope_attempt_deadline", default=None
+)
+
+
+@contextlib.contextmanager
+def call_deadline(deadline: float | None) -> Iterator[None]:
+    """Within the block, no attempt runs past ``deadline`` (a ``time.monotonic()`` time)."""
+    token = _CALL_DEADLINE.set(deadline)
+    try:
+        yield
+    finally:
+        _CALL_DEADLINE.reset(token)
+
+
+def _remaining(timeout: float | None, failure: type[Exception]) -> float | None:
+    """``timeout`` shortened to what is left of the current attempt's deadline."""
+    deadline = _ATTEMPT_DEADLINE.get()
+    if deadline is None:
+        return timeout
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise failure("the attempt's deadline passed")
+    return left if timeout is None else min(timeout, left)
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    """A socket stream whose every read and write stops at the attempt's deadline."""
+
+    def __init__(self, stream: httpcore.NetworkStream) -> None:
+        self._stream = stream
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._stream.read(max_bytes, _remaining(timeout, httpcore.ReadTimeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._stream.write(buffer, _remaining(timeout, httpcore.WriteTimeout))
+
+    def close(self) -> None:
+        self._stream.close()
+
+    def start_tls(
+        self, ssl_context: Any, server_hostname: str | None = None, timeout: float | None = None
+    ) -> httpcore.NetworkStream:
+        return _DeadlineStream(
+            self._stream.start_tls(
+                ssl_context, server_hostname, _remaining(timeout, httpcore.ConnectTimeout)
+            )
+        )
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._stream.get_extra_info(info)
+
+
+class _DeadlineBackend(httpcore.NetworkBackend):
+    def __init__(self, inner: httpcore.NetworkBackend) -> None:
+        self._inner = inner
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Any = None,
+    ) -> httpcore.NetworkStream:
+        return _DeadlineStream(
+            self._inner.connect_tcp(
+                host,
+                port,
+                _remaining(timeout, httpcore.ConnectTimeout),
+                local_address,
+                socket_options,
+            )
+        )
+
+    def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Any = None
+    ) -> httpcore.NetworkStream:
+        return _DeadlineStream(
+            self._inner.connect_unix_socket(
+                path, _remaining(timeout, httpcore.ConnectTimeout), socket_options
+            )
+        )
+
+    def sleep(self, seconds: float) -> None:
+        self._inner.sleep(seconds)
+
+
+class _AsyncDeadlineStream(httpcore.AsyncNetworkStream):
+    def __init__(self, stream: httpcore.AsyncNetworkStream) -> None:
+        self._stream = stream
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return await self._stream.read(max_bytes, _remaining(timeout, httpcore.ReadTimeout))
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        await self._stream.write(buffer, _remaining(timeout, httpcore.WriteTimeout))
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+    async def start_tls(
+        self, ssl_context: Any, server_hostname: str | None = None, timeout: float | None = None
+    ) -> httpcore.AsyncNetworkStream:
+        return _AsyncDeadlineStream(
+            await self._stream.start_tls(
+                ssl_context, server_hostname, _remaining(timeout, httpcore.ConnectTimeout)
+            )
+        )
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._stream.get_extra_info(info)
+
+
+class _AsyncDeadlineBackend(httpcore.AsyncNetworkBackend):
+    def __init__(self, inner: httpcore.AsyncNetworkBackend) -> None:
+        self._inner = inner
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Any = None,
+    ) -> httpcore.AsyncNetworkStream:
+        return _AsyncDeadlineStream(
+            await self._inner.connect_tcp(
+                host,
+                port,
+                _remaining(timeout, httpcore.ConnectTimeout),
+                local_address,
+                socket_options,
+            )
+        )
+
+    async def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Any = None
+    ) -> httpcore.AsyncNetworkStream:
+        return _AsyncDeadlineStream(
+            await self._inner.connect_unix_socket(
+                path, _remaining(timeout, httpcore.ConnectTimeout), socket_options
+            )
+        )
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)
+
+
+def _install_deadlines(client: httpx.Client | httpx.AsyncClient) -> None:
+    """Put the deadline-aware socket layer under a client this module created.
+
+    httpx has no public hook for the network backend, so this reaches the connection
+    pool's; if a future httpx moves it, attempts are still bounded between reads by
+    :func:`_read_bounded`, only not inside one slow read.
+    """
+    transports = [getattr(client, "_transport", None), *getattr(client, "_mounts", {}).values()]
+    for transport in transports:
+        pool = getattr(transport, "_pool", None)
+        backend = getattr(pool, "_network_backend", None)
+        if isinstance(backend, httpcore.NetworkBackend):
+            pool._network_backend = _DeadlineBackend(backend)  # type: ignore[union-attr]
+        elif isinstance(backend, httpcore.AsyncNetworkBackend):
+            pool._network_backend = _AsyncDeadlineBackend(backend)  # type: ignore[union-attr]
+
+
+# ---------------------------------------------------------------------- the key
+class _ServiceAuth(httpx.Auth):
+    """Adds ``Authorization`` at send time, and only for the configured service origin.
+
+    Holding the config (never the key) keeps the key out of every object and frame of
+    ours; it is read from the config the moment the header is written.
+    """
+
+    def __init__(self, config: ClientConfig) -> None:
+        self._config = config
+        self._origin = httpx.URL(config.root_url)
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        url = request.url
+        if (url.scheme, url.host, url.port) == (
+            self._origin.scheme,
+            self._origin.host,
+            self._origin.port,
+        ):
+            request.headers["Authorization"] = "Bearer " + self._config.resolve_api_key()
+        yield request
+
+
+# ---------------------------------------------------------------------- reading replies
+class _BoundedDecoder:
+    """Decodes a reply body chunk by chunk and refuses to produce more than ``limit``
+    bytes; only ``gzip``, ``deflate`` and no encoding are accepted (we ask for no other)."""
+
+    def __init__(self, encoding: str, limit: int, url: str) -> None:
+        self.limit = limit
+        self.url = url
+        self.buffer = bytearray()
+        encoding = encoding.strip().lower()
+        if encoding in ("", "identity"):
+            self._zlib = None
+        elif encoding in ("gzip", "x-gzip"):
+            self._zlib = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        elif encoding == "deflate":
+            self._zlib = zlib.decompressobj(zlib.MAX_WBITS)
+        else:
+            raise BadResponseError(
+                f"reply from {url} uses content-encoding {encoding!r}, which was not asked for"
+            )
+        self.encoding = encoding
+
+    def feed(self, chunk: bytes) -> str | None:
+        """Add a raw chunk; returns a problem description, or ``None`` if all is well."""
+        if self._zlib is None:
+            self.buffer += chunk
+            return self._over()
+        data = chunk
+        try:
+            while data:
+                self.buffer += self._zlib.decompress(data, self.limit + 1 - len(self.buffer))
+                if problem := self._over():
+                    return problem
+                data = self._zlib.unconsumed_tail
+        except zlib.error as exc:
+            return f"its {self.encoding} body cannot be decoded ({exc})"
+        return None
+
+    def finish(self) -> str | None:
+        if self._zlib is None:
+            return None
+        try:
+            self.buffer += self._zlib.flush()
+        except zlib.error as exc:
+            return f"its {self.encoding} body cannot be decoded ({exc})"
+        if not self._zlib.eof:
+            return f"its {self.encoding} body ends early"
+        return self._over()
+
+    def _over(self) -> str | None:
+        if len(self.buffer) > self.limit:
+            return f"it is larger than the {self.limit:,} bytes this request can need"
+        return None
+
+
+def _past_deadline() -> bool:
+    deadline = _ATTEMPT_DEADLINE.get()
+    return deadline is not None and time.monotonic() >= deadline
+
+
+def _already_read(response: httpx.Response, limit: int, url: str) -> bytes | None:
+    """The body of a reply that arrived already read (an ``httpx.MockTransport`` reply, or
+    one from a custom transport), checked against the limit; ``None`` for a live stream."""
+    if not response.is_stream_consumed:
+        return None
+    if len(response.content) > limit:
+        raise _bad_reply(response, url, f"it is larger than the {limit:,} bytes allowed")
+    return response.content
+
+
+def _reply_limit(response: httpx.Response, limit: int) -> int:
+    return limit if response.is_success else min(limit, ERROR_REPLY_MAX_BYTES)
+
+
+def _declared_too_large(response: httpx.Response, limit: int) -> bool:
+    declared = response.headers.get("content-length", "")
+    encoded = "content-encoding" in response.headers
+    return declared.isdigit() and not encoded and int(declared) > limit
+
+
+def _bad_reply(response: httpx.Response, url: str, problem: str) -> BadResponseError:
+    return BadResponseError(
+        f"reply from {url} (HTTP {response.status_code}) was not read: {problem}",
+        status_code=response.status_code,
+        request_id=response.headers.get("x-request-id") or None,
+    )
+
+
+def _timed_out(url: str, what: str) -> APITimeoutError:
+    return APITimeoutError(f"request to {url} timed out ({what})")
+
+
+def _map_http_error(exc: httpx.HTTPError, url: str) -> APIError:
+    """httpx's failures as this package's typed errors (the one place they are mapped).
+
+    Only text is taken from ``exc``: its ``request`` (and the key in its headers) stays
+    behind, and callers raise the result outside their ``except`` block so ``exc`` is not
+    chained either.
+    """
+    if isinstance(exc, httpx.TimeoutException):
+        return _timed_out(url, type(exc).__name__)
+    detail = str(exc) or type(exc).__name__
+    return APIConnectionError(f"no complete reply from {url}: {type(exc).__name__}: {detail}")
+
+
+def _result(response: httpx.Response, body: bytes) -> bytes:
+    if response.is_success:
+        return body
+    error = parse_error_reply(response.status_code, response.headers, body)
+    logger.debug("DashScope error reply: %s", error)
+    raise error
+
+
+# ---------------------------------------------------------------------- the transport
+_LIVE_TRANSPORTS: weakref.WeakSet[Transport] = weakref.WeakSet()
+
+
+def _forget_pools_after_fork() -> None:
+    for transport in list(_LIVE_TRANSPORTS):
+        transport._after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pools_after_fork)
 
 
 class Transport:
@@ -51,11 +406,18 @@ class Transport:
         self._given_client = http_client
         self._given_async_client = async_http_client
         self._max_connections = max_connections
+        self._auth = _ServiceAuth(config)
+        self._pid = os.getpid()
         self._client: httpx.Client | None = None
-        self._async_clients: weakref.WeakKeyDictionary[
-            asyncio.AbstractEventLoop, httpx.AsyncClient
-        ] = weakref.WeakKeyDictionary()
+        self._async_clients: dict[
+            asyncio.AbstractEventLoop, tuple[httpx.AsyncClient, AsyncGenerator[None, None]]
+        ] = {}
         self._lock = threading.Lock()
+        self._abandoned: object = None
+        _LIVE_TRANSPORTS.add(self)
+
+    def __repr__(self) -> str:
+        return f"Transport(root_url={self.config.root_url!r})"
 
     # Pickling: settings travel, sockets and the key do not.
     def __getstate__(self) -> dict[str, Any]:
@@ -64,12 +426,21 @@ class Transport:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state["config"], max_connections=state["max_connections"])  # type: ignore[misc]
 
+    def _after_fork(self) -> None:
+        """In a forked child: set the parent's pools aside, never closing or finalising
+        them (their sockets and event loops are still the parent's), and start afresh."""
+        self._abandoned = (self._client, self._async_clients)
+        self._lock = threading.Lock()
+        self._client = None
+        self._async_clients = {}
+        self._pid = os.getpid()
+
     def headers(self) -> dict[str, str]:
-        """Request headers; the key is read here, at send time, never stored elsewhere."""
+        """Request headers, without the key (the auth adds it at send time)."""
         headers = {
-            "Authorization": f"Bearer {self.config.resolve_api_key()}",
             "Content-Type": "application/json",
             "Accept": "application/json",
+            "Accept-Encoding": "gzip, deflate",
             "User-Agent": USER_AGENT,
         }
         if self.config.workspace:
@@ -85,105 +456,214 @@ class Transport:
             max_keepalive_connections=self._max_connections,
         )
 
+    def _check_pid(self, given: object) -> None:
+        if os.getpid() == self._pid:
+            return
+        if given is not None:
+            raise ConfigurationError(
+                f"the httpx client passed to this DashScope client was created in process "
+                f"{self._pid} and is being used in process {os.getpid()} after os.fork(): its "
+                "pooled connections are shared with the parent, so replies could be swapped. "
+                "Create the DashScope client (and your httpx client) in the child process"
+            )
+        self._after_fork()
+
     @property
     def client(self) -> httpx.Client:
+        self._check_pid(self._given_client)
         if self._given_client is not None:
             return self._given_client
         with self._lock:
             if self._client is None:
-                self._client = httpx.Client(timeout=self._timeout(), limits=self._limits())
+                client = httpx.Client(timeout=self._timeout(), limits=self._limits())
+                _install_deadlines(client)
+                self._client = client
             return self._client
 
-    def async_client(self) -> httpx.AsyncClient:
+    async def async_client(self) -> httpx.AsyncClient:
+        """The running loop's pooled client, created (and tied to the loop's end) on first use."""
+        self._check_pid(self._given_async_client)
         if self._given_async_client is not None:
             return self._given_async_client
         loop = asyncio.get_running_loop()
-        client = self._async_clients.get(loop)
-        if client is None:
-            client = httpx.AsyncClient(timeout=self._timeout(), limits=self._limits())
-            self._async_clients[loop] = client
+        entry = self._async_clients.get(loop)
+        if entry is not None:
+            return entry[0]
+        for old in [old for old in self._async_clients if old.is_closed()]:
+            # A loop closed without shutting down its async generators: its sockets can
+            # no longer be closed politely; drop them so they are freed.
+            del self._async_clients[old]
+        client = httpx.AsyncClient(timeout=self._timeout(), limits=self._limits())
+        _install_deadlines(client)
+        closer = _close_when_loop_ends(client)
+        # The loop's first-iteration hook registers the generator; asyncio.run closes it
+        # (and so the client) before closing the loop.
+        await closer.__anext__()
+        self._async_clients[loop] = (client, closer)
         return client
 
+    # ------------------------------------------------------------------ requests
+    def _attempt_deadline(self) -> float:
+        deadline = time.monotonic() + self.config.timeout
+        outer = _CALL_DEADLINE.get()
+        return deadline if outer is None else min(deadline, outer)
+
     def post(
-        self, url: str, body: dict[str, Any], extra_headers: dict[str, str] | None = None
+        self,
+        url: str,
+        body: dict[str, Any],
+        extra_headers: dict[str, str] | None = None,
+        *,
+        max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES,
     ) -> bytes:
         """POST JSON; return the 2xx body or raise the typed error."""
-        headers = self.headers() | (extra_headers or {})
-        content = encode_body(body)
-        with _mapped_errors(url, "request to"):
-            response = self.client.post(url, content=content, headers=headers)
-        return _check(response)
+        request = self.client.build_request(
+            "POST", url, content=encode_body(body), headers=self.headers() | (extra_headers or {})
+        )
+        return self._send(request, max_reply_bytes, auth=True)
 
     async def apost(
-        self, url: str, body: dict[str, Any], extra_headers: dict[str, str] | None = None
+        self,
+        url: str,
+        body: dict[str, Any],
+        extra_headers: dict[str, str] | None = None,
+        *,
+        max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES,
     ) -> bytes:
         """Async twin of :meth:`post`."""
-        headers = self.headers() | (extra_headers or {})
-        content = encode_body(body)
-        with _mapped_errors(url, "request to"):
-            response = await self.async_client().post(url, content=content, headers=headers)
-        return _check(response)
+        client = await self.async_client()
+        request = client.build_request(
+            "POST", url, content=encode_body(body), headers=self.headers() | (extra_headers or {})
+        )
+        return await self._asend(client, request, max_reply_bytes)
 
-    def get(self, url: str) -> bytes:
+    def get(self, url: str, *, max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES) -> bytes:
         """GET a service URL (authenticated); return the 2xx body or raise the typed error."""
-        with _mapped_errors(url, "request to"):
-            response = self.client.get(url, headers=self.headers())
-        return _check(response)
+        request = self.client.build_request("GET", url, headers=self.headers())
+        return self._send(request, max_reply_bytes, auth=True)
 
     def upload(self, url: str, filename: str, content: bytes, fields: dict[str, str]) -> bytes:
         """POST a multipart form with one file (the Batch API's ``/files``)."""
         headers = {k: v for k, v in self.headers().items() if k != "Content-Type"}
-        with _mapped_errors(url, "upload to"):
-            response = self.client.post(
-                url,
-                files={"file": (filename, content, "application/jsonl")},
-                data=fields,
-                headers=headers,
-            )
-        return _check(response)
+        request = self.client.build_request(
+            "POST",
+            url,
+            files={"file": (filename, content, "application/jsonl")},
+            data=fields,
+            headers=headers,
+        )
+        return self._send(request, DEFAULT_MAX_REPLY_BYTES, auth=True, whole_timeout=False)
 
-    def download(self, url: str) -> bytes:
+    def download(self, url: str, *, max_bytes: int = DOWNLOAD_MAX_BYTES) -> bytes:
         """GET a result file by its signed URL, *without* the API key (it is another host)."""
-        with _mapped_errors(url, "download of"):
-            response = self.client.get(url, headers={"User-Agent": USER_AGENT})
-        return _check(response)
+        request = self.client.build_request(
+            "GET", url, headers={"User-Agent": USER_AGENT, "Accept-Encoding": "gzip, deflate"}
+        )
+        return self._send(request, max_bytes, auth=False, whole_timeout=False)
 
+    def _send(
+        self, request: httpx.Request, limit: int, *, auth: bool, whole_timeout: bool = True
+    ) -> bytes:
+        url = str(request.url)
+        token = _ATTEMPT_DEADLINE.set(self._attempt_deadline() if whole_timeout else None)
+        try:
+            try:
+                response = self.client.send(request, auth=self._auth if auth else None, stream=True)
+            except httpx.HTTPError as exc:
+                error = _map_http_error(exc, url)
+            else:
+                try:
+                    return _result(response, self._read(response, limit, url))
+                finally:
+                    response.close()
+        finally:
+            _ATTEMPT_DEADLINE.reset(token)
+        raise error
+
+    def _read(self, response: httpx.Response, limit: int, url: str) -> bytes:
+        limit = _reply_limit(response, limit)
+        if (body := _already_read(response, limit, url)) is not None:
+            return body
+        if _declared_too_large(response, limit):
+            raise _bad_reply(response, url, f"it declares more than the {limit:,} bytes allowed")
+        decoder = _BoundedDecoder(response.headers.get("content-encoding", ""), limit, url)
+        problem: str | None = None
+        try:
+            for chunk in response.iter_raw():
+                if problem := decoder.feed(chunk):
+                    break
+                if _past_deadline():
+                    break
+        except httpx.HTTPError as exc:
+            error = _map_http_error(exc, url)
+        else:
+            if problem is None and _past_deadline():
+                raise _timed_out(url, "the attempt's deadline passed while reading the reply")
+            problem = problem or decoder.finish()
+            if problem is not None:
+                raise _bad_reply(response, url, problem)
+            return bytes(decoder.buffer)
+        raise error
+
+    async def _asend(self, client: httpx.AsyncClient, request: httpx.Request, limit: int) -> bytes:
+        url = str(request.url)
+        token = _ATTEMPT_DEADLINE.set(self._attempt_deadline())
+        try:
+            try:
+                response = await client.send(request, auth=self._auth, stream=True)
+            except httpx.HTTPError as exc:
+                error = _map_http_error(exc, url)
+            else:
+                try:
+                    return _result(response, await self._aread(response, limit, url))
+                finally:
+                    await response.aclose()
+        finally:
+            _ATTEMPT_DEADLINE.reset(token)
+        raise error
+
+    async def _aread(self, response: httpx.Response, limit: int, url: str) -> bytes:
+        limit = _reply_limit(response, limit)
+        if (body := _already_read(response, limit, url)) is not None:
+            return body
+        if _declared_too_large(response, limit):
+            raise _bad_reply(response, url, f"it declares more than the {limit:,} bytes allowed")
+        decoder = _BoundedDecoder(response.headers.get("content-encoding", ""), limit, url)
+        problem: str | None = None
+        try:
+            async for chunk in response.aiter_raw():
+                if problem := decoder.feed(chunk):
+                    break
+                if _past_deadline():
+                    break
+        except httpx.HTTPError as exc:
+            error = _map_http_error(exc, url)
+        else:
+            if problem is None and _past_deadline():
+                raise _timed_out(url, "the attempt's deadline passed while reading the reply")
+            problem = problem or decoder.finish()
+            if problem is not None:
+                raise _bad_reply(response, url, problem)
+            return bytes(decoder.buffer)
+        raise error
+
+    # ------------------------------------------------------------------ closing
     def close(self) -> None:
         """Close the HTTP clients this transport created (not ones the caller passed)."""
         with self._lock:
-            if self._client is not None:
+            if self._client is not None and os.getpid() == self._pid:
                 self._client.close()
-                self._client = None
+            self._client = None
 
     async def aclose(self) -> None:
         """Close the async client of the running loop (if this transport created it)."""
-        loop = asyncio.get_running_loop()
-        client = self._async_clients.pop(loop, None)
-        if client is not None:
-            await client.aclose()
+        entry = self._async_clients.pop(asyncio.get_running_loop(), None)
+        if entry is not None:
+            await entry[1].aclose()  # closes the client
 
 
-@contextlib.contextmanager
-def _mapped_errors(url: str, action: str) -> Iterator[None]:
-    """httpx's failures as this package's typed errors (the one place they are mapped)."""
+async def _close_when_loop_ends(client: httpx.AsyncClient) -> AsyncGenerator[None, None]:
     try:
         yield
-    except httpx.TimeoutException as exc:
-        raise APITimeoutError(f"{action} {url} timed out ({type(exc).__name__})") from None
-    except httpx.TransportError as exc:
-        raise APIConnectionError(_describe(exc, url)) from None
-
-
-def _describe(exc: httpx.TransportError, url: str) -> str:
-    # httpx's message names the failure; the request object (with its headers) is never
-    # attached to our error, so the key cannot leak through it.
-    detail = str(exc) or type(exc).__name__
-    return f"no complete reply from {url}: {type(exc).__name__}: {detail}"
-
-
-def _check(response: httpx.Response) -> bytes:
-    if response.is_success:
-        return response.content
-    error = parse_error_reply(response.status_code, response.headers, response.content)
-    logger.debug("DashScope error reply: %s", error)
-    raise error
+    finally:
+        await client.aclose()

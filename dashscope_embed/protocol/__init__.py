@@ -12,6 +12,7 @@ from dashscope_embed.protocol.common import (
     HttpRequest,
     ParsedBatch,
     parse_error_reply,
+    reply_byte_limit,
 )
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "ParsedBatch",
     "codec_for",
     "parse_error_reply",
+    "reply_byte_limit",
 ]
 
 

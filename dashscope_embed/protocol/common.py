@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email.utils
+import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -64,6 +65,30 @@ class HttpRequest:
     body: dict[str, Any]
 
 
+# Bounds for what a reply can legitimately need: a float printed in full is ~22 bytes,
+# a sparse entry ({"index":...,"value":...,"token":"..."}) well under 128, and a text
+# has at most one sparse entry per token, so at most one per UTF-8 byte.
+_BYTES_PER_FLOAT = 32
+_BYTES_PER_SPARSE_ENTRY = 128
+_REPLY_OVERHEAD = 64 * 1024
+
+
+def reply_byte_limit(texts: Sequence[str], params: EmbedParams) -> int:
+    """The most bytes a correct reply to embedding ``texts`` with ``params`` can have.
+
+    Anything longer is not an embedding reply, so it is not read past this (a runaway or
+    hostile server costs a bounded amount of memory, whatever it sends).
+    """
+    limit = _REPLY_OVERHEAD + len(texts) * 256
+    if params.wants_dense:
+        limit += len(texts) * params.expected_dimension * _BYTES_PER_FLOAT
+    if params.wants_sparse:
+        limit += _BYTES_PER_SPARSE_ENTRY * sum(
+            min(4 * len(text), params.spec.max_tokens_per_row) for text in texts
+        )
+    return limit
+
+
 def load_json(content: bytes, request_id: str | None = None) -> Any:
     """Parse a reply body with pydantic-core's Rust parser (fast, no extra copies)."""
     try:
@@ -75,23 +100,51 @@ def load_json(content: bytes, request_id: str | None = None) -> Any:
         ) from None
 
 
-def native_embeddings(content: bytes) -> tuple[dict[str, Any], str | None, list[Any]]:
-    """A native 2xx reply's body, ``request_id`` and ``output.embeddings`` list; a reply
-    without that list is a :class:`BadResponseError` quoting the service's code if any."""
+def reply_object(content: bytes) -> tuple[dict[str, Any], str | None]:
+    """A 2xx reply's JSON object and request id.
+
+    A 2xx reply that carries the service's error fields instead of a result (``code``
+    and ``message``, or OpenAI's ``error`` object) is the service's answer, not a broken
+    reply: it is raised as the typed error it names, as if it had come with its status.
+    """
     body = load_json(content)
     if not isinstance(body, dict):
-        raise BadResponseError("reply is not a JSON object")
-    request_id = body.get("request_id")
+        raise BadResponseError(f"reply is not a JSON object: {body!r:.80}")
+    request_id = _as_str(body.get("request_id")) or _as_str(body.get("id"))
+    nested = body.get("error")
+    code = _as_str(nested.get("code")) if isinstance(nested, dict) else _as_str(body.get("code"))
+    if code is not None and "output" not in body and "data" not in body:
+        raise error_from_body(200, {}, body)
+    return body, request_id
+
+
+def native_embeddings(content: bytes) -> tuple[dict[str, Any], str | None, list[Any]]:
+    """A native 2xx reply's body, ``request_id`` and ``output.embeddings`` list; a reply
+    without that list is a :class:`BadResponseError`."""
+    body, request_id = reply_object(content)
     output = body.get("output")
     rows = output.get("embeddings") if isinstance(output, dict) else None
     if not isinstance(rows, list):
-        code = body.get("code")
-        raise BadResponseError(
-            "reply has no output.embeddings list"
-            + (f" (code {code!r}: {body.get('message')!r})" if code else ""),
-            request_id=request_id,
-        )
+        raise BadResponseError("reply has no output.embeddings list", request_id=request_id)
     return body, request_id, rows
+
+
+def usage_tokens(usage: Any, *keys: str, request_id: str | None) -> int:
+    """The first of ``keys`` present in a reply's ``usage`` object, as a token count."""
+    if usage is None:
+        return 0
+    if not isinstance(usage, dict):
+        raise BadResponseError(f"usage is not an object: {usage!r:.80}", request_id=request_id)
+    for key in keys:
+        value = usage.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise BadResponseError(
+                f"usage.{key} is not a token count: {value!r:.40}", request_id=request_id
+            )
+        return value
+    return 0
 
 
 def place_rows(rows: Sequence[tuple[Any, Any]], expected: int, request_id: str | None) -> list[Any]:
@@ -123,16 +176,72 @@ def place_rows(rows: Sequence[tuple[Any, Any]], expected: int, request_id: str |
     return placed
 
 
+_NUMBERS = frozenset({float, int})
+
+
+def dense_problem(vector: Any, dimension: int) -> str | None:
+    """Why ``vector`` is not a dense vector of ``dimension`` finite numbers, or ``None``.
+
+    JSON allows what a vector must not hold: strings, ``null``, booleans, and (in the
+    lenient parsers every client uses) ``NaN``, ``Infinity`` and overflowing literals.
+    """
+    if type(vector) is not list:
+        return f"expected a dense vector of {dimension} floats, got {type(vector).__name__}"
+    if len(vector) != dimension:
+        return f"expected a dense vector of {dimension} floats, got {len(vector)}"
+    if not set(map(type, vector)) <= _NUMBERS:
+        position, bad = next((i, x) for i, x in enumerate(vector) if type(x) not in _NUMBERS)
+        return f"component {position} is {bad!r:.30} ({type(bad).__name__}), not a number"
+    # One pass in C: the sum of finite components is finite (they are at most ~1).
+    if not math.isfinite(sum(vector)):
+        for position, value in enumerate(vector):
+            if not math.isfinite(value):
+                return f"component {position} is {value!r}, not a finite number"
+    return None
+
+
 def check_dense(vectors: list[Any], dimension: int, request_id: str | None) -> list[list[float]]:
-    """Every dense vector must be a list of numbers of the expected length."""
+    """Every dense vector must be a list of ``dimension`` finite numbers (ints become floats)."""
     for row, vector in enumerate(vectors):
-        if not isinstance(vector, list) or len(vector) != dimension:
-            got = len(vector) if isinstance(vector, list) else type(vector).__name__
+        problem = dense_problem(vector, dimension)
+        if problem is not None:
+            raise BadResponseError(f"row {row}: {problem}", request_id=request_id)
+        if int in set(map(type, vector)):
+            vectors[row] = [float(x) for x in vector]
+    return vectors
+
+
+def parse_sparse(raw: Any, row: int, request_id: str | None) -> SparseEmbedding:
+    """One row's ``sparse_embedding``: ``[{"index": int, "value": finite float, "token"}]``."""
+    if not isinstance(raw, list):
+        raise BadResponseError(
+            f"row {row}: sparse output was requested but the reply has no sparse_embedding list",
+            request_id=request_id,
+        )
+    indices: list[int] = []
+    values: list[float] = []
+    tokens: list[str] = []
+    for position, entry in enumerate(raw):
+        fields: dict[str, Any] = entry if isinstance(entry, dict) else {}
+        index: Any = fields.get("index")
+        value: Any = fields.get("value")
+        token: Any = fields.get("token", "")
+        if (
+            type(index) is not int
+            or index < 0
+            or type(value) not in _NUMBERS
+            or not math.isfinite(value)
+            or not isinstance(token, str)
+        ):
             raise BadResponseError(
-                f"row {row}: expected a dense vector of {dimension} floats, got {got}",
+                f"row {row}: sparse_embedding[{position}] is not "
+                f'{{"index": int >= 0, "value": finite number, "token": str}}: {entry!r:.80}',
                 request_id=request_id,
             )
-    return vectors
+        indices.append(index)
+        values.append(float(value))
+        tokens.append(token)
+    return SparseEmbedding(indices=indices, values=values, tokens=tokens)
 
 
 def parse_retry_after(headers: Mapping[str, str]) -> float | None:
@@ -164,33 +273,43 @@ def parse_error_reply(status_code: int, headers: Mapping[str, str], content: byt
     OpenAI-compatible one (``{"error": {"code", "message", "type"}, "request_id"}``) and
     anything else a proxy may send (kept as text).
     """
-    header_request_id = headers.get("x-request-id") or None
-    code: str | None = None
-    message = ""
-    request_id = header_request_id
     try:
         body = pydantic_core.from_json(content) if content else None
     except ValueError:
         body = None
     if isinstance(body, dict):
-        nested = body.get("error")
-        if isinstance(nested, dict):
-            code = _as_str(nested.get("code")) or _as_str(nested.get("type"))
-            message = _as_str(nested.get("message")) or ""
-        else:
-            code = _as_str(body.get("code"))
-            message = _as_str(body.get("message")) or _as_str(body.get("msg")) or ""
-        request_id = _as_str(body.get("request_id")) or _as_str(body.get("id")) or request_id
-    if not message:
-        text = content.decode("utf-8", errors="replace").strip()
-        message = text[:500] if text else f"HTTP {status_code} with an empty body"
+        return error_from_body(status_code, headers, body)
+    text = content.decode("utf-8", errors="replace").strip()
+    return error_from_body(
+        status_code, headers, {}, text[:500] if text else f"HTTP {status_code} with an empty body"
+    )
+
+
+def error_from_body(
+    status_code: int, headers: Mapping[str, str], body: dict[str, Any], fallback: str = ""
+) -> APIError:
+    """The typed error a reply's error fields (and headers) describe."""
+    nested = body.get("error")
+    if isinstance(nested, dict):
+        code = _as_str(nested.get("code")) or _as_str(nested.get("type"))
+        message = _as_str(nested.get("message")) or ""
+    else:
+        code = _as_str(body.get("code"))
+        message = _as_str(body.get("message")) or _as_str(body.get("msg")) or ""
+    request_id = (
+        _as_str(body.get("request_id"))
+        or _as_str(body.get("id"))
+        or headers.get("x-request-id")
+        or None
+    )
+    message = message or fallback or f"HTTP {status_code} with an error body and no message"
     should_retry_header = headers.get("x-should-retry")
     should_retry = (
         None if should_retry_header is None else should_retry_header.strip().lower() == "true"
     )
     cls = error_class_for(status_code, code, message)
     return cls(
-        message,
+        message[:2000],
         status_code=status_code,
         code=code,
         request_id=request_id,

@@ -24,7 +24,9 @@ from dashscope_embed.protocol.common import (
     ParsedBatch,
     check_dense,
     native_embeddings,
+    parse_sparse,
     place_rows,
+    usage_tokens,
 )
 from dashscope_embed.types import SparseEmbedding
 
@@ -78,32 +80,12 @@ def parse_reply(content: bytes, expected_rows: int, params: EmbedParams) -> Pars
     sparse: list[SparseEmbedding] | None = None
     if params.wants_sparse:
         sparse = [
-            _parse_sparse(item.get("sparse_embedding"), row, request_id)
+            parse_sparse(item.get("sparse_embedding"), row, request_id)
             for row, item in enumerate(items)
         ]
-    usage = body.get("usage")
-    tokens = usage.get("total_tokens", 0) if isinstance(usage, dict) else 0
     return ParsedBatch(
         dense=dense,
         sparse=sparse,
-        total_tokens=int(tokens or 0),
+        total_tokens=usage_tokens(body.get("usage"), "total_tokens", request_id=request_id),
         request_id=request_id,
     )
-
-
-def _parse_sparse(raw: Any, row: int, request_id: str | None) -> SparseEmbedding:
-    if not isinstance(raw, list):
-        raise BadResponseError(
-            f"row {row}: sparse output was requested but the reply has no sparse_embedding list",
-            request_id=request_id,
-        )
-    try:
-        return SparseEmbedding(
-            indices=[int(entry["index"]) for entry in raw],
-            values=[float(entry["value"]) for entry in raw],
-            tokens=[str(entry.get("token", "")) for entry in raw],
-        )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise BadResponseError(
-            f"row {row}: malformed sparse_embedding entry ({exc!r})", request_id=request_id
-        ) from None

@@ -22,8 +22,9 @@ from dashscope_embed.protocol.common import (
     HttpRequest,
     ParsedBatch,
     check_dense,
-    load_json,
     place_rows,
+    reply_object,
+    usage_tokens,
 )
 
 EMBEDDINGS_PATH = "/embeddings"
@@ -66,10 +67,7 @@ def build_request(
 
 def parse_reply(content: bytes, expected_rows: int, params: EmbedParams) -> ParsedBatch:
     """Parse a 2xx reply; rows placed by ``index``; floats or base64 float32 accepted."""
-    body = load_json(content)
-    if not isinstance(body, dict):
-        raise BadResponseError(f"reply is not a JSON object: {body!r:.80}")
-    request_id = body.get("request_id") or body.get("id")
+    body, request_id = reply_object(content)
     data = body.get("data")
     if not isinstance(data, list):
         raise BadResponseError("reply has no data list", request_id=request_id)
@@ -86,10 +84,7 @@ def parse_reply(content: bytes, expected_rows: int, params: EmbedParams) -> Pars
         for row, v in enumerate(vectors)
     ]
     dense = check_dense(decoded, params.expected_dimension, request_id)
-    usage = body.get("usage")
-    tokens = 0
-    if isinstance(usage, dict):
-        tokens = int(usage.get("total_tokens") or usage.get("prompt_tokens") or 0)
+    tokens = usage_tokens(body.get("usage"), "total_tokens", "prompt_tokens", request_id=request_id)
     return ParsedBatch(dense=dense, sparse=None, total_tokens=tokens, request_id=request_id)
 
 

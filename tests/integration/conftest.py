@@ -15,7 +15,7 @@ from dashscope_embed import DashScopeClient, RetryPolicy
 from dashscope_embed.emulator import Emulator
 
 FAST_RETRY = RetryPolicy(
-    max_retries=6, initial_delay=0.01, max_delay=0.05, max_retry_after=0.2, total_timeout=30
+    max_retries=6, initial_delay=0.01, max_delay=0.05, max_retry_after=5, total_timeout=30
 )
 
 

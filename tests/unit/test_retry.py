@@ -24,14 +24,15 @@ def test_backoff_is_full_jitter_under_an_exponential_ceiling() -> None:
         assert max(d for d in delays if d is not None) > ceiling * 0.8  # spread, not fixed
 
 
-def test_retry_after_is_honoured_and_capped() -> None:
+def test_retry_after_is_honoured_and_a_longer_wait_fails_fast() -> None:
     policy = RetryPolicy(max_retry_after=5.0, total_timeout=None)
     asked = RateLimitError("slow", status_code=429, retry_after=2.0)
     delay = policy.delay_before_retry(asked, 1, 0.0)
     assert delay is not None and 2.0 <= delay <= 2.2
-    greedy = RateLimitError("slow", status_code=429, retry_after=600.0)
-    capped = policy.delay_before_retry(greedy, 1, 0.0)
-    assert capped is not None and 5.0 <= capped <= 5.5
+    # Retrying sooner than asked would only be refused again: the caller gets the error,
+    # and the wait the service asked for, at once.
+    greedy = RateLimitError("slow", status_code=429, retry_after=99999.0)
+    assert policy.delay_before_retry(greedy, 1, 0.0) is None
 
 
 @pytest.mark.parametrize(
