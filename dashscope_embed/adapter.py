@@ -8,6 +8,8 @@ lives here once.
 
 from __future__ import annotations
 
+import copy
+import difflib
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -15,17 +17,21 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, PrivateAttr, SecretStr, model_validator
 
-from dashscope_embed.client import DEFAULT_MAX_CONCURRENCY, DashScopeClient
-from dashscope_embed.config import Protocol
+from dashscope_embed.client import DEFAULT_MAX_CONCURRENCY, DashScopeClient, make_config
+from dashscope_embed.config import Protocol, take_api_key
 from dashscope_embed.errors import InvalidInputError
 from dashscope_embed.models import ModelSpec, OutputType, resolve_model
-from dashscope_embed.planner import resolve_params
+from dashscope_embed.planner import resolve_params, validate_texts
 from dashscope_embed.protocol import codec_for
 from dashscope_embed.tasks import resolve_instruct
 from dashscope_embed.tokens import LongTextPolicy
 from dashscope_embed.types import EmbeddingResult, SparseEmbedding
 
 Role = Literal["query", "document"]
+
+# Keys a framework puts into its own serialised form and hands back (LlamaIndex's
+# ``to_dict`` adds ``class_name``): accepted and dropped, never an unknown setting.
+_FRAMEWORK_KEYS = frozenset({"class_name"})
 
 
 class SparseCache:
@@ -108,6 +114,40 @@ class AdapterSettings(BaseModel):
     _client: DashScopeClient | None = PrivateAttr(default=None)
     _sparse_cache: SparseCache = PrivateAttr(default_factory=SparseCache)
     _client_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+    _key_withheld: bool = PrivateAttr(default=False)
+
+    def __init__(self, **data: Any) -> None:
+        # The key is taken out before validation, so no ValidationError (which quotes,
+        # and pickles, its input) and no local of this frame can show it; set after.
+        given = any(name in data for name in ("api_key", "dashscope_api_key"))
+        key = take_api_key(data, "api_key", "dashscope_api_key")
+        super().__init__(**data)
+        if given:
+            self.__dict__["api_key"] = key
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_settings_only(cls, data: Any) -> Any:
+        """An unknown keyword is an error naming the nearest real setting: a misspelt
+        ``dimensions=512`` must not quietly give 1,024-dimension vectors."""
+        if not isinstance(data, dict):
+            return data
+        known: set[str] = set()
+        for name, info in cls.model_fields.items():
+            known.add(name)
+            if info.alias:
+                known.add(info.alias)
+        unknown = [key for key in data if key not in known and key not in _FRAMEWORK_KEYS]
+        if unknown:
+            problems = []
+            for key in unknown:
+                near = difflib.get_close_matches(str(key), sorted(known), n=1, cutoff=0.6)
+                hint = f"; did you mean {near[0]!r}?" if near else ""
+                problems.append(f"unknown setting {key!r} for {cls.__name__}{hint}")
+            raise ValueError(
+                "; ".join(problems) + f" (settings: {', '.join(sorted(cls.model_fields))})"
+            )
+        return {k: v for k, v in data.items() if k not in _FRAMEWORK_KEYS}
 
     # ----------------------------------------------------------------- configuration
     def _model_ref(self) -> str | ModelSpec:
@@ -119,8 +159,14 @@ class AdapterSettings(BaseModel):
         return resolve_model(self._model_ref())
 
     @model_validator(mode="after")
-    def _check_against_model_table(self) -> AdapterSettings:
+    def _check_settings(self) -> AdapterSettings:
         # Fail at construction, not at the first call: every request would be refused.
+        self._connection_config()
+        self._check_model()
+        return self
+
+    def _check_model(self) -> None:
+        """The model-dependent settings against the model table (per adapter family)."""
         for role in ("query", "document"):
             params = resolve_params(
                 self._model_ref(),
@@ -132,12 +178,26 @@ class AdapterSettings(BaseModel):
             codec_for(self.protocol).check(
                 params if self.protocol == "native" else _without_roles(params)
             )
-        return self
 
     @property
     def query_instruct(self) -> str | None:
         """The instruction sent with queries (``instruct``, else the ``task`` preset)."""
         return resolve_instruct(self.instruct, self.task)
+
+    def _connection_config(self) -> Any:
+        """Where and how to connect, validated (region, base URL, workspace, plain http)."""
+        config = make_config(
+            api_key=self.api_key,
+            region=self.region,
+            base_url=self.base_url,
+            workspace=self.workspace,
+            protocol=self.protocol,
+            timeout=self.timeout,
+            max_retries=self.max_retries,
+        )
+        if self._key_withheld:
+            config.mark_key_withheld()
+        return config
 
     @property
     def client(self) -> DashScopeClient:
@@ -145,13 +205,7 @@ class AdapterSettings(BaseModel):
         with self._client_lock:
             if self._client is None:
                 self._client = DashScopeClient(
-                    api_key=self.api_key,
-                    region=self.region,
-                    base_url=self.base_url,
-                    workspace=self.workspace,
-                    protocol=self.protocol,
-                    timeout=self.timeout,
-                    max_retries=self.max_retries,
+                    config=self._connection_config(),
                     max_concurrency=self.max_concurrency,
                     long_text=self.long_text,
                 )
@@ -183,6 +237,7 @@ class AdapterSettings(BaseModel):
         self, texts: Sequence[str], role: Role, output_type: OutputType | None = None
     ) -> EmbeddingResult:
         """Embed ``texts`` as queries or documents with these settings."""
+        texts = validate_texts(texts)
         result = self.client.embed(texts, **self._role_options(role, output_type))
         self._remember_sparse(role, texts, result)
         return result
@@ -191,6 +246,7 @@ class AdapterSettings(BaseModel):
         self, texts: Sequence[str], role: Role, output_type: OutputType | None = None
     ) -> EmbeddingResult:
         """Async twin of :meth:`embed_role`."""
+        texts = validate_texts(texts)
         result = await self.client.aembed(texts, **self._role_options(role, output_type))
         self._remember_sparse(role, texts, result)
         return result
@@ -215,6 +271,7 @@ class AdapterSettings(BaseModel):
     def sparse_for(self, texts: Sequence[str], role: Role) -> list[SparseEmbedding]:
         """Sparse vectors: from the cache of earlier ``dense&sparse`` calls where possible,
         one ``sparse`` request for the rest."""
+        texts = validate_texts(texts)
         cached, missing = self._split_cached(texts, role)
         if missing:
             fresh = self.embed_role([texts[i] for i in missing], role, "sparse").require_sparse()
@@ -223,6 +280,7 @@ class AdapterSettings(BaseModel):
         return cached  # type: ignore[return-value]
 
     async def asparse_for(self, texts: Sequence[str], role: Role) -> list[SparseEmbedding]:
+        texts = validate_texts(texts)
         cached, missing = self._split_cached(texts, role)
         if missing:
             result = await self.aembed_role([texts[i] for i in missing], role, "sparse")
@@ -262,19 +320,30 @@ class AdapterSettings(BaseModel):
         )
         return result.require_dense()
 
-    # ----------------------------------------------------------------- pickling
+    # ----------------------------------------------------------------- copying
     def scrub_pickle_state(self, state: dict[str, Any]) -> dict[str, Any]:
         """Drop the key and live connections from a pickle state (see ``__getstate__``)."""
         state = dict(state)
         if "__dict__" in state:
             state["__dict__"] = {**state["__dict__"], "api_key": None}
-        # Connections, locks and caches are rebuilt by __init__ on the other side.
-        state["__pydantic_private__"] = None
+        # Connections, locks and caches are rebuilt by __init__ on the other side; what
+        # travels is whether a key was left behind, so its absence can be explained.
+        state["__pydantic_private__"] = {
+            "key_withheld": self.api_key is not None or self._key_withheld
+        }
         return state
 
     def __setstate__(self, state: dict[Any, Any]) -> None:
         # Rebuild through __init__ so private state (client, locks, cache) is fresh.
         self.__init__(**state["__dict__"])  # type: ignore[misc]
+        private = state.get("__pydantic_private__") or {}
+        self._key_withheld = bool(private.get("key_withheld"))
+
+    def __deepcopy__(self, memo: dict[int, Any] | None = None) -> Any:
+        """A copy with the same settings (the key included: it stays in this process)
+        and its own client, locks and cache."""
+        values = {name: copy.deepcopy(value, memo) for name, value in self.__dict__.items()}
+        return type(self)(**values)
 
 
 def _without_roles(params: Any) -> Any:

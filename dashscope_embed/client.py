@@ -114,6 +114,7 @@ class DashScopeClient:
         adaptive_concurrency: bool = True,
         config: ClientConfig | None = None,
     ) -> None:
+        api_key = as_secret(api_key)
         if config is None:
             config = make_config(
                 api_key=api_key,
@@ -151,10 +152,15 @@ class DashScopeClient:
         )
 
     def __repr__(self) -> str:
+        # Safe on a half-built client too: a traceback formatting locals reprs it.
+        config = getattr(self, "config", None)
+        codec = getattr(self, "_codec", None)
+        if config is None or codec is None:
+            return "DashScopeClient(<not configured>)"
         return (
-            f"DashScopeClient(base_url={self._codec.base_url(self.config)!r}, "
-            f"protocol={self.config.protocol!r}, workspace={self.config.workspace!r}, "
-            f"max_concurrency={self.max_concurrency})"
+            f"DashScopeClient(base_url={codec.base_url(config)!r}, "
+            f"protocol={config.protocol!r}, workspace={config.workspace!r}, "
+            f"max_concurrency={getattr(self, 'max_concurrency', None)})"
         )
 
     def __getstate__(self) -> dict[str, Any]:
@@ -590,18 +596,34 @@ def _stream_options(
     return spec, options
 
 
+def as_secret(api_key: str | SecretStr | None) -> SecretStr | None:
+    """The key as a :class:`SecretStr`; called first thing wherever a key is taken, so
+    no frame of ours holds it as a plain string for a traceback to show."""
+    if isinstance(api_key, str):
+        return SecretStr(api_key)
+    return api_key
+
+
 def make_config(**settings: Any) -> ClientConfig:
     """Build a :class:`ClientConfig` from keyword settings; ``None`` means "use the
-    environment or default". Validation problems become :class:`ConfigurationError`."""
+    environment or default". Validation problems become :class:`ConfigurationError`,
+    which names each setting and problem but never quotes the values given."""
+    settings["api_key"] = as_secret(settings.get("api_key"))
     given = {k: v for k, v in settings.items() if v is not None}
     try:
         return ClientConfig(**given)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
-            for err in exc.errors()
-        )
-        raise ConfigurationError(f"invalid DashScope settings: {problems}") from None
+        problems = describe_validation_error(exc)
+    # Raised outside the except block: the ValidationError quotes the input it was given.
+    raise ConfigurationError(f"invalid DashScope settings: {problems}")
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """Each problem as ``setting: message``, without the offending values."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
+        for err in exc.errors(include_url=False, include_input=False, include_context=False)
+    )
 
 
 __all__ = ["DEFAULT_MAX_CONCURRENCY", "DashScopeClient", "PartialResult", "make_config"]

@@ -18,10 +18,19 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import socket
 from typing import Any, Literal
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 
 from dashscope_embed.errors import ConfigurationError, MissingApiKeyError
 
@@ -73,15 +82,46 @@ def _env_api_key() -> SecretStr | None:
     return SecretStr(value) if value else None
 
 
+def take_api_key(data: dict[str, Any], *names: str) -> SecretStr | None:
+    """Remove the key from ``data`` (under any of ``names``) and return it as a secret;
+    a blank key counts as none. Raises ``TypeError`` for a key that is not a string."""
+    key: Any = None
+    for name in names:
+        if name in data:
+            key = data.pop(name)
+    if key is None or isinstance(key, SecretStr):
+        secret = key
+    elif isinstance(key, str):
+        secret = SecretStr(key)
+    else:
+        raise TypeError(f"api_key must be a str or SecretStr, got {type(key).__name__}")
+    if secret is not None and not secret.get_secret_value().strip():
+        return None
+    return secret
+
+
 def is_loopback_host(host: str) -> bool:
-    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
+    """True when every address ``host`` stands for is a loopback address (127.0.0.0/8, ::1).
+
+    A name counts by what it resolves to, not by how it is spelt: ``evil.localhost`` may
+    resolve anywhere a resolver likes, so a name that does not resolve, or resolves to
+    any other address, is not loopback.
+    """
     host = host.strip("[]").lower()
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
+        pass
+    try:
+        addresses = resolve_host(host)
+    except (OSError, UnicodeError):
         return False
+    return bool(addresses) and all(ipaddress.ip_address(a).is_loopback for a in addresses)
+
+
+def resolve_host(host: str) -> set[str]:
+    """Every address ``host`` resolves to now (scope ids dropped)."""
+    return {str(info[4][0]).split("%", 1)[0] for info in socket.getaddrinfo(host, None)}
 
 
 def normalise_base_url(url: str) -> str:
@@ -145,15 +185,16 @@ class ClientConfig(BaseModel):
         default=False,
         description="Allow plain http:// to a non-loopback host (the key travels in clear).",
     )
+    # Set on the far side of a pickle that left a key given in code behind, so a missing
+    # key is explained as such (see MissingApiKeyError.unpickled).
+    _key_withheld: bool = PrivateAttr(default=False)
 
-    @field_validator("api_key", mode="before")
-    @classmethod
-    def _blank_key_is_none(cls, value: Any) -> Any:
-        if isinstance(value, str) and not value.strip():
-            return None
-        if isinstance(value, SecretStr) and not value.get_secret_value().strip():
-            return None
-        return value
+    def __init__(self, **data: Any) -> None:
+        # The key is kept out of validation, so no ValidationError (which quotes, and
+        # pickles, its input) can carry it; it is checked on its own and set after.
+        key = take_api_key(data, "api_key")
+        super().__init__(**data)
+        self.__dict__["api_key"] = key
 
     @field_validator("region")
     @classmethod
@@ -212,12 +253,22 @@ class ClientConfig(BaseModel):
         """The key to send: the explicit one, else ``DASHSCOPE_API_KEY`` now."""
         key = self.api_key or _env_api_key()
         if key is None:
-            raise MissingApiKeyError()
+            raise MissingApiKeyError(unpickled=self._key_withheld)
         return key.get_secret_value()
+
+    def mark_key_withheld(self) -> None:
+        """Record that a key given in code was left behind by a pickle (used by the
+        framework classes, which rebuild their config on the far side)."""
+        self._key_withheld = True
 
     def __getstate__(self) -> dict[Any, Any]:
         # Pickles travel to worker processes and caches: the key stays behind and the
         # worker reads its own DASHSCOPE_API_KEY.
         state: dict[Any, Any] = super().__getstate__()
         state["__dict__"] = {**state["__dict__"], "api_key": None}
+        withheld = self.api_key is not None or self._key_withheld
+        state["__pydantic_private__"] = {
+            **(state.get("__pydantic_private__") or {}),
+            "_key_withheld": withheld,
+        }
         return state

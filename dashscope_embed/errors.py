@@ -44,15 +44,37 @@ class DashScopeError(Exception):
 class ConfigurationError(DashScopeError, ValueError):
     """The client's settings cannot work (bad URL, bad region, insecure transport...)."""
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (str(self),))
+
 
 class MissingApiKeyError(ConfigurationError):
-    """No API key was given and ``DASHSCOPE_API_KEY`` is not set."""
+    """No API key was given and ``DASHSCOPE_API_KEY`` is not set.
 
-    def __init__(self) -> None:
-        super().__init__(
+    Attributes:
+        unpickled: the object was pickled (sent to a worker process, say) holding a key
+            given in code. Keys never travel in pickles; the message says how to give
+            the workers one.
+    """
+
+    def __init__(self, unpickled: bool = False) -> None:
+        self.unpickled = unpickled
+        message = (
             "No DashScope API key: pass api_key=... or set the DASHSCOPE_API_KEY environment "
             "variable (keys are created in the Model Studio console and are bound to a region)."
         )
+        if unpickled:
+            message = (
+                "No DashScope API key in this process: this object was given api_key=... in "
+                "code and then pickled (to a worker process: LlamaIndex "
+                "IngestionPipeline(num_workers=...), multiprocessing, Ray), and keys never "
+                "travel in pickles. Set DASHSCOPE_API_KEY in the workers' environment (for "
+                "processes started from this one: in os.environ before they start)."
+            )
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.unpickled,))
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,8 @@ every input got exactly one vector.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -110,11 +111,27 @@ def text_problem(text: Any) -> str | None:
 
 
 def validate_texts(texts: Any) -> list[str]:
-    """Return ``texts`` as a list, or raise naming every bad position and why."""
+    """Return ``texts`` as a list, or raise naming every bad position and why.
+
+    Any ordered collection or iterable of strings is taken. A mapping is refused (its
+    keys would be embedded, not its texts), and so is a set (it has no order, so results
+    could not be matched to inputs).
+    """
     if isinstance(texts, (str, bytes)):
         raise InvalidInputError(
             f"texts must be a list of strings, got a single {type(texts).__name__}; "
             "wrap it in a list: [text]"
+        )
+    if isinstance(texts, Mapping):
+        raise InvalidInputError(
+            f"texts must be a list of strings, got a {type(texts).__name__}, whose keys "
+            "would be embedded: pass list(d.values()) for the texts (and keep list(d) to "
+            "match the vectors back to their keys)"
+        )
+    if isinstance(texts, AbstractSet):
+        raise InvalidInputError(
+            f"texts must be a list of strings, got a {type(texts).__name__}, which has no "
+            "order, so vectors could not be matched to texts: pass a list (e.g. sorted(s))"
         )
     if not isinstance(texts, Sequence):
         try:

@@ -67,6 +67,9 @@ class EmbedStreamError(DashScopeError):
             f"{sum(c.count for c in completed)} later inputs finished and are attached): {cause}"
         )
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.position, self.cause, self.completed))
+
 
 def _shift(error: InvalidInputError, offset: int) -> InvalidInputError:
     """The same problems with positions in the caller's numbering."""

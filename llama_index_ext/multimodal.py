@@ -9,7 +9,7 @@ from llama_index.core.embeddings.multi_modal_base import MultiModalEmbedding
 from llama_index.core.schema import ImageType
 from pydantic import Field
 
-from dashscope_embed.models import ModelSpec
+from dashscope_embed.models import ModelSpec, resolve_model
 from dashscope_embed.multimodal import Content
 from llama_index_ext.embeddings import (
     _LlamaSettings,
@@ -37,8 +37,16 @@ class DashScopeMultiModalEmbedding(_LlamaSettings, MultiModalEmbedding):
     def _model_ref(self) -> str | ModelSpec:
         return self.model_spec or self.model_name
 
-    def _check_against_model_table(self) -> DashScopeMultiModalEmbedding:  # type: ignore[override]
-        return self  # multimodal models take no text_type / output_type
+    def _check_model(self) -> None:
+        # Multimodal models take no text_type or output_type: the model and its size.
+        spec = resolve_model(self._model_ref())
+        if spec.kind != "multimodal":
+            raise ValueError(f"{spec.name} is not a multimodal model")
+        if self.dimension is not None and self.dimension not in spec.dimensions:
+            raise ValueError(
+                f"dimension={self.dimension} is not allowed for {spec.name}; allowed: "
+                f"{sorted(spec.dimensions, reverse=True)}"
+            )
 
     def _embed(self, contents: list[Content]) -> list[Embedding]:
         result = self.client.embed_multimodal(

@@ -182,7 +182,7 @@ def test_errors_are_typed(monkeypatch: pytest.MonkeyPatch) -> None:
         DashScopeEmbeddings().embed_documents(["x"])
     with pytest.raises(ValidationError, match="not allowed"):
         DashScopeEmbeddings(dimension=3)
-    with pytest.raises(ValidationError, match="extra"):
+    with pytest.raises(ValidationError, match="unknown setting"):
         DashScopeEmbeddings(unknown_option=1)  # type: ignore[call-arg]
 
 

@@ -17,6 +17,18 @@ def _no_network() -> Iterator[None]:
 
 
 @pytest.fixture(autouse=True)
+def _offline_resolver(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Name resolution without a network: localhost is loopback, other names fail."""
+
+    def resolve(host: str) -> set[str]:
+        if host == "localhost":
+            return {"127.0.0.1", "::1"}
+        raise OSError(f"{host}: name resolution is off in unit tests")
+
+    monkeypatch.setattr("dashscope_embed.config.resolve_host", resolve)
+
+
+@pytest.fixture(autouse=True)
 def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in (
         "DASHSCOPE_API_KEY",
