@@ -20,6 +20,7 @@ from pydantic import BaseModel, Field, PrivateAttr, SecretStr, model_validator
 from dashscope_embed.client import DEFAULT_MAX_CONCURRENCY, DashScopeClient, make_config
 from dashscope_embed.config import Protocol, take_api_key
 from dashscope_embed.errors import InvalidInputError
+from dashscope_embed.forksafe import renew_after_fork
 from dashscope_embed.models import ModelSpec, OutputType, resolve_model
 from dashscope_embed.planner import resolve_params, validate_texts
 from dashscope_embed.protocol import codec_for
@@ -47,6 +48,10 @@ class SparseCache:
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
+        renew_after_fork(self)
+
+    def _after_fork(self) -> None:
+        self._lock = threading.Lock()
 
     def put(
         self,
@@ -124,6 +129,10 @@ class AdapterSettings(BaseModel):
         super().__init__(**data)
         if given:
             self.__dict__["api_key"] = key
+        renew_after_fork(self)
+
+    def _after_fork(self) -> None:
+        self._client_lock = threading.Lock()
 
     @model_validator(mode="before")
     @classmethod

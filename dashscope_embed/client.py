@@ -12,6 +12,7 @@ from pydantic import SecretStr, ValidationError
 from dashscope_embed.config import ClientConfig, Protocol
 from dashscope_embed.engine import Engine, Outcome
 from dashscope_embed.errors import ConfigurationError, InvalidInputError, PartialEmbeddingError
+from dashscope_embed.forksafe import renew_after_fork
 from dashscope_embed.limits import AdaptivePace, ConcurrencyGate, RateBudget
 from dashscope_embed.models import DEFAULT_MODEL, ModelSpec, OutputType, TextType, resolve_model
 from dashscope_embed.multimodal import MULTIMODAL_PATH, Content
@@ -139,17 +140,29 @@ class DashScopeClient:
         self.long_text: LongTextPolicy = long_text
         self._token_counter = token_counter
         self._codec: Codec = codec_for(config.protocol)
-        self.gate = ConcurrencyGate(max_concurrency, adaptive=adaptive_concurrency)
-        self.budget = RateBudget(requests_per_minute, tokens_per_minute)
-        # Told the quota: pace to it. Not told: learn it from the service's 429s.
-        self.pace = None if requests_per_minute or not adaptive_concurrency else AdaptivePace()
-        self._engine = Engine(self.retry, self.gate, self.budget, self.pace)
+        self._limits = (requests_per_minute, tokens_per_minute, adaptive_concurrency)
+        self._new_engine()
+        renew_after_fork(self)
         self._transport = Transport(
             config,
             http_client=http_client,
             async_http_client=async_http_client,
             max_connections=max(max_concurrency, 10),
         )
+
+    def _new_engine(self) -> None:
+        requests_per_minute, tokens_per_minute, adaptive = self._limits
+        self.gate = ConcurrencyGate(self.max_concurrency, adaptive=adaptive)
+        self.budget = RateBudget(requests_per_minute, tokens_per_minute)
+        # Told the quota: pace to it. Not told: learn it from the service's 429s.
+        self.pace = None if requests_per_minute or not adaptive else AdaptivePace()
+        self._engine = Engine(self.retry, self.gate, self.budget, self.pace)
+
+    def _after_fork(self) -> None:
+        # Requests in flight in the parent's threads never finish here, and their locks
+        # may be held: the child starts with an engine of its own (the transport renews
+        # its pools itself).
+        self._new_engine()
 
     def __repr__(self) -> str:
         # Safe on a half-built client too: a traceback formatting locals reprs it.

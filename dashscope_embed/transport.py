@@ -31,7 +31,6 @@ import os
 import platform
 import threading
 import time
-import weakref
 import zlib
 from collections.abc import AsyncGenerator, Generator, Iterator
 from typing import Any
@@ -48,6 +47,7 @@ from dashscope_embed.errors import (
     BadResponseError,
     ConfigurationError,
 )
+from dashscope_embed.forksafe import renew_after_fork
 from dashscope_embed.protocol.common import parse_error_reply
 
 logger = logging.getLogger("dashscope_embed")
@@ -379,18 +379,6 @@ def _result(response: httpx.Response, body: bytes) -> bytes:
 
 
 # ---------------------------------------------------------------------- the transport
-_LIVE_TRANSPORTS: weakref.WeakSet[Transport] = weakref.WeakSet()
-
-
-def _forget_pools_after_fork() -> None:
-    for transport in list(_LIVE_TRANSPORTS):
-        transport._after_fork()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_pools_after_fork)
-
-
 class Transport:
     """Sends requests for one :class:`ClientConfig`; owns the pooled HTTP clients it made."""
 
@@ -414,7 +402,7 @@ class Transport:
         ] = {}
         self._lock = threading.Lock()
         self._abandoned: object = None
-        _LIVE_TRANSPORTS.add(self)
+        renew_after_fork(self)
 
     def __repr__(self) -> str:
         return f"Transport(root_url={self.config.root_url!r})"
@@ -433,7 +421,9 @@ class Transport:
         self._lock = threading.Lock()
         self._client = None
         self._async_clients = {}
-        self._pid = os.getpid()
+        if self._given_client is None and self._given_async_client is None:
+            self._pid = os.getpid()
+        # else: the caller's clients cannot be renewed; _check_pid refuses them here.
 
     def headers(self) -> dict[str, str]:
         """Request headers, without the key (the auth adds it at send time)."""
@@ -456,10 +446,10 @@ class Transport:
             max_keepalive_connections=self._max_connections,
         )
 
-    def _check_pid(self, given: object) -> None:
+    def _check_pid(self) -> None:
         if os.getpid() == self._pid:
             return
-        if given is not None:
+        if self._given_client is not None or self._given_async_client is not None:
             raise ConfigurationError(
                 f"the httpx client passed to this DashScope client was created in process "
                 f"{self._pid} and is being used in process {os.getpid()} after os.fork(): its "
@@ -470,7 +460,7 @@ class Transport:
 
     @property
     def client(self) -> httpx.Client:
-        self._check_pid(self._given_client)
+        self._check_pid()
         if self._given_client is not None:
             return self._given_client
         with self._lock:
@@ -482,7 +472,7 @@ class Transport:
 
     async def async_client(self) -> httpx.AsyncClient:
         """The running loop's pooled client, created (and tied to the loop's end) on first use."""
-        self._check_pid(self._given_async_client)
+        self._check_pid()
         if self._given_async_client is not None:
             return self._given_async_client
         loop = asyncio.get_running_loop()
