@@ -48,6 +48,10 @@ from dashscope_embed.transport import Transport
 from dashscope_embed.types import EmbeddingResult, PartialResult
 
 DEFAULT_MAX_CONCURRENCY = 4
+# Slices a stream keeps open per request slot. Measured with 10% 500s and 10% dropped
+# replies: 2 per slot ran at 0.75 of embed()'s speed, 8 per slot at 0.9-0.95; more
+# gained nothing.
+STREAM_LOOKAHEAD_PER_SLOT = 8
 
 
 class DashScopeClient:
@@ -362,8 +366,10 @@ class DashScopeClient:
         """Embed an iterable of any size; yield :class:`EmbeddingChunk` s in input order.
 
         Texts are read lazily, one request's worth at a time; at most ``lookahead``
-        (default ``2 * max_concurrency``) such slices are held at once, so memory does not
-        grow with the corpus. With ``as_numpy=True`` each chunk's ``array`` holds its dense
+        (default ``8 * max_concurrency``) such slices are held at once, so memory does not
+        grow with the corpus. The window is wider than the requests in flight because
+        results are yielded in order: a slice waiting to be retried holds back the slices
+        after it, and the others must be able to keep every slot busy meanwhile. With ``as_numpy=True`` each chunk's ``array`` holds its dense
         vectors as float32. Identical texts are sent once only within a slice.
 
         Raises:
@@ -377,7 +383,7 @@ class DashScopeClient:
             texts,
             lambda batch: self.embed(batch, **options),
             slice_size=spec.max_rows,
-            lookahead=lookahead or 2 * self.max_concurrency,
+            lookahead=lookahead or STREAM_LOOKAHEAD_PER_SLOT * self.max_concurrency,
             to_array=float32_array if as_numpy else None,
         )
 
@@ -405,7 +411,7 @@ class DashScopeClient:
             texts,
             lambda batch: self.aembed(batch, **options),
             slice_size=spec.max_rows,
-            lookahead=lookahead or 2 * self.max_concurrency,
+            lookahead=lookahead or STREAM_LOOKAHEAD_PER_SLOT * self.max_concurrency,
             to_array=float32_array if as_numpy else None,
         )
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 import tracemalloc
 from typing import Any
@@ -298,3 +299,38 @@ def test_a_partial_failure_keeps_the_key_out_of_every_attached_error() -> None:
         client = client_for(server.base_url, max_concurrency=1)
         error = failure(client, "sync", [f"t{i}" for i in range(30)], **SPEC)
     assert secret_leaks(error, KEY) == []
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_slice_waiting_to_be_retried_does_not_idle_the_stream(mode: str) -> None:
+    """Results are yielded in order, so a slice waiting for its retry holds back the
+    ones after it; the window must be wide enough for the others to keep every request
+    slot busy meanwhile (not sit idle, as a window of 2 slices per slot did)."""
+    lock = threading.Lock()
+    order: list[str] = []
+
+    def handler(request: RawRequest, conn: Conn) -> None:
+        texts = request.json()["input"]["texts"]
+        with lock:
+            order.append(texts[0])
+            first_try = texts[0] == "t0" and order.count("t0") == 1
+        if first_try:
+            conn.send(response_bytes(503, b'{"code":"ServiceUnavailable","message":"busy"}',
+                                     {"Retry-After": "1"}))  # fmt: skip
+            return
+        conn.send(response_bytes(200, native_reply([row("0.1")] * len(texts))))
+
+    texts = [f"t{i}" for i in range(400)]
+    with hostile(handler) as server:
+        client = client_for(server.base_url, max_concurrency=2, retry=RetryPolicy(max_retries=2))
+        if mode == "sync":
+            got = [c.count for c in client.embed_stream(texts, **SPEC)]
+        else:
+
+            async def consume() -> list[int]:
+                return [c.count async for c in client.aembed_stream(texts, **SPEC)]
+
+            got = asyncio.run(consume())
+    assert sum(got) == 400
+    sent_while_waiting = order.index("t0", 1) - 1
+    assert sent_while_waiting >= 2 * 8 - 1, f"only {sent_while_waiting} slices sent meanwhile"
