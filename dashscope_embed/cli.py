@@ -18,6 +18,7 @@ import csv
 import itertools
 import json
 import sys
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from typing import Any
 from dashscope_embed.client import DashScopeClient
 from dashscope_embed.errors import DashScopeError
 from dashscope_embed.models import resolve_model
+from dashscope_embed.stream import EmbeddingChunk
 from dashscope_embed.types import EmbeddingResult
 
 
@@ -55,27 +57,198 @@ def count_texts(path: Path, field: str) -> int:
     return sum(1 for _ in read_texts(path, field))
 
 
-class Output:
-    """Where vectors go; knows how many inputs it already holds (for resuming)."""
+MANIFEST_VERSION = 1
 
-    def __init__(self, path: Path, total: int, dimension: int | None) -> None:
+
+class RunRecord:
+    """``{out}.run.json``: the settings an output was made with, and whether it is whole.
+
+    A rerun with other settings (model, dimension, role, ...) would mix vectors from
+    two spaces in one file; it is refused, naming the settings, before anything is
+    sent. A rerun of a finished output sends nothing.
+    """
+
+    def __init__(self, out: Path, settings: dict[str, Any]) -> None:
+        self.path = out.with_name(out.name + ".run.json")
+        self.settings = settings
+        self.complete = False
+        self.existed = self.path.exists()
+        if self.existed:
+            try:
+                saved = json.loads(self.path.read_text(encoding="utf-8"))
+            except ValueError:
+                raise SystemExit(
+                    f"{self.path} is damaged; delete it and {out} to start over"
+                ) from None
+            differ = sorted(
+                key
+                for key in {*settings, *saved.get("settings", {})}
+                if saved.get("settings", {}).get(key) != settings.get(key)
+            )
+            if differ:
+                was = saved.get("settings", {})
+                changes = "; ".join(
+                    f"{k}: {was.get(k)!r} then, {settings.get(k)!r} now" for k in differ
+                )
+                raise SystemExit(
+                    f"{out} was started with other settings: {changes}. Vectors made with "
+                    "different settings cannot share a file: rerun "
+                    f"with the earlier settings, or use another --out (or delete {out} and "
+                    f"{self.path})"
+                )
+            self.complete = bool(saved.get("complete"))
+
+    def save(self, *, complete: bool = False) -> None:
+        self.complete = complete
+        payload = {"version": MANIFEST_VERSION, "settings": self.settings, "complete": complete}
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(json.dumps(payload, indent=1), encoding="utf-8")
+        tmp.replace(self.path)
+
+
+class Journal:
+    """``{out}.pending.N`` files: results that arrived ahead of the ordered writer.
+
+    Requests finish in any order; the output is written in input order. Each result is
+    appended here the moment it arrives (flushed to the operating system), so a kill,
+    a crash or Ctrl-C loses nothing already delivered: the next run reads it back and
+    does not pay for it again. The journal is a series of segment files, never
+    rewritten: a full segment is closed and a new one started, and a segment is deleted
+    once the output holds every position in it. (Rewriting would hold up the workers
+    that deliver results, and whatever they hold is lost if the process dies then.)
+    """
+
+    SEGMENT_BYTES = 4 * 1024 * 1024
+
+    def __init__(self, out: Path) -> None:
+        self.folder = out.parent
+        self.prefix = out.name + ".pending."
+        self._lock = threading.Lock()
+        self.rows: dict[int, tuple[Any, Any]] = {}
+        self._handle: Any = None
+        self._segment: Path | None = None
+        self._segment_bytes = 0
+        self._last_position: dict[Path, int] = {}  # highest position in each segment
+        self._next = 0
+
+    @property
+    def path(self) -> Path:
+        """The journal's name pattern, for messages."""
+        return self.folder / (self.prefix + "*")
+
+    def _segments(self) -> list[Path]:
+        found = [p for p in self.folder.glob(self.prefix + "*") if p.suffix[1:].isdigit()]
+        return sorted(found, key=lambda p: int(p.suffix[1:]))
+
+    def load(self, saved: int, total: int) -> None:
+        """Read back what earlier runs kept (a line cut short by a kill is ignored)."""
+        for segment in self._segments():
+            self._next = max(self._next, int(segment.suffix[1:]) + 1)
+            highest = -1
+            for line in segment.read_bytes().splitlines():
+                try:
+                    entry = json.loads(line)
+                except ValueError:
+                    continue  # the line being written when the process died
+                for i, position in enumerate(entry["positions"]):
+                    highest = max(highest, position)
+                    if saved <= position < total:
+                        dense = entry["dense"][i] if entry["dense"] is not None else None
+                        sparse = entry["sparse"][i] if entry["sparse"] is not None else None
+                        self.rows[position] = (dense, sparse)
+            self._last_position[segment] = highest
+
+    def add(self, positions: list[int], result: EmbeddingResult) -> None:
+        """Keep one request's vectors (called from the worker that received them)."""
+        sparse = (
+            [{"indices": v.indices, "values": v.values} for v in result.sparse]
+            if result.sparse is not None
+            else None
+        )
+        line = json.dumps(
+            {"positions": positions, "dense": result.dense, "sparse": sparse},
+            separators=(",", ":"),
+        )
+        with self._lock:
+            if self._handle is None or self._segment_bytes > self.SEGMENT_BYTES:
+                self._start_segment()
+            assert self._segment is not None
+            self._handle.write(line + "\n")
+            self._handle.flush()
+            self._segment_bytes += len(line) + 1
+            self._last_position[self._segment] = max(
+                self._last_position.get(self._segment, -1), *positions
+            )
+            for i, position in enumerate(positions):
+                self.rows[position] = (
+                    result.dense[i] if result.dense is not None else None,
+                    sparse[i] if sparse is not None else None,
+                )
+
+    def _start_segment(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+        self._segment = self.folder / f"{self.prefix}{self._next}"
+        self._next += 1
+        self._handle = self._segment.open("a", encoding="utf-8")
+        self._segment_bytes = 0
+
+    def get(self, position: int) -> tuple[Any, Any] | None:
+        with self._lock:
+            return self.rows.get(position)
+
+    def forget_before(self, saved: int) -> None:
+        """Drop what the output now holds, and every closed segment it covers."""
+        with self._lock:
+            for position in [p for p in self.rows if p < saved]:
+                del self.rows[position]
+            done = [
+                segment
+                for segment, highest in self._last_position.items()
+                if highest < saved and segment != self._segment
+            ]
+            for segment in done:
+                segment.unlink(missing_ok=True)
+                del self._last_position[segment]
+
+    def close(self, *, finished: bool) -> None:
+        with self._lock:
+            if self._handle is not None:
+                self._handle.close()
+                self._handle = None
+            if finished:
+                for segment in self._segments():
+                    segment.unlink(missing_ok=True)
+
+
+class Output:
+    """Where vectors go, in input order; knows how many inputs it already holds.
+
+    ``done`` counts rows handed to it; ``saved`` counts rows that would survive the
+    process dying now (Parquet rows wait in a buffer until a part file is written).
+    """
+
+    def __init__(self, path: Path, total: int, dimension: int | None, *, resumable: bool) -> None:
         self.path = path
         self.total = total
         self.dimension = dimension
         self.done = 0
+        self.saved = 0
         self._handle: Any = None
         self._matrix: Any = None
         suffix = path.suffix.lower()
         self._parts: Path | None = None
         self._buffer: list[dict[str, Any]] = []
+        self._closed = False
         if suffix == ".jsonl":
             self._open_jsonl()
         elif suffix == ".npy":
-            self._open_npy()
+            self._open_npy(resumable)
         elif suffix == ".parquet":
             self._open_parquet()
         else:
             raise SystemExit(f"--out must end in .jsonl, .npy or .parquet, got {path.name}")
+        self.saved = self.done
 
     PART_ROWS = 1000  # Parquet rows buffered per part file
 
@@ -95,11 +268,12 @@ class Output:
         if not self._buffer or self._parts is None:
             return
         start = self._buffer[0]["index"]
-        table = pa.Table.from_pylist(self._buffer)
+        table = pa.table(_parquet_columns(self._buffer))
         tmp = self._parts / f"part-{start:012d}.tmp"
         pq.write_table(table, tmp)
         tmp.replace(self._parts / f"part-{start:012d}.parquet")  # whole parts only
         self._buffer = []
+        self.saved = self.done
 
     def _finish_parquet(self) -> None:
         import shutil
@@ -124,18 +298,36 @@ class Output:
             data = self.path.read_bytes()
             end = data.rfind(b"\n") + 1  # a line cut by an interruption is dropped
             good = data[:end].count(b"\n")
+            last = data[:end].splitlines()[-1] if good else b""
+            if last and self.dimension is not None:
+                width = len(json.loads(last).get("embedding") or [])
+                if width and width != self.dimension:
+                    raise SystemExit(
+                        f"{self.path} holds {width}-dimension vectors; this run asks for "
+                        f"{self.dimension}: use another --out, or the earlier --dimension"
+                    )
             with self.path.open("r+b") as handle:
                 handle.truncate(end)
         self.done = good
         self._handle = self.path.open("a", encoding="utf-8")
 
-    def _open_npy(self) -> None:
+    def _open_npy(self, resumable: bool) -> None:
         import numpy as np
 
         progress = self.path.with_suffix(".npy.progress")
-        if self.path.exists() and progress.exists():
+        if self.path.exists() and progress.exists() and resumable:
             self._matrix = np.load(self.path, mmap_mode="r+")
+            if self._matrix.shape != (self.total, self.dimension):
+                raise SystemExit(
+                    f"{self.path} is a {self._matrix.shape} matrix; this run makes "
+                    f"({self.total}, {self.dimension}): use another --out"
+                )
             self.done = int(progress.read_text() or 0)
+        elif self.path.exists():
+            raise SystemExit(
+                f"{self.path} exists and there is no record of the run that made it; "
+                "delete it or use another --out (nothing was sent)"
+            )
         else:
             if self.dimension is None:
                 raise SystemExit(".npy output needs dense vectors (--output-type dense)")
@@ -145,34 +337,48 @@ class Output:
             progress.write_text("0")
         self._progress = progress
 
-    def write(self, result: EmbeddingResult) -> None:
+    def write_row(self, dense: Any, sparse: Any) -> None:
+        """Append the next input's vectors (sparse as ``{"indices", "values"}``)."""
+        index = self.done
         if self._parts is not None:
-            for i in range(len(result)):
-                row: dict[str, Any] = {"index": self.done + i}
-                if result.dense is not None:
-                    row["embedding"] = result.dense[i]
-                if result.sparse is not None:
-                    row["sparse_indices"] = result.sparse[i].indices
-                    row["sparse_values"] = result.sparse[i].values
-                self._buffer.append(row)
+            row: dict[str, Any] = {"index": index}
+            if dense is not None:
+                row["embedding"] = dense
+            if sparse is not None:
+                row["sparse_indices"] = sparse["indices"]
+                row["sparse_values"] = sparse["values"]
+            self._buffer.append(row)
+            self.done += 1
             if len(self._buffer) >= self.PART_ROWS:
                 self._flush_parquet()
-        elif self._handle is not None:
-            for i in range(len(result)):
-                line: dict[str, Any] = {"index": self.done + i}
-                if result.dense is not None:
-                    line["embedding"] = result.dense[i]
-                if result.sparse is not None:
-                    line["sparse"] = result.sparse[i].as_dict()
-                self._handle.write(json.dumps(line, separators=(",", ":")) + "\n")
-            self._handle.flush()
+            return
+        if self._handle is not None:
+            line: dict[str, Any] = {"index": index}
+            if dense is not None:
+                line["embedding"] = dense
+            if sparse is not None:
+                line["sparse"] = dict(zip(sparse["indices"], sparse["values"], strict=True))
+            self._handle.write(json.dumps(line, separators=(",", ":")) + "\n")
         else:
-            self._matrix[self.done : self.done + len(result)] = result.require_dense()
+            if dense is None:
+                raise SystemExit(".npy output needs dense vectors (--output-type dense)")
+            self._matrix[index] = dense
+        self.done += 1
+
+    def sync(self) -> None:
+        """Make what was written so far survive the process (not Parquet's buffer)."""
+        if self._handle is not None:
+            self._handle.flush()
+            self.saved = self.done
+        elif self._matrix is not None:
             self._matrix.flush()
-            self._progress.write_text(str(self.done + len(result)))
-        self.done += len(result)
+            self._progress.write_text(str(self.done))
+            self.saved = self.done
 
     def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
         if self._parts is not None:
             self._flush_parquet()  # also on Ctrl-C: buffered vectors are kept
             if self.done == self.total:
@@ -180,9 +386,32 @@ class Output:
         elif self._handle is not None:
             self._handle.close()
         elif self._matrix is not None:
-            self._matrix.flush()
+            self.sync()
             if self.done == self.total:
                 self._progress.unlink(missing_ok=True)
+        self.saved = self.done
+
+
+def _parquet_columns(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Arrow columns: ``embedding`` as fixed-size float32 lists (built through NumPy: a
+    tenth of the time of converting Python lists, time in which no reply is kept)."""
+    import numpy as np
+    import pyarrow as pa
+
+    columns: dict[str, Any] = {"index": pa.array([r["index"] for r in rows], type=pa.int64())}
+    if "embedding" in rows[0]:
+        matrix = np.asarray([r["embedding"] for r in rows], dtype=np.float32)
+        columns["embedding"] = pa.FixedSizeListArray.from_arrays(
+            pa.array(matrix.reshape(-1)), matrix.shape[1]
+        )
+    if "sparse_indices" in rows[0]:
+        columns["sparse_indices"] = pa.array(
+            [r["sparse_indices"] for r in rows], type=pa.list_(pa.int64())
+        )
+        columns["sparse_values"] = pa.array(
+            [r["sparse_values"] for r in rows], type=pa.list_(pa.float32())
+        )
+    return columns
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -234,64 +463,147 @@ def run_embed(args: argparse.Namespace) -> int:
     dense = args.output_type != "sparse"
     dimension = (args.dimension or spec.default_dimension) if dense else None
     total = count_texts(args.input, args.field)
-    output = Output(args.out, total, dimension)
-    if output.done >= total:
+    record = RunRecord(args.out, _run_settings(args, spec.name, dimension, total))
+    if record.complete:
         print(f"{args.out} already holds all {total} vectors.", file=sys.stderr)
         return 0
-    if output.done:
-        print(f"Resuming: {output.done} of {total} already in {args.out}.", file=sys.stderr)
-    remaining = itertools.islice(read_texts(args.input, args.field), output.done, None)
+    output = Output(args.out, total, dimension, resumable=record.existed)
+    if output.done >= total:
+        record.save(complete=True)
+        print(f"{args.out} already holds all {total} vectors.", file=sys.stderr)
+        return 0
+    record.save()
+    journal = Journal(args.out)
+    journal.load(output.done, total)
+    if output.done or journal.rows:
+        kept = f" (and {len(journal.rows)} more kept from the last run)" if journal.rows else ""
+        print(f"Resuming: {output.done} of {total} already in {args.out}{kept}.", file=sys.stderr)
+    stopped: str | None = None
+    code = 0
     try:
         if args.mode == "sync":
-            chunks = client.embed_stream(
-                remaining,
-                model=spec,
-                text_type=args.text_type,
-                dimension=args.dimension,
-                instruct=args.instruct if args.text_type == "query" else None,
-                output_type=args.output_type,
-                long_text=args.long_text,
-            )
-            for chunk in chunks:
-                output.write(chunk.result)
-                _progress(args, output)
+            _embed_sync(args, client, spec, output, journal)
         else:
-            if args.output_type != "dense" or args.text_type != "document":
-                raise SystemExit(
-                    "batch mode embeds dense document vectors only "
-                    "(the Batch API carries no text_type or sparse output)"
-                )
-            from dashscope_embed.jobs import BatchAPIJobs
-
-            jobs = BatchAPIJobs(client)
-            while True:
-                batch = list(itertools.islice(remaining, args.batch_lines))
-                if not batch:
-                    break
-                state = args.out.with_name(f"{args.out.name}.batch-{output.done}.json")
-                output.write(
-                    jobs.run(
-                        batch,
-                        model=spec,
-                        dimension=args.dimension,
-                        state_file=state,
-                        on_poll=_poll_printer(args, output.done, total),
-                    )
-                )
-                state.unlink(missing_ok=True)
-                _progress(args, output)
+            _embed_batch(args, client, spec, output)
     except KeyboardInterrupt:
-        print(f"\nInterrupted: {output.done} of {total} saved; rerun to resume.", file=sys.stderr)
-        return 130
+        stopped, code = "Interrupted: {saved}; rerun to resume.", 130
     except DashScopeError as exc:
-        print(f"\nStopped at {output.done} of {total} ({exc}); rerun to resume.", file=sys.stderr)
-        return 1
+        stopped, code = f"Stopped: {{saved}} ({exc}); rerun to resume.", 1
     finally:
         output.close()
+        journal.close(finished=output.done == total)
+    if stopped is not None:
+        # Counted after closing, from what the next run will find.
+        print("\n" + stopped.format(saved=_saved(output, journal)), file=sys.stderr)
+        return code
+    record.save(complete=True)
     if not args.quiet:
         print(file=sys.stderr)
     print(f"Wrote {total} vectors to {args.out}.", file=sys.stderr)
     return 0
+
+
+def _run_settings(
+    args: argparse.Namespace, model: str, dimension: int | None, total: int
+) -> dict[str, Any]:
+    """Everything that changes which vectors end up in the output."""
+    query = args.text_type == "query"
+    return {
+        "input": str(args.input.resolve()),
+        "field": args.field,
+        "texts": total,
+        "model": model,
+        "dimension": dimension,
+        "text_type": args.text_type,
+        "instruct": args.instruct if query else None,
+        "output_type": args.output_type,
+        "long_text": args.long_text,
+    }
+
+
+def _saved(output: Output, journal: Journal) -> str:
+    """What survives this process, as the next run will find it."""
+    ahead = f", and {len(journal.rows)} more kept in {journal.path.name}" if journal.rows else ""
+    return f"{output.saved} of {output.total} saved in {output.path.name}{ahead}"
+
+
+def _embed_sync(
+    args: argparse.Namespace,
+    client: DashScopeClient,
+    spec: Any,
+    output: Output,
+    journal: Journal,
+) -> None:
+    """Stream the texts not yet held; every finished request goes to the journal at
+    once, and the output is written in order from the journal."""
+    fed: list[int] = []  # input position of each text fed to the stream, in order
+    lock = threading.Lock()
+
+    def unsaved_texts() -> Iterator[str]:
+        texts = itertools.islice(read_texts(args.input, args.field), output.done, None)
+        for position, text in enumerate(texts, start=output.done):
+            if position not in journal.rows:
+                with lock:
+                    fed.append(position)
+                yield text
+
+    def keep(chunk: EmbeddingChunk) -> None:
+        with lock:
+            where = fed[chunk.start : chunk.stop]
+        journal.add(where, chunk.result)
+
+    chunks = client.embed_stream(
+        unsaved_texts(),
+        model=spec,
+        text_type=args.text_type,
+        dimension=args.dimension,
+        instruct=args.instruct if args.text_type == "query" else None,
+        output_type=args.output_type,
+        long_text=args.long_text,
+        on_complete=keep,
+    )
+    try:
+        for _chunk in itertools.chain(chunks, [None]):
+            while (row := journal.get(output.done)) is not None:
+                output.write_row(*row)
+            output.sync()
+            journal.forget_before(output.saved)
+            _progress(args, output)
+    finally:
+        # Settle before reporting: requests under way finish into the journal, queued
+        # ones are not sent (the stream's own cleanup, run now rather than at exit).
+        chunks.close()  # type: ignore[attr-defined]
+
+
+def _embed_batch(
+    args: argparse.Namespace, client: DashScopeClient, spec: Any, output: Output
+) -> None:
+    if args.output_type != "dense" or args.text_type != "document":
+        raise SystemExit(
+            "batch mode embeds dense document vectors only "
+            "(the Batch API carries no text_type or sparse output)"
+        )
+    from dashscope_embed.jobs import BatchAPIJobs
+
+    jobs = BatchAPIJobs(client)
+    remaining = itertools.islice(read_texts(args.input, args.field), output.done, None)
+    while True:
+        batch = list(itertools.islice(remaining, args.batch_lines))
+        if not batch:
+            break
+        state = args.out.with_name(f"{args.out.name}.batch-{output.done}.json")
+        result = jobs.run(
+            batch,
+            model=spec,
+            dimension=args.dimension,
+            state_file=state,
+            on_poll=_poll_printer(args, output.done, output.total),
+        )
+        for vector in result.require_dense():
+            output.write_row(vector, None)
+        output.sync()
+        state.unlink(missing_ok=True)
+        _progress(args, output)
 
 
 def _poll_printer(args: argparse.Namespace, start: int, total: int) -> Any:

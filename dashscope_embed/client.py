@@ -362,6 +362,7 @@ class DashScopeClient:
         long_text: LongTextPolicy | None = None,
         lookahead: int | None = None,
         as_numpy: bool = False,
+        on_complete: Callable[[EmbeddingChunk], None] | None = None,
     ) -> Iterator[EmbeddingChunk]:
         """Embed an iterable of any size; yield :class:`EmbeddingChunk` s in input order.
 
@@ -369,8 +370,14 @@ class DashScopeClient:
         (default ``8 * max_concurrency``) such slices are held at once, so memory does not
         grow with the corpus. The window is wider than the requests in flight because
         results are yielded in order: a slice waiting to be retried holds back the slices
-        after it, and the others must be able to keep every slot busy meanwhile. With ``as_numpy=True`` each chunk's ``array`` holds its dense
-        vectors as float32. Identical texts are sent once only within a slice.
+        after it, and the others must be able to keep every slot busy meanwhile. With
+        ``as_numpy=True`` each chunk's ``array`` holds its dense vectors as float32.
+        Identical texts are sent once only within a slice.
+
+        ``on_complete`` is called with each chunk as soon as its request finishes, in
+        completion order and (sync) from a worker thread: save work there and nothing
+        delivered is lost if the process dies before the ordered yield reaches it (the
+        bulk command keeps its resume journal this way).
 
         Raises:
             InvalidInputError: a bad text (positions count from the start of ``texts``).
@@ -385,6 +392,7 @@ class DashScopeClient:
             slice_size=spec.max_rows,
             lookahead=lookahead or STREAM_LOOKAHEAD_PER_SLOT * self.max_concurrency,
             to_array=float32_array if as_numpy else None,
+            on_complete=on_complete,
         )
 
     def aembed_stream(
@@ -399,6 +407,7 @@ class DashScopeClient:
         long_text: LongTextPolicy | None = None,
         lookahead: int | None = None,
         as_numpy: bool = False,
+        on_complete: Callable[[EmbeddingChunk], None] | None = None,
     ) -> AsyncIterator[EmbeddingChunk]:
         """Async twin of :meth:`embed_stream`; ``texts`` may also be an async iterable.
 
@@ -413,6 +422,7 @@ class DashScopeClient:
             slice_size=spec.max_rows,
             lookahead=lookahead or STREAM_LOOKAHEAD_PER_SLOT * self.max_concurrency,
             to_array=float32_array if as_numpy else None,
+            on_complete=on_complete,
         )
 
     def close(self) -> None:

@@ -98,6 +98,10 @@ class _Pending:
     future: Future[EmbeddingResult]
 
 
+OnComplete = Callable[[EmbeddingChunk], None]
+"""Called with each slice's chunk as soon as its request finishes, in completion order."""
+
+
 def stream_sync(
     texts: Iterable[str],
     embed: Callable[[list[str]], EmbeddingResult],
@@ -105,10 +109,18 @@ def stream_sync(
     slice_size: int,
     lookahead: int,
     to_array: Callable[[EmbeddingResult], Any] | None = None,
+    on_complete: OnComplete | None = None,
 ) -> Iterator[EmbeddingChunk]:
     """Ordered pipeline of ``embed`` calls over consecutive slices of ``texts``."""
     slices = _slices(texts, slice_size)
     pending: deque[_Pending] = deque()
+
+    def run(start: int, batch: list[str]) -> EmbeddingResult:
+        result = embed(batch)
+        if on_complete is not None:
+            on_complete(EmbeddingChunk(start, result))
+        return result
+
     with ThreadPoolExecutor(max_workers=lookahead, thread_name_prefix="dashscope-stream") as pool:
 
         def top_up() -> None:
@@ -117,21 +129,27 @@ def stream_sync(
                 if nxt is None:
                     return
                 start, batch = nxt
-                pending.append(_Pending(start, pool.submit(embed, batch)))
+                pending.append(_Pending(start, pool.submit(run, start, batch)))
 
-        top_up()
-        while pending:
-            head = pending.popleft()
-            try:
-                result = head.future.result()
-            except InvalidInputError as exc:
-                _drain(pending)
-                raise _shift(exc, head.start) from None
-            except Exception as exc:
-                completed = _drain(pending)
-                raise EmbedStreamError(head.start, exc, completed) from exc
-            yield EmbeddingChunk(head.start, result, to_array(result) if to_array else None)
+        try:
             top_up()
+            while pending:
+                head = pending.popleft()
+                try:
+                    result = head.future.result()
+                except InvalidInputError as exc:
+                    _drain(pending)
+                    raise _shift(exc, head.start) from None
+                except Exception as exc:
+                    completed = _drain(pending)
+                    raise EmbedStreamError(head.start, exc, completed) from exc
+                yield EmbeddingChunk(head.start, result, to_array(result) if to_array else None)
+                top_up()
+        finally:
+            # The consumer stopped (Ctrl-C, an error, or it broke off): requests already
+            # under way finish (their on_complete still runs), queued ones are not sent.
+            for item in pending:
+                item.future.cancel()
 
 
 def _drain(pending: deque[_Pending]) -> list[EmbeddingChunk]:
@@ -159,11 +177,18 @@ async def stream_async(
     slice_size: int,
     lookahead: int,
     to_array: Callable[[EmbeddingResult], Any] | None = None,
+    on_complete: OnComplete | None = None,
 ) -> AsyncIterator[EmbeddingChunk]:
     """Async twin of :func:`stream_sync`; ``texts`` may be an async iterable."""
     source = _aslices(texts, slice_size)
     pending: deque[_AsyncPending] = deque()
     exhausted = False
+
+    async def run(start: int, batch: list[str]) -> EmbeddingResult:
+        result = await embed(batch)
+        if on_complete is not None:
+            on_complete(EmbeddingChunk(start, result))
+        return result
 
     async def top_up() -> None:
         nonlocal exhausted
@@ -173,7 +198,7 @@ async def stream_async(
             except StopAsyncIteration:
                 exhausted = True
                 return
-            pending.append(_AsyncPending(start, asyncio.ensure_future(embed(batch))))
+            pending.append(_AsyncPending(start, asyncio.ensure_future(run(start, batch))))
 
     try:
         await top_up()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -269,3 +270,122 @@ def test_batch_jobs_larger_than_the_service_takes_are_refused_up_front(
     assert refused.returncode != 0
     assert "--batch-lines must be 1..50,000" in refused.stderr
     assert dashscope_emulator.stats()["requests"] == 0 and not out.exists()
+
+
+def _requests_sent(emu: Emulator) -> int:
+    return int(emu.stats()["by_endpoint"].get(f"POST /api/v1{EMBED_PATH}", 0))
+
+
+EMBED_PATH = "/services/embeddings/text-embedding/text-embedding"
+
+
+def test_a_finished_npy_run_is_not_paid_for_again(
+    dashscope_emulator: Emulator, tmp_path: Path
+) -> None:
+    source = write_corpus(tmp_path, texts(500))
+    out = tmp_path / "v.npy"
+    first = run_cli(dashscope_emulator, "embed", str(source), "--out", str(out), "--quiet")
+    assert first.returncode == 0, first.stderr
+    before = out.read_bytes()
+    dashscope_emulator.reset()
+    again = run_cli(dashscope_emulator, "embed", str(source), "--out", str(out), "--quiet")
+    assert again.returncode == 0 and "already holds all 500" in again.stderr
+    assert _requests_sent(dashscope_emulator) == 0 and out.read_bytes() == before
+
+
+def test_resuming_with_other_settings_is_refused_before_anything_is_sent(
+    dashscope_emulator: Emulator, tmp_path: Path
+) -> None:
+    source = write_corpus(tmp_path, texts(300))
+    for suffix in ("npy", "jsonl", "parquet"):
+        out = tmp_path / f"v.{suffix}"
+        first = run_cli(
+            dashscope_emulator, "embed", str(source), "--out", str(out), "--dimension", "256"
+        )
+        assert first.returncode == 0, first.stderr
+        (tmp_path / f"v.{suffix}.run.json").write_text(
+            (tmp_path / f"v.{suffix}.run.json")
+            .read_text()
+            .replace('"complete": true', '"complete": false')
+        )  # as if the first run had been interrupted
+        dashscope_emulator.reset()
+        other = run_cli(
+            dashscope_emulator, "embed", str(source), "--out", str(out), "--dimension", "512"
+        )
+        assert other.returncode != 0, suffix
+        assert "dimension: 256 then, 512 now" in other.stderr and "Traceback" not in other.stderr
+        assert _requests_sent(dashscope_emulator) == 0
+        role = run_cli(
+            dashscope_emulator, "embed", str(source), "--out", str(out), "--dimension", "256",
+            "--text-type", "query",
+        )  # fmt: skip
+        assert role.returncode != 0 and "text_type: 'document' then, 'query' now" in role.stderr
+
+
+def _interrupt(emu: Emulator, tmp_path: Path, out: Path, how: signal.Signals) -> str:
+    """Start a run, stop it with ``how`` once some vectors are saved; its stderr."""
+    env = {**os.environ, "DASHSCOPE_API_KEY": emu.api_key, "DASHSCOPE_BASE_URL": emu.base_url}
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "dashscope_embed.cli", "embed", str(tmp_path / "corpus.txt"),
+         "--out", str(out), "--max-concurrency", "4", "--quiet"],
+        env=env, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while emu.stats()["texts_delivered"] < 600:
+        assert time.monotonic() < deadline and worker.poll() is None
+        time.sleep(0.01)
+    worker.send_signal(how)
+    _, stderr = worker.communicate(timeout=60)
+    return stderr
+
+
+def test_a_killed_run_resumes_paying_again_at_most_for_requests_in_flight(
+    dashscope_emulator: Emulator, tmp_path: Path
+) -> None:
+    # Results arrive out of order (jitter); each is kept the moment it arrives.
+    dashscope_emulator.configure(latency=0.05, latency_jitter=0.1)
+    corpus = texts(3000)
+    write_corpus(tmp_path, corpus)
+    for suffix in ("jsonl", "npy", "parquet"):
+        dashscope_emulator.reset()
+        out = tmp_path / f"k.{suffix}"
+        _interrupt(dashscope_emulator, tmp_path, out, signal.SIGKILL)
+        done = run_cli(dashscope_emulator, "embed", str(tmp_path / "corpus.txt"), "--out", str(out))
+        assert done.returncode == 0, done.stderr
+        stats = dashscope_emulator.stats()
+        # At most the 4 requests in flight at the kill (10 texts each), and one being
+        # written to the journal when the process died, are paid twice.
+        assert stats["duplicate_embeddings"] <= 50, (suffix, stats["duplicate_embeddings"])
+        assert not list(tmp_path.glob(f"k.{suffix}.pending*"))
+    rows = read_jsonl(tmp_path / "k.jsonl")
+    assert [r["index"] for r in rows] == list(range(3000))
+    client = DashScopeClient(
+        api_key=dashscope_emulator.api_key, base_url=dashscope_emulator.base_url
+    )
+    expected = client.embed([corpus[0], corpus[1777]], text_type="document").require_dense()
+    assert rows[1777]["embedding"] == expected[1]
+    matrix = np.load(tmp_path / "k.npy")
+    assert np.allclose(matrix[[0, 1777]], expected, atol=1e-6)
+
+
+def test_ctrl_c_reports_exactly_what_the_next_run_finds_and_pays_nothing_twice(
+    dashscope_emulator: Emulator, tmp_path: Path
+) -> None:
+    dashscope_emulator.configure(latency=0.05, latency_jitter=0.1)
+    write_corpus(tmp_path, texts(3000))
+    for suffix in ("jsonl", "npy"):
+        dashscope_emulator.reset()
+        out = tmp_path / f"c.{suffix}"
+        stderr = _interrupt(dashscope_emulator, tmp_path, out, signal.SIGINT)
+        said = re.search(
+            r"Interrupted: (\d+) of 3000 saved in [^\s,]+(?:, and (\d+) more kept)?", stderr
+        )
+        assert said, stderr
+        in_order, ahead = int(said.group(1)), int(said.group(2) or 0)
+        if suffix == "jsonl":
+            assert len(read_jsonl(out)) == in_order
+        done = run_cli(dashscope_emulator, "embed", str(tmp_path / "corpus.txt"), "--out", str(out))
+        assert done.returncode == 0, done.stderr
+        kept = f" (and {ahead} more kept from the last run)" if ahead else ""
+        assert f"Resuming: {in_order} of 3000 already in {out}{kept}." in done.stderr
+        assert dashscope_emulator.stats()["duplicate_embeddings"] == 0
