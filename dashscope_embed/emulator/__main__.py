@@ -31,9 +31,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    import logging
+
     import uvicorn
 
     from dashscope_embed.emulator.app import EmulatorApp
+    from dashscope_embed.emulator.http import INJECTED_DROPS_FILTER
 
     args = vars(build_parser().parse_args(argv))
     host, port = args.pop("host"), args.pop("port")
@@ -44,6 +47,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"key: {'as given' if settings.api_key else 'any sk-... key'}",
         flush=True,
     )
+    logging.getLogger("uvicorn.error").addFilter(INJECTED_DROPS_FILTER)
     uvicorn.run(EmulatorApp(settings), host=host, port=port, log_level="warning")
 
 

@@ -1,7 +1,7 @@
 """The emulator as an ASGI application: DashScope's embedding APIs on your machine.
 
-Routes (any path prefix before ``/api/v1`` or ``/compatible-mode/v1`` is accepted, as
-behind a proxy):
+Routes (at the root, or below ``path_prefix`` when one is configured, as behind a proxy;
+any other path is 404, as on the service):
 
 * native: ``POST /api/v1/services/embeddings/text-embedding/text-embedding`` (sync, or
   an async batch task with ``X-DashScope-Async: enable``), ``POST /api/v1/services/
@@ -17,16 +17,17 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import orjson
 
 from dashscope_embed.emulator import vectors
 from dashscope_embed.emulator.http import (
+    ClientGone,
     Receive,
     Request,
     Response,
@@ -108,9 +109,17 @@ class EmulatorApp:
             return
         if scope["type"] != "http":
             return
-        request = await Request.read(scope, receive)
-        reply = await self.handle(request)
-        if _split_path(request.path)[0] != EMULATOR_PREFIX:
+        try:
+            request = await Request.read(scope, receive)
+        except ClientGone:
+            return
+        try:
+            reply = await self.handle(request)
+        except Exception as exc:  # a bug of ours still answers in the service's shape
+            protocol = _split_path(request.path, self.settings.path_prefix)[0]
+            error = ServiceError(500, "InternalError", f"emulator failure: {type(exc).__name__}")
+            reply = Reply(self._render_error(error, protocol, request.request_id))
+        if _split_path(request.path, self.settings.path_prefix)[0] != EMULATOR_PREFIX:
             with self.state.lock:
                 self.state.stats.by_status[reply.response.status] += 1
         if reply.drop:
@@ -132,7 +141,7 @@ class EmulatorApp:
     async def handle(self, request: Request) -> Reply:
         """Route one request; every failure becomes the protocol's error body."""
         path = request.path
-        protocol, rest = _split_path(path)
+        protocol, rest = _split_path(path, self.settings.path_prefix)
         if protocol == EMULATOR_PREFIX:
             try:
                 return await self.jobs.handle_emulator(request, rest)
@@ -521,21 +530,29 @@ def _as_service_floats(vector: np.ndarray) -> np.ndarray:
 
 
 def parse_json_object(raw: bytes) -> dict[str, Any]:
+    # orjson refuses what the service cannot take either: invalid UTF-8, lone surrogate
+    # escapes ("\ud800"), and nesting past 1,024 levels (json.loads would recurse out).
     try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
         raise invalid("Request body is not valid JSON.", "body") from None
     if not isinstance(body, dict):
         raise invalid("Request body must be a JSON object.", "body")
     return body
 
 
-def _split_path(path: str) -> tuple[str | None, str]:
-    """Find the protocol part of ``path``, allowing any prefix before it."""
+def _split_path(path: str, prefix: str = "") -> tuple[str | None, str]:
+    """The protocol part of ``path`` and the rest, for the real paths only.
+
+    ``/api/v1/...`` and ``/compatible-mode/v1/...`` are served at the root, or below
+    ``prefix`` when one is configured (as a proxy mounted there would); any other path
+    is not found, so a mistyped base URL fails offline as it would online. The
+    emulator's own ``/emulator/...`` is always at the root.
+    """
     for marker in (NATIVE_PREFIX, COMPATIBLE_PREFIX, EMULATOR_PREFIX):
-        position = path.find(marker + "/")
-        if position >= 0:
-            return marker, path[position + len(marker) :].rstrip("/") or "/"
-        if path.endswith(marker):
+        base = marker if marker == EMULATOR_PREFIX else prefix + marker
+        if path == base or path == base + "/":
             return marker, "/"
+        if path.startswith(base + "/"):
+            return marker, path[len(base) :].rstrip("/") or "/"
     return None, path

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 import uuid
@@ -20,6 +21,22 @@ Send = Callable[[Message], Awaitable[None]]
 
 class DroppedConnection(Exception):  # noqa: N818 - it is an event, not an error of ours
     """Raised after a partial reply so the server cuts the connection (an injected fault)."""
+
+
+class ClientGone(Exception):  # noqa: N818 - an event
+    """The client disconnected before its request body arrived whole: nothing to answer."""
+
+
+class _HideInjectedDrops(logging.Filter):
+    """Injected dropped connections are a feature; keep them out of the error log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, DroppedConnection)
+
+
+INJECTED_DROPS_FILTER = _HideInjectedDrops()
+"""Add to uvicorn's error logger wherever the emulator is served."""
 
 
 def new_request_id() -> str:
@@ -46,6 +63,8 @@ class Request:
         chunks = []
         while True:
             message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ClientGone
             chunks.append(message.get("body", b""))
             if not message.get("more_body"):
                 break

@@ -15,16 +15,8 @@ from typing import Any
 import httpx
 
 from dashscope_embed.emulator.app import EmulatorApp
-from dashscope_embed.emulator.http import DroppedConnection
+from dashscope_embed.emulator.http import INJECTED_DROPS_FILTER
 from dashscope_embed.emulator.state import EmulatorSettings
-
-
-class _HideInjectedDrops(logging.Filter):
-    """Injected dropped connections are a feature; keep them out of the error log."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        return not isinstance(exc, DroppedConnection)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -66,7 +58,7 @@ class Emulator:
         )
         self._server = uvicorn.Server(config)
         self._thread: threading.Thread | None = None
-        self._log_filter = _HideInjectedDrops()
+        self._log_filter = INJECTED_DROPS_FILTER
 
     @property
     def api_key(self) -> str:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 import threading
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
+
+import orjson
 
 
 @dataclass
@@ -41,6 +42,9 @@ class EmulatorSettings:
         blocked_phrase: a text containing it is refused as the service's content
             inspection refuses one (400 ``DataInspectionFailed``; a failed line in batch
             jobs), so an application's handling of that can be tested.
+        path_prefix: serve the APIs below this path (e.g. ``/gateway/dashscope``), as a
+            proxy mounted there would; by default they are at the root, and any other
+            path is 404, so a mistyped base URL fails here as it would on the service.
     """
 
     api_key: str | None = None
@@ -58,8 +62,15 @@ class EmulatorSettings:
     task_seconds_per_line: float = 0.0
     base64_as_float: bool = False
     blocked_phrase: str | None = None
+    path_prefix: str = ""
 
     def __post_init__(self) -> None:
+        if self.path_prefix and (
+            not self.path_prefix.startswith("/") or self.path_prefix.endswith("/")
+        ):
+            raise ValueError(
+                f"path_prefix must start with '/' and not end with one, got {self.path_prefix!r}"
+            )
         for name in ("error_rate", "drop_rate"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
@@ -238,21 +249,45 @@ class EmulatorState:
         self.stats = Stats()
         self.limiter = Limiter(settings)
         self.reseed()
-        self.request_log: deque[dict[str, Any]] = deque(maxlen=self.REQUEST_LOG_SIZE)
+        self.request_log: deque[dict[str, Any]] = deque()
+        self._log_bytes: deque[int] = deque()
+        self._log_total = 0
 
     REQUEST_LOG_SIZE = 5000
+    REQUEST_LOG_BYTES = 64 * 1024 * 1024  # bodies kept, all entries together
+    REQUEST_LOG_ENTRY_BYTES = 4 * 1024 * 1024  # a larger body is logged without its JSON
 
     def log_request(self, method: str, path: str, headers: dict[str, str], body: bytes) -> None:
-        """Keep what a client sent (never its key) for tests that check the wire."""
-        try:
-            parsed: Any = json.loads(body) if body else None
-        except (ValueError, UnicodeDecodeError):
-            parsed = None
+        """Keep what a client sent (never its key) for tests that check the wire.
+
+        Bounded in entries and in bytes: the oldest entries go first, and a body over
+        4 MB is recorded by its size only (``"json": None, "bytes": n``)."""
+        parsed: Any = None
+        kept = 0
+        if body and len(body) <= self.REQUEST_LOG_ENTRY_BYTES:
+            try:
+                parsed = orjson.loads(body)
+                kept = len(body)
+            except orjson.JSONDecodeError:
+                parsed = None
         safe_headers = {k: v for k, v in headers.items() if k != "authorization"}
+        entry = {
+            "method": method,
+            "path": path,
+            "headers": safe_headers,
+            "json": parsed,
+            "bytes": len(body),
+        }
         with self.lock:
-            self.request_log.append(
-                {"method": method, "path": path, "headers": safe_headers, "json": parsed}
-            )
+            self.request_log.append(entry)
+            self._log_bytes.append(kept)
+            self._log_total += kept
+            while self.request_log and (
+                len(self.request_log) > self.REQUEST_LOG_SIZE
+                or self._log_total > self.REQUEST_LOG_BYTES
+            ):
+                self.request_log.popleft()
+                self._log_total -= self._log_bytes.popleft()
 
     def roll(self, rate: float) -> bool:
         if rate <= 0:
@@ -280,6 +315,8 @@ class EmulatorState:
             self.stats = Stats()
             self.limiter = Limiter(self.settings)
             self.request_log.clear()
+            self._log_bytes.clear()
+            self._log_total = 0
 
     def record_delivered(self, keys: list[bytes]) -> None:
         with self.lock:

@@ -12,6 +12,7 @@ import httpx
 import numpy as np
 import pytest
 
+from dashscope_embed import DashScopeClient
 from dashscope_embed.emulator import Emulator
 from dashscope_embed.emulator.server import free_port
 
@@ -275,9 +276,59 @@ def test_configuring_a_seed_restarts_its_sequence_and_jitter_leaves_it_alone(
     assert pattern(seed=3, latency_jitter=0.01) == first  # jitter draws from its own stream
 
 
-def test_paths_behind_a_proxy_prefix_are_served(dashscope_emulator: Emulator) -> None:
-    response = post(dashscope_emulator, "/gateway/dashscope" + EMBED, native(["x"]))
-    assert response.status_code == 200
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/gateway/dashscope" + EMBED,  # a proxy prefix nobody configured
+        "/api/vl" + EMBED,  # "vl" for "v1": the typo a user's base_url may hold
+        "/api/v1/api/v1/services/embeddings/text-embedding/text-embedding",
+        COMPAT.replace("/v1", "/v2"),
+    ],
+)
+def test_only_the_real_paths_are_served(dashscope_emulator: Emulator, path: str) -> None:
+    response = post(dashscope_emulator, path, native(["x"]))
+    assert response.status_code == 404 and response.json()["code"]
+
+
+def test_paths_below_a_configured_proxy_prefix_are_served(dashscope_emulator: Emulator) -> None:
+    dashscope_emulator.configure(path_prefix="/gateway/dashscope")
+    assert post(dashscope_emulator, "/gateway/dashscope" + EMBED, native(["x"])).status_code == 200
+    assert post(dashscope_emulator, EMBED, native(["x"])).status_code == 404
+    client = DashScopeClient(
+        api_key=dashscope_emulator.api_key,
+        base_url=dashscope_emulator.base_url + "/gateway/dashscope/api/v1",
+    )
+    assert len(client.embed(["through the proxy"]).require_dense()) == 1
+
+
+@pytest.mark.parametrize(
+    ("body", "what"),
+    [
+        (b'{"model":"text-embedding-v4","input":{"texts":["\\ud800 x"]}}', "lone surrogate"),
+        (b"[" * 100_000, "deep nesting"),
+        (b"\xff\xfe not utf-8", "invalid UTF-8"),
+        (b'{"model":', "truncated JSON"),
+    ],
+)
+def test_a_malformed_body_gets_the_service_error_shape_and_breaks_nothing(
+    dashscope_emulator: Emulator, body: bytes, what: str
+) -> None:
+    response = post(dashscope_emulator, EMBED, body)
+    assert response.status_code == 400, what
+    assert response.headers["content-type"] == "application/json"
+    assert response.json()["code"] == "InvalidParameter"
+    # The request log (and so every later test's view of the wire) still works.
+    assert httpx.get(dashscope_emulator.base_url + "/emulator/requests").status_code == 200
+    assert post(dashscope_emulator, EMBED, native(["after"])).status_code == 200
+
+
+def test_the_request_log_is_bounded_in_bytes(dashscope_emulator: Emulator) -> None:
+    big = native(["x" * (3 * 1024 * 1024)])
+    for _ in range(40):
+        post(dashscope_emulator, EMBED, big)
+    log = dashscope_emulator.app.state
+    assert log._log_total <= log.REQUEST_LOG_BYTES
+    assert len(dashscope_emulator.requests()) < 40
 
 
 def test_command_line_serves_until_stopped() -> None:
@@ -317,3 +368,35 @@ def test_command_line_serves_until_stopped() -> None:
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+def test_injected_drops_are_quiet_on_the_command_line() -> None:
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dashscope_embed.emulator", "--port", str(port),
+         "--drop-rate", "1", "--api-key", "sk-cli"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                httpx.get(base + "/emulator/stats", timeout=1)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        for _ in range(3):
+            with pytest.raises(httpx.RemoteProtocolError):
+                httpx.post(
+                    base + EMBED,
+                    json=native(["cli"]),
+                    headers={"Authorization": "Bearer sk-cli"},
+                    timeout=5,
+                )
+        assert httpx.get(base + "/emulator/stats").json()["dropped_connections"] == 3
+    finally:
+        process.terminate()
+        output, _ = process.communicate(timeout=10)
+    assert "Traceback" not in output and "DroppedConnection" not in output
