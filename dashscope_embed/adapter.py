@@ -10,22 +10,22 @@ from __future__ import annotations
 
 import copy
 import difflib
+import pickle
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, PrivateAttr, SecretStr, model_validator
+from pydantic import ConfigDict, PrivateAttr, model_validator
 
-from dashscope_embed.client import DEFAULT_MAX_CONCURRENCY, DashScopeClient, make_config
-from dashscope_embed.config import Protocol, take_api_key
+from dashscope_embed.client import DashScopeClient, check_text_call, hide_key
+from dashscope_embed.config import ClientSettings
 from dashscope_embed.errors import InvalidInputError
 from dashscope_embed.forksafe import renew_after_fork
 from dashscope_embed.models import ModelSpec, OutputType, resolve_model
-from dashscope_embed.planner import resolve_params, validate_texts
-from dashscope_embed.protocol import codec_for
+from dashscope_embed.options import TextEmbeddingOptions
+from dashscope_embed.planner import validate_texts
 from dashscope_embed.tasks import resolve_instruct
-from dashscope_embed.tokens import LongTextPolicy
 from dashscope_embed.types import EmbeddingResult, SparseEmbedding
 
 Role = Literal["query", "document"]
@@ -82,57 +82,34 @@ class SparseCache:
         return len(self._entries)
 
 
-class AdapterSettings(BaseModel):
-    """Settings shared by every framework class (the model field is the framework's).
+class AdapterSettings(ClientSettings, TextEmbeddingOptions):
+    """What every framework class is made of: all client settings
+    (:class:`~dashscope_embed.config.ClientSettings`) and the per-call options
+    (:class:`~dashscope_embed.options.TextEmbeddingOptions`) as its defaults, declared
+    once there. The model field is the framework's (``model_name`` / ``model``).
 
     The API key is a secret: excluded from dumps, ``repr`` and pickles; with none given,
     ``DASHSCOPE_API_KEY`` is read when the first request is made.
     """
 
-    dimension: int | None = Field(
-        default=None, description="Vector length; one of the model's allowed sizes."
-    )
-    output_type: OutputType = Field(
-        default="dense",
-        description="'dense', 'sparse' or 'dense&sparse' (one request feeds a hybrid index).",
-    )
-    instruct: str | None = Field(
-        default=None, description="Task instruction sent with queries (wins over task)."
-    )
-    task: str | None = Field(
-        default=None,
-        description="Named instruction preset for queries: web_search, question_answering, "
-        "code_search, code_to_code, text_to_sql, ... (see dashscope_embed.tasks.TASKS).",
-    )
-    api_key: SecretStr | None = Field(default=None, exclude=True, repr=False)
-    region: str | None = Field(default=None, description="cn-beijing, ap-southeast-1, ...")
-    base_url: str | None = Field(default=None, description="Another host (proxy, emulator).")
-    workspace: str | None = Field(default=None, description="Sub-workspace id.")
-    protocol: Protocol = Field(default="native", description="'native' or 'openai-compatible'.")
-    timeout: float = Field(default=60.0, gt=0, description="Seconds per request.")
-    max_retries: int = Field(default=4, ge=0, le=20)
-    max_concurrency: int = Field(default=DEFAULT_MAX_CONCURRENCY, ge=1, le=64)
-    long_text: LongTextPolicy = Field(
-        default="error", description="Over-long texts: 'error', 'truncate' or 'chunk'."
-    )
+    model_config = ConfigDict(frozen=False, protected_namespaces=())
 
     _client: DashScopeClient | None = PrivateAttr(default=None)
     _sparse_cache: SparseCache = PrivateAttr(default_factory=SparseCache)
     _client_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
-    _key_withheld: bool = PrivateAttr(default=False)
 
     def __init__(self, **data: Any) -> None:
-        # The key is taken out before validation, so no ValidationError (which quotes,
-        # and pickles, its input) and no local of this frame can show it; set after.
-        given = any(name in data for name in ("api_key", "dashscope_api_key"))
-        key = take_api_key(data, "api_key", "dashscope_api_key")
+        hide_key(data)
         super().__init__(**data)
-        if given:
-            self.__dict__["api_key"] = key
         renew_after_fork(self)
 
     def _after_fork(self) -> None:
         self._client_lock = threading.Lock()
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, value)
+        if name in type(self).model_fields:
+            self._client = None  # a changed setting takes effect with the next call
 
     @model_validator(mode="before")
     @classmethod
@@ -168,56 +145,30 @@ class AdapterSettings(BaseModel):
         return resolve_model(self._model_ref())
 
     @model_validator(mode="after")
-    def _check_settings(self) -> AdapterSettings:
+    def _check_model_settings(self) -> AdapterSettings:
         # Fail at construction, not at the first call: every request would be refused.
-        self._connection_config()
         self._check_model()
         return self
 
     def _check_model(self) -> None:
         """The model-dependent settings against the model table (per adapter family)."""
-        for role in ("query", "document"):
-            params = resolve_params(
-                self._model_ref(),
-                text_type=role,
-                instruct=self.query_instruct if role == "query" else None,
-                dimension=self.dimension,
-                output_type=self.output_type,
-            )
-            codec_for(self.protocol).check(
-                params if self.protocol == "native" else _without_roles(params)
-            )
+        roles: tuple[Role, ...] = ("query", "document")
+        for role in roles:
+            options = self._call_options(role)
+            model, text_type = options.pop("model"), options.pop("text_type")
+            check_text_call(self, model, text_type, options)
 
     @property
     def query_instruct(self) -> str | None:
         """The instruction sent with queries (``instruct``, else the ``task`` preset)."""
         return resolve_instruct(self.instruct, self.task)
 
-    def _connection_config(self) -> Any:
-        """Where and how to connect, validated (region, base URL, workspace, plain http)."""
-        config = make_config(
-            api_key=self.api_key,
-            region=self.region,
-            base_url=self.base_url,
-            workspace=self.workspace,
-            protocol=self.protocol,
-            timeout=self.timeout,
-            max_retries=self.max_retries,
-        )
-        if self._key_withheld:
-            config.mark_key_withheld()
-        return config
-
     @property
     def client(self) -> DashScopeClient:
         """The core client, built on first use from these settings."""
         with self._client_lock:
             if self._client is None:
-                self._client = DashScopeClient(
-                    config=self._connection_config(),
-                    max_concurrency=self.max_concurrency,
-                    long_text=self.long_text,
-                )
+                self._client = DashScopeClient(self.settings_only())
             return self._client
 
     @property
@@ -225,17 +176,16 @@ class AdapterSettings(BaseModel):
         return self._sparse_cache
 
     # ----------------------------------------------------------------- calls
-    def _role_options(self, role: Role, output_type: OutputType | None = None) -> dict[str, Any]:
+    def _call_options(self, role: Role, output_type: OutputType | None = None) -> dict[str, Any]:
+        """The core call's arguments for one role: every option this class holds, the
+        instruction for queries only; the OpenAI-compatible protocol carries no roles."""
+        options = {name: getattr(self, name) for name in TextEmbeddingOptions.model_fields}
         native = self.protocol == "native"
-        return {
-            "model": self._model_ref(),
-            # The OpenAI-compatible endpoint cannot carry roles; documents and queries
-            # are then embedded alike.
-            "text_type": role if native else None,
-            "instruct": self.query_instruct if role == "query" and native else None,
-            "dimension": self.dimension,
-            "output_type": output_type or self.output_type,
-        }
+        if role != "query" or not native:
+            options["instruct"] = options["task"] = None
+        if output_type is not None:
+            options["output_type"] = output_type
+        return {"model": self._model_ref(), "text_type": role if native else None, **options}
 
     def _remember_sparse(self, role: Role, texts: Sequence[str], result: EmbeddingResult) -> None:
         if result.sparse is not None:
@@ -247,7 +197,7 @@ class AdapterSettings(BaseModel):
     ) -> EmbeddingResult:
         """Embed ``texts`` as queries or documents with these settings."""
         texts = validate_texts(texts)
-        result = self.client.embed(texts, **self._role_options(role, output_type))
+        result = self.client.embed(texts, **self._call_options(role, output_type))
         self._remember_sparse(role, texts, result)
         return result
 
@@ -256,7 +206,7 @@ class AdapterSettings(BaseModel):
     ) -> EmbeddingResult:
         """Async twin of :meth:`embed_role`."""
         texts = validate_texts(texts)
-        result = await self.client.aembed(texts, **self._role_options(role, output_type))
+        result = await self.client.aembed(texts, **self._call_options(role, output_type))
         self._remember_sparse(role, texts, result)
         return result
 
@@ -330,32 +280,31 @@ class AdapterSettings(BaseModel):
         return result.require_dense()
 
     # ----------------------------------------------------------------- copying
-    def scrub_pickle_state(self, state: dict[str, Any]) -> dict[str, Any]:
-        """Drop the key and live connections from a pickle state (see ``__getstate__``)."""
-        state = dict(state)
-        if "__dict__" in state:
-            state["__dict__"] = {**state["__dict__"], "api_key": None}
-        # Connections, locks and caches are rebuilt by __init__ on the other side; what
-        # travels is whether a key was left behind, so its absence can be explained.
-        state["__pydantic_private__"] = {
-            "key_withheld": self.api_key is not None or self._key_withheld
+    def __getstate__(self) -> dict[Any, Any]:
+        # Fields travel (the key and a custom token counter stay behind, and anything
+        # else that cannot be pickled, as LlamaIndex does); connections, locks and
+        # caches are rebuilt on the other side.
+        fields = {}
+        for name, value in self.__dict__.items():
+            if name in ("api_key", "token_counter"):
+                value = None
+            try:
+                pickle.dumps(value)
+            except Exception:  # noqa: S112 - left behind, rebuilt from defaults
+                continue
+            fields[name] = value
+        return {
+            "__dict__": fields,
+            "key_withheld": self.api_key is not None or self._key_withheld,
         }
-        return state
 
     def __setstate__(self, state: dict[Any, Any]) -> None:
         # Rebuild through __init__ so private state (client, locks, cache) is fresh.
         self.__init__(**state["__dict__"])  # type: ignore[misc]
-        private = state.get("__pydantic_private__") or {}
-        self._key_withheld = bool(private.get("key_withheld"))
+        self._key_withheld = bool(state.get("key_withheld"))
 
     def __deepcopy__(self, memo: dict[int, Any] | None = None) -> Any:
         """A copy with the same settings (the key included: it stays in this process)
         and its own client, locks and cache."""
         values = {name: copy.deepcopy(value, memo) for name, value in self.__dict__.items()}
         return type(self)(**values)
-
-
-def _without_roles(params: Any) -> Any:
-    from dataclasses import replace
-
-    return replace(params, text_type=None, instruct=None)

@@ -1,43 +1,38 @@
-"""The DashScope embedding client every framework adapter is built on."""
+"""The DashScope client every framework adapter is built on.
+
+One call path serves every endpoint: the call's parameters are validated once into a
+value object; the endpoint codec (found in the registry by the model's family and the
+protocol) checks, builds and parses; the planner splits and reassembles; the engine
+sends, sync or async, with one algorithm.
+"""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import httpx
 from pydantic import SecretStr, ValidationError
 
-from dashscope_embed.config import ClientConfig, Protocol
-from dashscope_embed.engine import Engine, Outcome
+from dashscope_embed.config import ClientSettings
+from dashscope_embed.engine import Engine, Jobs, Outcome
 from dashscope_embed.errors import ConfigurationError, InvalidInputError, PartialEmbeddingError
 from dashscope_embed.forksafe import renew_after_fork
 from dashscope_embed.limits import AdaptivePace, ConcurrencyGate, RateBudget
-from dashscope_embed.models import DEFAULT_MODEL, ModelSpec, OutputType, TextType, resolve_model
-from dashscope_embed.multimodal import MULTIMODAL_PATH, Content
-from dashscope_embed.multimodal import build_body as build_multimodal_body
-from dashscope_embed.multimodal import parse_reply as parse_multimodal_reply
-from dashscope_embed.planner import (
-    Plan,
-    assemble,
-    plan,
-    regroup,
-    resolve_params,
-    validate_texts,
+from dashscope_embed.models import DEFAULT_MODEL, ModelSpec, TextType, resolve_model
+from dashscope_embed.multimodal import Content
+from dashscope_embed.options import (
+    MultimodalEmbeddingOptions,
+    TextEmbeddingOptions,
+    TextParams,
+    multimodal_params,
+    text_params,
 )
-from dashscope_embed.protocol import (
-    Codec,
-    EmbedParams,
-    HttpRequest,
-    ParsedBatch,
-    codec_for,
-    reply_byte_limit,
-)
-from dashscope_embed.retry import RetryPolicy
+from dashscope_embed.planner import Plan, ResultParams, assemble, plan, regroup, validate_texts
+from dashscope_embed.protocol import Endpoint, HttpRequest, ParsedBatch, endpoint_for
 from dashscope_embed.stream import EmbeddingChunk, float32_array, stream_async, stream_sync
 from dashscope_embed.tokens import (
-    LONG_TEXT_POLICIES,
     LongTextPlan,
     LongTextPolicy,
     TokenCounter,
@@ -47,47 +42,33 @@ from dashscope_embed.tokens import (
 from dashscope_embed.transport import Transport
 from dashscope_embed.types import EmbeddingResult, PartialResult
 
-DEFAULT_MAX_CONCURRENCY = 4
+DEFAULT_MAX_CONCURRENCY = ClientSettings.model_fields["max_concurrency"].default
 # Slices a stream keeps open per request slot. Measured with 10% 500s and 10% dropped
 # replies: 2 per slot ran at 0.75 of embed()'s speed, 8 per slot at 0.9-0.95; more
 # gained nothing.
 STREAM_LOOKAHEAD_PER_SLOT = 8
+# The service may add an end-of-text token to each text (Qwen3-based models bill it).
+RESERVED_TOKENS = 1
+
+Item = TypeVar("Item")
+Params = TypeVar("Params", bound=ResultParams)
 
 
 class DashScopeClient:
-    """Embeds texts with DashScope, sync or async, over the native or OpenAI-compatible API.
+    """Embeds texts (and images) with DashScope, sync or async.
 
-    Every call validates its input before sending anything, splits it into requests within
-    the model's row limit (identical texts are sent once), runs the requests concurrently
-    (at most ``max_concurrency`` at a time), retries each one on its own, and returns the
-    vectors in input order.
+    Every call validates its input before sending anything, splits it into requests
+    within the model's limits (identical inputs are sent once), runs the requests
+    concurrently, retries each one on its own, and returns the vectors in input order.
 
-    Args:
-        api_key: DashScope key; default ``DASHSCOPE_API_KEY`` (read at first use).
-        region: ``cn-beijing`` (default), ``ap-southeast-1``/``singapore``,
-            ``cn-hongkong``, ...; default ``DASHSCOPE_REGION``.
-        base_url: another host (a proxy, the emulator); a host root or either documented
-            base URL; default ``DASHSCOPE_BASE_URL`` / ``DASHSCOPE_HTTP_BASE_URL``.
-        workspace: sub-workspace id, sent as ``X-DashScope-WorkSpace``.
-        protocol: ``"native"`` (every feature) or ``"openai-compatible"`` (dense only).
-        timeout: seconds per request; ``connect_timeout`` for connecting.
-        max_retries: resends per request on 408/409/429/5xx, timeouts, dropped connections.
-        max_concurrency: requests in flight at once, sync and async alike.
-        allow_insecure_http: permit plain ``http://`` to a non-loopback host.
-        http_client / async_http_client: your own httpx clients (proxies, custom TLS);
-            the client then does not close them.
-        retry: a full :class:`RetryPolicy` (overrides ``max_retries``).
-        long_text: what to do with a text over the model's token limit: ``"error"``
-            (raise before sending, naming it), ``"truncate"`` or ``"chunk"`` (embed the
-            pieces and average them); see :mod:`dashscope_embed.tokens`.
-        token_counter: counts tokens; default the exact Qwen tokenizer when the
-            ``tokenizer`` extra is installed, else a conservative estimate.
-        requests_per_minute / tokens_per_minute: your quota, enforced client-side and
-            spread evenly, so it is not exceeded in the first place.
-        adaptive_concurrency: adapt to limits the client was not told: on a concurrency
-            429 cut the requests in flight (and grow back on success, up to
-            ``max_concurrency``); on a request-rate 429 (``Throttling.RateQuota``) pace
-            request starts just under the rate the service allowed.
+    Settings are the fields of :class:`~dashscope_embed.config.ClientSettings`, given as
+    keyword arguments (or as a ``ClientSettings``): ``api_key``, ``region``,
+    ``base_url``, ``workspace``, ``workspace_gateway``, ``protocol``, ``timeout``,
+    ``connect_timeout``, ``max_retries``, ``retry``, ``max_concurrency``,
+    ``adaptive_concurrency``, ``requests_per_minute``, ``tokens_per_minute``,
+    ``long_text``, ``token_counter``, ``allow_insecure_http``. An unknown name is an
+    error naming the nearest real one. ``http_client`` / ``async_http_client`` are your
+    own httpx clients (proxies, custom TLS); the client then does not close them.
 
     Example::
 
@@ -98,68 +79,53 @@ class DashScopeClient:
 
     def __init__(
         self,
+        settings: ClientSettings | None = None,
+        /,
         *,
-        api_key: str | SecretStr | None = None,
-        region: str | None = None,
-        base_url: str | None = None,
-        workspace: str | None = None,
-        protocol: Protocol = "native",
-        timeout: float = 60.0,
-        connect_timeout: float = 10.0,
-        max_retries: int = 4,
-        max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
-        allow_insecure_http: bool = False,
         http_client: httpx.Client | None = None,
         async_http_client: httpx.AsyncClient | None = None,
-        retry: RetryPolicy | None = None,
-        long_text: LongTextPolicy = "error",
-        token_counter: TokenCounter | None = None,
-        requests_per_minute: int | None = None,
-        tokens_per_minute: int | None = None,
-        adaptive_concurrency: bool = True,
-        config: ClientConfig | None = None,
+        **options: Any,
     ) -> None:
-        api_key = as_secret(api_key)
-        if config is None:
-            config = make_config(
-                api_key=api_key,
-                region=region,
-                base_url=base_url,
-                workspace=workspace,
-                protocol=protocol,
-                timeout=timeout,
-                connect_timeout=connect_timeout,
-                max_retries=max_retries,
-                allow_insecure_http=allow_insecure_http,
-            )
-        if max_concurrency < 1:
-            raise ConfigurationError(f"max_concurrency must be >= 1, got {max_concurrency}")
-        self.config = config
-        self.retry = retry or RetryPolicy(max_retries=config.max_retries)
-        self.max_concurrency = max_concurrency
-        if long_text not in LONG_TEXT_POLICIES:
-            raise ConfigurationError(
-                f"long_text must be one of {list(LONG_TEXT_POLICIES)}, got {long_text!r}"
-            )
-        self.long_text: LongTextPolicy = long_text
-        self._token_counter = token_counter
-        self._codec: Codec = codec_for(config.protocol)
-        self._limits = (requests_per_minute, tokens_per_minute, adaptive_concurrency)
+        hide_key(options)
+        if settings is None:
+            settings = make_settings(**options)
+        elif options:
+            settings = make_settings(**{**_fields_of(settings), **options})
+        self.settings = settings
+        self._token_counter = settings.token_counter
         self._new_engine()
         renew_after_fork(self)
         self._transport = Transport(
-            config,
+            settings,
             http_client=http_client,
             async_http_client=async_http_client,
-            max_connections=max(max_concurrency, 10),
+            max_connections=max(settings.max_concurrency, 10),
         )
 
+    # Read-only views kept for code written against the earlier attributes.
+    @property
+    def config(self) -> ClientSettings:
+        """The client's settings (the former name of :attr:`settings`)."""
+        return self.settings
+
+    @property
+    def max_concurrency(self) -> int:
+        return self.settings.max_concurrency
+
+    @property
+    def long_text(self) -> LongTextPolicy:
+        return self.settings.long_text
+
     def _new_engine(self) -> None:
-        requests_per_minute, tokens_per_minute, adaptive = self._limits
-        self.gate = ConcurrencyGate(self.max_concurrency, adaptive=adaptive)
-        self.budget = RateBudget(requests_per_minute, tokens_per_minute)
+        settings = self.settings
+        self.retry = settings.retry_policy
+        self.gate = ConcurrencyGate(
+            settings.max_concurrency, adaptive=settings.adaptive_concurrency
+        )
+        self.budget = RateBudget(settings.requests_per_minute, settings.tokens_per_minute)
         # Told the quota: pace to it. Not told: learn it from the service's 429s.
-        self.pace = None if requests_per_minute or not adaptive else AdaptivePace()
+        learn = settings.adaptive_concurrency and not settings.requests_per_minute
+        self.pace = AdaptivePace() if learn else None
         self._engine = Engine(self.retry, self.gate, self.budget, self.pace)
 
     def _after_fork(self) -> None:
@@ -170,87 +136,58 @@ class DashScopeClient:
 
     def __repr__(self) -> str:
         # Safe on a half-built client too: a traceback formatting locals reprs it.
-        config = getattr(self, "config", None)
-        codec = getattr(self, "_codec", None)
-        if config is None or codec is None:
+        settings = getattr(self, "settings", None)
+        if settings is None:
             return "DashScopeClient(<not configured>)"
         return (
-            f"DashScopeClient(base_url={codec.base_url(config)!r}, "
-            f"protocol={config.protocol!r}, workspace={config.workspace!r}, "
-            f"max_concurrency={getattr(self, 'max_concurrency', None)})"
+            f"DashScopeClient(root_url={settings.root_url!r}, "
+            f"protocol={settings.protocol!r}, workspace={settings.workspace!r}, "
+            f"max_concurrency={settings.max_concurrency})"
         )
 
     def __getstate__(self) -> dict[str, Any]:
-        return {
-            "config": self.config,
-            "retry": self.retry,
-            "max_concurrency": self.max_concurrency,
-            "long_text": self.long_text,
-            "budget": self.budget,
-            "adaptive": self.gate.adaptive,
-        }
+        return {"settings": self.settings}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(  # type: ignore[misc]
-            config=state["config"],
-            retry=state["retry"],
-            max_concurrency=state["max_concurrency"],
-            long_text=state["long_text"],
-            requests_per_minute=state["budget"].requests_per_minute,
-            tokens_per_minute=state["budget"].tokens_per_minute,
-            adaptive_concurrency=state["adaptive"],
-        )
+        self.__init__(state["settings"])  # type: ignore[misc]
 
-    # ------------------------------------------------------------------ public API
+    # ------------------------------------------------------------------ text
     def embed(
         self,
         texts: Sequence[str],
         *,
         model: str | ModelSpec = DEFAULT_MODEL,
         text_type: TextType | None = None,
-        instruct: str | None = None,
-        dimension: int | None = None,
-        output_type: OutputType = "dense",
         batch_size: int | None = None,
         long_text: LongTextPolicy | None = None,
         progress: Callable[[int], None] | None = None,
+        **options: Any,
     ) -> EmbeddingResult:
         """Embed ``texts``; returns dense and/or sparse vectors in input order.
 
         Args:
-            texts: non-empty strings. Bad ones are reported by position before sending.
+            texts: non-empty strings, in a list or any ordered iterable (not a dict or a
+                set). Bad ones are reported by position before sending.
             model: a model name from :data:`~dashscope_embed.models.MODELS`, or a
                 :class:`ModelSpec` for any other model.
             text_type: ``"query"`` for search queries, ``"document"`` for the corpus;
                 ``None`` sends nothing (the service treats it as a document).
-            instruct: task instruction for query embeddings (text-embedding-v4, qwen3.7).
-            dimension: vector length; one of the model's allowed sizes.
-            output_type: ``"dense"``, ``"sparse"`` or ``"dense&sparse"`` (one request
-                returns both halves of a hybrid index).
             batch_size: texts per request; default and maximum is the model's row limit.
             long_text: override the client's long-text policy for this call.
             progress: called with the number of inputs each finished request covered
                 (duplicates included), e.g. a progress bar's ``update``.
+            **options: the fields of :class:`~dashscope_embed.options.TextEmbeddingOptions`:
+                ``dimension``, ``output_type`` (``"dense"``, ``"sparse"``,
+                ``"dense&sparse"``), ``instruct`` or ``task`` (the query instruction),
+                ``extra_parameters`` (merged last into the request's parameters).
 
         Raises:
             InvalidInputError: bad texts or parameters (nothing was sent).
             APIError subclasses: when every request failed; the first error is raised.
             PartialEmbeddingError: some requests failed for good; the rest is attached.
         """
-        call = self._prepare(
-            texts, model, text_type, instruct, dimension, output_type, batch_size, long_text
-        )
-
-        def send(batch: range) -> bytes:
-            request = call.request(batch)
-            return self._transport.post(
-                call.base_url + request.path, request.body, max_reply_bytes=call.reply_limit(batch)
-            )
-
-        outcome = self._engine.run(
-            call.plan.batches, send, call.parse, self._cost_of(call), call.progress_hook(progress)
-        )
-        return call.finish(outcome)
+        call = self._text_call(texts, model, text_type, batch_size, long_text, options)
+        return call.finish(self._engine.run(call.jobs(self, progress), self._transport.send))
 
     async def aembed(
         self,
@@ -258,111 +195,108 @@ class DashScopeClient:
         *,
         model: str | ModelSpec = DEFAULT_MODEL,
         text_type: TextType | None = None,
-        instruct: str | None = None,
-        dimension: int | None = None,
-        output_type: OutputType = "dense",
         batch_size: int | None = None,
         long_text: LongTextPolicy | None = None,
         progress: Callable[[int], None] | None = None,
+        **options: Any,
     ) -> EmbeddingResult:
         """Async twin of :meth:`embed`, with the same arguments, result and errors."""
-        call = self._prepare(
-            texts, model, text_type, instruct, dimension, output_type, batch_size, long_text
-        )
-
-        async def send(batch: range) -> bytes:
-            request = call.request(batch)
-            return await self._transport.apost(
-                call.base_url + request.path, request.body, max_reply_bytes=call.reply_limit(batch)
-            )
-
-        outcome = await self._engine.arun(
-            call.plan.batches, send, call.parse, self._cost_of(call), call.progress_hook(progress)
-        )
+        call = self._text_call(texts, model, text_type, batch_size, long_text, options)
+        outcome = await self._engine.arun(call.jobs(self, progress), self._transport.asend)
         return call.finish(outcome)
 
+    def _text_call(
+        self,
+        texts: Sequence[str],
+        model: str | ModelSpec,
+        text_type: str | None,
+        batch_size: int | None,
+        long_text: LongTextPolicy | None,
+        options: dict[str, Any],
+    ) -> _Call[str, TextParams]:
+        spec, endpoint, params = self._text_params(model, text_type, options)
+        valid = validate_texts(texts)
+        rows = spec.max_rows
+        if batch_size is not None:
+            if not 1 <= batch_size <= rows:
+                raise ConfigurationError(
+                    f"batch_size={batch_size} is outside 1..{rows}, the row limit of {spec.name}"
+                )
+            rows = batch_size
+        long_plan = self._long_text_plan(valid, spec, long_text or self.settings.long_text)
+        # Fail on a missing key before planning work, not inside a worker thread.
+        self.settings.resolve_api_key()
+        return _Call(
+            endpoint,
+            params,
+            self.settings,
+            plan(long_plan.rows if long_plan else valid, rows),
+            long_plan,
+        )
+
+    def _text_params(
+        self, model: str | ModelSpec, text_type: str | None, options: dict[str, Any]
+    ) -> tuple[ModelSpec, Endpoint[str, TextParams], TextParams]:
+        return check_text_call(self.settings, model, text_type, options)
+
+    # ------------------------------------------------------------------ multimodal
     def embed_multimodal(
         self,
         contents: Sequence[Content],
         *,
         model: str | ModelSpec = "multimodal-embedding-v1",
-        dimension: int | None = None,
+        **options: Any,
     ) -> EmbeddingResult:
         """Embed texts, images and videos into one vector space, in input order.
 
         Build contents with :class:`~dashscope_embed.multimodal.Content`
         (``Content.image("cat.png")``, ``Content.text("a cat")``); images are checked
-        against the service's limits before anything is sent.
+        against the service's limits before anything is sent. ``**options`` are the
+        fields of :class:`~dashscope_embed.options.MultimodalEmbeddingOptions`.
         """
-        call = self._prepare_multimodal(contents, model, dimension)
-
-        def send(batch: range) -> bytes:
-            return self._transport.post(
-                call.url, call.body(batch), max_reply_bytes=call.reply_limit(batch)
-            )
-
-        return call.finish(self._engine.run(call.plan.batches, send, call.parse))
+        call = self._multimodal_call(contents, model, options)
+        return call.finish(self._engine.run(call.jobs(self, None), self._transport.send))
 
     async def aembed_multimodal(
         self,
         contents: Sequence[Content],
         *,
         model: str | ModelSpec = "multimodal-embedding-v1",
-        dimension: int | None = None,
+        **options: Any,
     ) -> EmbeddingResult:
         """Async twin of :meth:`embed_multimodal`."""
-        call = self._prepare_multimodal(contents, model, dimension)
+        call = self._multimodal_call(contents, model, options)
+        return call.finish(await self._engine.arun(call.jobs(self, None), self._transport.asend))
 
-        async def send(batch: range) -> bytes:
-            return await self._transport.apost(
-                call.url, call.body(batch), max_reply_bytes=call.reply_limit(batch)
-            )
-
-        return call.finish(await self._engine.arun(call.plan.batches, send, call.parse))
-
-    def _prepare_multimodal(
-        self, contents: Sequence[Content], model: str | ModelSpec, dimension: int | None
-    ) -> _MultimodalCall:
+    def _multimodal_call(
+        self, contents: Sequence[Content], model: str | ModelSpec, options: dict[str, Any]
+    ) -> _Call[Content, Any]:
         spec = resolve_model(model)
-        if spec.kind != "multimodal":
-            raise InvalidInputError(f"{spec.name} is not a multimodal model")
-        if dimension is not None and dimension not in spec.dimensions:
-            raise InvalidInputError(
-                f"dimension={dimension} is not allowed for {spec.name}; allowed: "
-                f"{sorted(spec.dimensions, reverse=True)}"
-            )
+        params = multimodal_params(spec, MultimodalEmbeddingOptions.from_call(options))
         if not contents or not all(isinstance(c, Content) for c in contents):
             raise InvalidInputError(
                 "contents must be a non-empty list of Content (Content.text / image / video)"
             )
-        if self.config.protocol != "native":
-            raise InvalidInputError("multimodal embedding needs protocol='native'")
-        self.config.resolve_api_key()
-        # Identical contents (same text, same image reference or bytes) are sent once.
-        unique: dict[tuple[str, str], Content] = {}
-        for content in contents:
-            unique.setdefault((content.modality, content.value), content)
-        return _MultimodalCall(
-            spec=spec,
-            contents=list(unique.values()),
-            dimension=dimension if spec.configurable_dimension else None,
-            url=self.config.native_base_url + MULTIMODAL_PATH,
-            plan=plan([f"{c.modality}\x1f{c.value}" for c in contents], spec.max_rows),
+        endpoint: Endpoint[Content, Any] = endpoint_for(
+            spec.family, self.settings.protocol, spec.name
         )
+        endpoint.check(params)
+        self.settings.resolve_api_key()
+        # Identical contents (same text, same image reference or bytes) are sent once.
+        return _Call(endpoint, params, self.settings, plan(list(contents), spec.max_rows), None)
 
+    # ------------------------------------------------------------------ streams
     def embed_stream(
         self,
         texts: Iterable[str],
         *,
         model: str | ModelSpec = DEFAULT_MODEL,
         text_type: TextType | None = None,
-        instruct: str | None = None,
-        dimension: int | None = None,
-        output_type: OutputType = "dense",
         long_text: LongTextPolicy | None = None,
         lookahead: int | None = None,
         as_numpy: bool = False,
         on_complete: Callable[[EmbeddingChunk], None] | None = None,
+        **options: Any,
     ) -> Iterator[EmbeddingChunk]:
         """Embed an iterable of any size; yield :class:`EmbeddingChunk` s in input order.
 
@@ -372,7 +306,8 @@ class DashScopeClient:
         results are yielded in order: a slice waiting to be retried holds back the slices
         after it, and the others must be able to keep every slot busy meanwhile. With
         ``as_numpy=True`` each chunk's ``array`` holds its dense vectors as float32.
-        Identical texts are sent once only within a slice.
+        Identical texts are sent once only within a slice. ``**options`` are those of
+        :meth:`embed`.
 
         ``on_complete`` is called with each chunk as soon as its request finishes, in
         completion order and (sync) from a worker thread: save work there and nothing
@@ -383,12 +318,12 @@ class DashScopeClient:
             InvalidInputError: a bad text (positions count from the start of ``texts``).
             EmbedStreamError: a request failed for good; every earlier input was yielded.
         """
-        spec, options = _stream_options(
-            model, text_type, instruct, dimension, output_type, long_text
-        )
+        spec, _, _ = self._text_params(model, text_type, options)  # checked before reading
         return stream_sync(
             texts,
-            lambda batch: self.embed(batch, **options),
+            lambda batch: self.embed(
+                batch, model=spec, text_type=text_type, long_text=long_text, **options
+            ),
             slice_size=spec.max_rows,
             lookahead=lookahead or STREAM_LOOKAHEAD_PER_SLOT * self.max_concurrency,
             to_array=float32_array if as_numpy else None,
@@ -401,30 +336,29 @@ class DashScopeClient:
         *,
         model: str | ModelSpec = DEFAULT_MODEL,
         text_type: TextType | None = None,
-        instruct: str | None = None,
-        dimension: int | None = None,
-        output_type: OutputType = "dense",
         long_text: LongTextPolicy | None = None,
         lookahead: int | None = None,
         as_numpy: bool = False,
         on_complete: Callable[[EmbeddingChunk], None] | None = None,
+        **options: Any,
     ) -> AsyncIterator[EmbeddingChunk]:
         """Async twin of :meth:`embed_stream`; ``texts`` may also be an async iterable.
 
         Use as ``async for chunk in client.aembed_stream(texts): ...``.
         """
-        spec, options = _stream_options(
-            model, text_type, instruct, dimension, output_type, long_text
-        )
+        spec, _, _ = self._text_params(model, text_type, options)
         return stream_async(
             texts,
-            lambda batch: self.aembed(batch, **options),
+            lambda batch: self.aembed(
+                batch, model=spec, text_type=text_type, long_text=long_text, **options
+            ),
             slice_size=spec.max_rows,
             lookahead=lookahead or STREAM_LOOKAHEAD_PER_SLOT * self.max_concurrency,
             to_array=float32_array if as_numpy else None,
             on_complete=on_complete,
         )
 
+    # ------------------------------------------------------------------ lifetime
     def close(self) -> None:
         """Close pooled connections (the client stays usable; it reconnects on demand)."""
         self._transport.close()
@@ -446,73 +380,23 @@ class DashScopeClient:
         await self.aclose()
 
     # ------------------------------------------------------------------ internals
-    def _cost_of(self, call: _Call) -> Callable[[range], int] | None:
-        """Tokens a request will bill, for the tokens-per-minute budget (if one is set)."""
-        if self.budget.tokens_per_minute is None:
-            return None
-        counter = self.token_counter()
-
-        def cost(batch: range) -> int:
-            return sum(counter.count(t) + RESERVED_TOKENS for t in call.plan.batch_texts(batch))
-
-        return cost
-
     def token_counter(self) -> TokenCounter:
         """The token counter this client uses (see ``token_counter=``)."""
         if self._token_counter is None:
             self._token_counter = default_token_counter()
         return self._token_counter
 
-    def _prepare(
-        self,
-        texts: Sequence[str],
-        model: str | ModelSpec,
-        text_type: str | None,
-        instruct: str | None,
-        dimension: int | None,
-        output_type: str,
-        batch_size: int | None,
-        long_text: LongTextPolicy | None,
-    ) -> _Call:
-        params = resolve_params(
-            model,
-            text_type=text_type,
-            instruct=instruct,
-            dimension=dimension,
-            output_type=output_type,
-        )
-        self._codec.check(params)
-        valid = validate_texts(texts)
-        rows = params.spec.max_rows
-        if batch_size is not None:
-            if not 1 <= batch_size <= rows:
-                raise ConfigurationError(
-                    f"batch_size={batch_size} is outside 1..{rows}, the row limit of "
-                    f"{params.spec.name}"
-                )
-            rows = batch_size
-        long_plan = self._long_text_plan(valid, params, long_text or self.long_text)
-        # Fail on a missing key before planning work, not inside a worker thread.
-        self.config.resolve_api_key()
-        return _Call(
-            params=params,
-            codec=self._codec,
-            base_url=self._codec.base_url(self.config),
-            plan=plan(long_plan.rows if long_plan else valid, rows),
-            long_plan=long_plan,
-        )
-
     def _long_text_plan(
-        self, texts: list[str], params: EmbedParams, policy: LongTextPolicy
+        self, texts: list[str], spec: ModelSpec, policy: LongTextPolicy
     ) -> LongTextPlan | None:
-        limit = params.spec.max_tokens_per_row - RESERVED_TOKENS
+        limit = spec.max_tokens_per_row - RESERVED_TOKENS
         # A token is at least one UTF-8 byte and a character at most four, so most texts
         # are cleared without counting anything.
         if all(len(text) * 4 <= limit for text in texts):
             return None
         long_plan = apply_long_text_policy(
             texts,
-            params.spec.max_tokens_per_row,
+            spec.max_tokens_per_row,
             policy,
             self.token_counter(),
             reserved_tokens=RESERVED_TOKENS,
@@ -520,21 +404,47 @@ class DashScopeClient:
         return long_plan if long_plan.changed else None
 
 
-# The service may add an end-of-text token to each text (Qwen3-based models bill it).
-RESERVED_TOKENS = 1
-
-
 @dataclass(frozen=True)
-class _Call:
-    """Everything one embed call needs after validation: shared by sync and async."""
+class _Call(Generic[Item, Params]):
+    """Everything one call needs after validation, for any endpoint; sync and async."""
 
-    params: EmbedParams
-    codec: Codec
-    base_url: str
-    plan: Plan
+    endpoint: Endpoint[Item, Params]
+    params: Params
+    settings: ClientSettings
+    plan: Plan[Item]
     long_plan: LongTextPlan | None
 
-    def progress_hook(
+    def jobs(
+        self, client: DashScopeClient, progress: Callable[[int], None] | None
+    ) -> Jobs[range, ParsedBatch]:
+        return Jobs(
+            items=self.plan.batches,
+            request=self.request,
+            decode=self.decode,
+            cost=self._cost(client),
+            on_success=self._progress_hook(progress),
+        )
+
+    def request(self, batch: range) -> HttpRequest:
+        return self.endpoint.request(self.settings, self.plan.batch_items(batch), self.params)
+
+    def decode(self, batch: range, content: bytes) -> ParsedBatch:
+        return self.endpoint.parse(content, len(batch), self.params)
+
+    def _cost(self, client: DashScopeClient) -> Callable[[range], int] | None:
+        """Tokens a request will bill, for the tokens-per-minute budget (if one is set)."""
+        if client.budget.tokens_per_minute is None:
+            return None
+        counter = client.token_counter()
+
+        def cost(batch: range) -> int:
+            return sum(
+                counter.count(str(item)) + RESERVED_TOKENS for item in self.plan.batch_items(batch)
+            )
+
+        return cost
+
+    def _progress_hook(
         self, progress: Callable[[int], None] | None
     ) -> Callable[[range], None] | None:
         """Turn "request done" into "this many inputs done" for a progress callback."""
@@ -545,21 +455,24 @@ class _Call:
             inputs_per_row[slot] += 1
         return lambda batch: progress(sum(inputs_per_row[batch.start : batch.stop]))
 
-    def request(self, batch: range) -> HttpRequest:
-        return self.codec.build(self.plan.batch_texts(batch), self.params)
-
-    def reply_limit(self, batch: range) -> int:
-        return reply_byte_limit(self.plan.batch_texts(batch), self.params)
-
-    def parse(self, batch: range, content: bytes) -> ParsedBatch:
-        return self.codec.parse(content, len(batch), self.params)
-
     def finish(self, outcome: Outcome) -> EmbeddingResult:
         replies = [r if isinstance(r, ParsedBatch) else None for r in outcome.replies]
         result = assemble(self.plan, replies, self.params)
         if self.long_plan is not None:
             result = regroup(result, self.long_plan)
         return _raise_or_return(result, outcome)
+
+
+def check_text_call(
+    settings: ClientSettings, model: str | ModelSpec, text_type: str | None, options: dict[str, Any]
+) -> tuple[ModelSpec, Endpoint[str, TextParams], TextParams]:
+    """Validate a text call's parameters once, for the endpoint ``settings`` lead to
+    (the framework classes check their defaults with it at construction)."""
+    spec = resolve_model(model)
+    params = text_params(spec, text_type, TextEmbeddingOptions.from_call(options))
+    endpoint: Endpoint[str, TextParams] = endpoint_for(spec.family, settings.protocol, spec.name)
+    endpoint.check(params)
+    return spec, endpoint, params
 
 
 def _raise_or_return(result: EmbeddingResult | PartialResult, outcome: Outcome) -> EmbeddingResult:
@@ -574,77 +487,43 @@ def _raise_or_return(result: EmbeddingResult | PartialResult, outcome: Outcome) 
     )
 
 
-@dataclass(frozen=True)
-class _MultimodalCall:
-    spec: ModelSpec
-    contents: list[Content]  # distinct contents, in the plan's order
-    dimension: int | None
-    url: str
-    plan: Plan
-
-    def body(self, batch: range) -> dict[str, Any]:
-        return build_multimodal_body(
-            self.spec.name, self.contents[batch.start : batch.stop], self.dimension
-        )
-
-    def parse(self, batch: range, content: bytes) -> ParsedBatch:
-        size = self.dimension or self.spec.default_dimension
-        return parse_multimodal_reply(content, len(batch), size)
-
-    def reply_limit(self, batch: range) -> int:
-        size = self.dimension or self.spec.default_dimension
-        return 64 * 1024 + len(batch) * (size * 32 + 256)
-
-    def finish(self, outcome: Outcome) -> EmbeddingResult:
-        params = EmbedParams(self.spec, None, None, self.dimension, "dense")
-        replies = [r if isinstance(r, ParsedBatch) else None for r in outcome.replies]
-        return _raise_or_return(assemble(self.plan, replies, params), outcome)
+def hide_key(settings: dict[str, Any]) -> None:
+    """Turn a key among keyword settings into a :class:`SecretStr` in place; called
+    first wherever settings are taken, so no frame holds it as a plain string."""
+    for name in ("api_key", "dashscope_api_key"):
+        if isinstance(settings.get(name), str):
+            settings[name] = SecretStr(settings[name])
 
 
-def _stream_options(
-    model: str | ModelSpec,
-    text_type: TextType | None,
-    instruct: str | None,
-    dimension: int | None,
-    output_type: OutputType,
-    long_text: LongTextPolicy | None,
-) -> tuple[ModelSpec, dict[str, Any]]:
-    """Validate a stream's parameters before anything is read; the per-slice options."""
-    spec = resolve_model(model)
-    resolve_params(
-        spec, text_type=text_type, instruct=instruct, dimension=dimension, output_type=output_type
-    )
-    options: dict[str, Any] = {
-        "model": spec,
-        "text_type": text_type,
-        "instruct": instruct,
-        "dimension": dimension,
-        "output_type": output_type,
-        "long_text": long_text,
-    }
-    return spec, options
+def _fields_of(settings: ClientSettings) -> dict[str, Any]:
+    return {name: getattr(settings, name) for name in ClientSettings.model_fields}
 
 
-def as_secret(api_key: str | SecretStr | None) -> SecretStr | None:
-    """The key as a :class:`SecretStr`; called first thing wherever a key is taken, so
-    no frame of ours holds it as a plain string for a traceback to show."""
-    if isinstance(api_key, str):
-        return SecretStr(api_key)
-    return api_key
-
-
-def make_config(**settings: Any) -> ClientConfig:
-    """Build a :class:`ClientConfig` from keyword settings; ``None`` means "use the
-    environment or default". Validation problems become :class:`ConfigurationError`,
-    which names each setting and problem but never quotes the values given."""
-    settings["api_key"] = as_secret(settings.get("api_key"))
+def make_settings(**settings: Any) -> ClientSettings:
+    """Build :class:`ClientSettings` from keyword settings; ``None`` means "use the
+    environment or default". Problems become a :class:`ConfigurationError` that names
+    each setting (and the nearest real name for an unknown one), never quoting values."""
+    hide_key(settings)
     given = {k: v for k, v in settings.items() if v is not None}
+    unknown = [key for key in given if key not in ClientSettings.model_fields]
+    if unknown:
+        import difflib
+
+        hints = []
+        for key in unknown:
+            near = difflib.get_close_matches(key, list(ClientSettings.model_fields), n=1)
+            hints.append(f"{key!r}" + (f" (did you mean {near[0]!r}?)" if near else ""))
+        raise ConfigurationError(f"unknown DashScope settings: {', '.join(hints)}")
     try:
-        return ClientConfig(**given)
+        return ClientSettings(**given)
     except ValidationError as exc:
         problems = describe_validation_error(exc)
     # Raised outside the except block: the ValidationError quotes the input it was given.
     raise ConfigurationError(f"invalid DashScope settings: {problems}")
+
+
+make_config = make_settings
+"""The former name of :func:`make_settings`."""
 
 
 def describe_validation_error(exc: ValidationError) -> str:
@@ -655,4 +534,15 @@ def describe_validation_error(exc: ValidationError) -> str:
     )
 
 
-__all__ = ["DEFAULT_MAX_CONCURRENCY", "DashScopeClient", "PartialResult", "make_config"]
+def as_secret(api_key: str | SecretStr | None) -> SecretStr | None:
+    """The key as a :class:`SecretStr`."""
+    return SecretStr(api_key) if isinstance(api_key, str) else api_key
+
+
+__all__ = [
+    "DEFAULT_MAX_CONCURRENCY",
+    "DashScopeClient",
+    "PartialResult",
+    "make_config",
+    "make_settings",
+]

@@ -1,7 +1,10 @@
-"""Connection settings shared by every class in the project.
+"""Every client setting, declared once: :class:`ClientSettings`.
 
-Every setting has an environment variable, read when the settings are created (the key
-is read again at first use, so a client unpickled in a worker finds the worker's key):
+The core client validates its keyword arguments with it, and the LlamaIndex and
+LangChain classes inherit it, so a setting exists with the same name, bounds and
+default everywhere. Connection settings have environment variables, read when the
+settings are created (the key is read again at first use, so a client unpickled in a
+worker finds the worker's key):
 
 =================  ==============================================  ===============
 setting            environment variable                            default
@@ -33,8 +36,13 @@ from pydantic import (
 )
 
 from dashscope_embed.errors import ConfigurationError, MissingApiKeyError
+from dashscope_embed.retry import RetryPolicy
+from dashscope_embed.tokens import LongTextPolicy, TokenCounter
 
 Protocol = Literal["native", "openai-compatible"]
+Api = Literal["native", "compatible", "compatible-api"]
+"""The service's API families: native (``/api/v1``), OpenAI-compatible
+(``/compatible-mode/v1``) and the OpenAI-style rerank API (``/compatible-api/v1``)."""
 
 _INTL = "https://dashscope-intl.aliyuncs.com"
 REGION_HOSTS: dict[str, str] = {
@@ -66,6 +74,24 @@ REGION_ALIASES: dict[str, str] = {
 
 NATIVE_SUFFIX = "/api/v1"
 COMPATIBLE_SUFFIX = "/compatible-mode/v1"
+COMPATIBLE_API_SUFFIX = "/compatible-api/v1"
+API_SUFFIXES: dict[str, str] = {
+    "native": NATIVE_SUFFIX,
+    "compatible": COMPATIBLE_SUFFIX,
+    "compatible-api": COMPATIBLE_API_SUFFIX,
+}
+# A base URL ending in a version segment (".../v1") names its API itself: an
+# OpenAI-compatible proxy, a gateway, a self-hosted server. It is used as given.
+_VERSIONED = re.compile(r"/v\d+(?:\.\d+)?$")
+GATEWAY_REGIONS = (
+    "cn-beijing",
+    "ap-southeast-1",
+    "cn-hongkong",
+    "us-east-1",
+    "eu-central-1",
+    "ap-northeast-1",
+)
+"""Regions with a workspace-scoped gateway host, ``{workspace}.{region}.maas.aliyuncs.com``."""
 _WORKSPACE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
 
@@ -124,12 +150,13 @@ def resolve_host(host: str) -> set[str]:
     return {str(info[4][0]).split("%", 1)[0] for info in socket.getaddrinfo(host, None)}
 
 
-def normalise_base_url(url: str) -> str:
-    """Reduce any accepted base URL to its root (scheme, host, optional path prefix).
+def parse_base_url(url: str) -> str:
+    """Check a base URL and return it without a trailing slash.
 
-    Accepts a bare host root (``https://dashscope.aliyuncs.com``) or either documented
-    base (``.../api/v1``, ``.../compatible-mode/v1``), with or without a trailing slash;
-    a path prefix in front of them (a proxy mounted under ``/dashscope``) is kept.
+    Accepted: a host root (``https://dashscope.aliyuncs.com``), optionally with a path
+    prefix (a proxy mounted under ``/dashscope``); a documented API base (``.../api/v1``,
+    ``.../compatible-mode/v1``); or any base ending in a version (``http://localhost:8000/v1``),
+    which is used as given.
     """
     raw = url.strip()
     try:
@@ -143,25 +170,25 @@ def normalise_base_url(url: str) -> str:
         )
     if parsed.query or parsed.fragment:
         raise ConfigurationError(f"base_url {raw!r} must not have a query or fragment")
-    path = parsed.path.rstrip("/")
-    for suffix in (NATIVE_SUFFIX, COMPATIBLE_SUFFIX):
-        if path.endswith(suffix):
-            path = path[: -len(suffix)]
-            break
     port = f":{parsed.port}" if parsed.port else ""
     host = f"[{parsed.host}]" if ":" in parsed.host else parsed.host
-    return f"{parsed.scheme}://{host}{port}{path}"
+    return f"{parsed.scheme}://{host}{port}{parsed.path.rstrip('/')}"
 
 
-class ClientConfig(BaseModel):
-    """Where and how to reach DashScope. Immutable; safe to log and serialise.
+class ClientSettings(BaseModel):
+    """How to reach DashScope and how to use it: every setting of the client.
 
-    The key is a :class:`~pydantic.SecretStr`, excluded from ``model_dump``/JSON and from
-    pickles; with no explicit key, ``DASHSCOPE_API_KEY`` is read at first use.
+    The same model, with the same bounds, is what :class:`DashScopeClient` validates its
+    keyword arguments with and what the LlamaIndex and LangChain classes inherit. The
+    key is a :class:`~pydantic.SecretStr`, excluded from ``model_dump``, JSON, ``repr``
+    and pickles; with no explicit key, ``DASHSCOPE_API_KEY`` is read at first use.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", validate_default=True, arbitrary_types_allowed=True
+    )
 
+    # -------------------------------------------------------------- where
     api_key: SecretStr | None = Field(default=None, exclude=True, repr=False)
     region: str = Field(
         default_factory=lambda: (
@@ -171,20 +198,62 @@ class ClientConfig(BaseModel):
     )
     base_url: str | None = Field(
         default_factory=lambda: _first_env("DASHSCOPE_BASE_URL", "DASHSCOPE_HTTP_BASE_URL"),
-        description="Overrides the region's host; a host root or either documented base.",
+        description="Another host (a proxy, the emulator): a host root, a documented API "
+        "base, or a base ending in a version ('.../v1'), which is used as given.",
     )
     workspace: str | None = Field(
         default_factory=lambda: _first_env("DASHSCOPE_WORKSPACE", "DASHSCOPE_WORKSPACE_ID"),
         description="Sub-workspace id, sent as X-DashScope-WorkSpace.",
     )
-    protocol: Protocol = "native"
-    timeout: float = Field(default=60.0, gt=0, description="Seconds per request (read/write).")
-    connect_timeout: float = Field(default=10.0, gt=0)
-    max_retries: int = Field(default=4, ge=0, le=20)
+    workspace_gateway: bool = Field(
+        default=False,
+        description="Send requests to the workspace's own host, "
+        "https://{workspace}.{region}.maas.aliyuncs.com (needs workspace).",
+    )
+    protocol: Protocol = Field(
+        default="native", description="'native' (every feature) or 'openai-compatible'."
+    )
     allow_insecure_http: bool = Field(
         default=False,
         description="Allow plain http:// to a non-loopback host (the key travels in clear).",
     )
+    # -------------------------------------------------------------- how long
+    timeout: float = Field(
+        default=60.0, gt=0, description="Seconds one attempt may take, whole (connect, send, read)."
+    )
+    connect_timeout: float = Field(default=10.0, gt=0, description="Seconds to connect.")
+    max_retries: int = Field(
+        default=4, ge=0, le=20, description="Resends of one request (see retry for more)."
+    )
+    retry: RetryPolicy | None = Field(
+        default=None, description="A full retry policy; overrides max_retries."
+    )
+    # -------------------------------------------------------------- how much at once
+    max_concurrency: int = Field(
+        default=4, ge=1, le=1024, description="Most requests in flight, sync and async."
+    )
+    adaptive_concurrency: bool = Field(
+        default=True,
+        description="Adapt to limits the client was not told (cut on throttling, grow back).",
+    )
+    requests_per_minute: int | None = Field(
+        default=None, ge=1, description="Your request quota, paced client-side."
+    )
+    tokens_per_minute: int | None = Field(
+        default=None, ge=1, description="Your token quota, paced client-side."
+    )
+    # -------------------------------------------------------------- inputs
+    long_text: LongTextPolicy = Field(
+        default="error",
+        description="Texts over the model's token limit: 'error', 'truncate' or 'chunk'.",
+    )
+    token_counter: TokenCounter | None = Field(
+        default=None,
+        exclude=True,
+        repr=False,
+        description="Counts tokens; default the exact Qwen tokenizer when installed.",
+    )
+
     # Set on the far side of a pickle that left a key given in code behind, so a missing
     # key is explained as such (see MissingApiKeyError.unpickled).
     _key_withheld: bool = PrivateAttr(default=False)
@@ -192,9 +261,11 @@ class ClientConfig(BaseModel):
     def __init__(self, **data: Any) -> None:
         # The key is kept out of validation, so no ValidationError (which quotes, and
         # pickles, its input) can carry it; it is checked on its own and set after.
-        key = take_api_key(data, "api_key")
+        given = any(name in data for name in _KEY_NAMES)
+        key = take_api_key(data, *_KEY_NAMES)
         super().__init__(**data)
-        self.__dict__["api_key"] = key
+        if given:
+            self.__dict__["api_key"] = key
 
     @field_validator("region")
     @classmethod
@@ -220,11 +291,23 @@ class ClientConfig(BaseModel):
 
     @field_validator("base_url")
     @classmethod
-    def _normalise_base_url(cls, value: str | None) -> str | None:
-        return normalise_base_url(value) if value else None
+    def _parse_base_url(cls, value: str | None) -> str | None:
+        return parse_base_url(value) if value else None
 
     @model_validator(mode="after")
-    def _refuse_clear_text_key(self) -> ClientConfig:
+    def _consistent(self) -> ClientSettings:
+        if self.workspace_gateway:
+            if self.workspace is None:
+                raise ValueError("workspace_gateway=True needs workspace='...' (its id)")
+            if self.base_url is not None:
+                raise ValueError(
+                    "workspace_gateway=True chooses the host itself; do not also pass base_url"
+                )
+            if self.region not in GATEWAY_REGIONS:
+                raise ValueError(
+                    f"region {self.region!r} has no workspace gateway; "
+                    f"regions with one: {', '.join(GATEWAY_REGIONS)}"
+                )
         url = httpx.URL(self.root_url)
         if url.scheme == "http" and not self.allow_insecure_http and not is_loopback_host(url.host):
             raise ValueError(
@@ -234,21 +317,52 @@ class ClientConfig(BaseModel):
             )
         return self
 
+    # -------------------------------------------------------------- URLs
     @property
     def root_url(self) -> str:
-        """Host root every path hangs from (``https://dashscope.aliyuncs.com``)."""
-        return self.base_url or REGION_HOSTS[self.region]
+        """Host root every API hangs from (``https://dashscope.aliyuncs.com``), with a
+        proxy's path prefix if it has one; for a versioned base URL, that base."""
+        if self.workspace_gateway:
+            return f"https://{self.workspace}.{self.region}.maas.aliyuncs.com"
+        if self.base_url is None:
+            return REGION_HOSTS[self.region]
+        for suffix in API_SUFFIXES.values():
+            if self.base_url.endswith(suffix):
+                return self.base_url[: -len(suffix)]
+        return self.base_url
+
+    @property
+    def versioned_base(self) -> bool:
+        """Whether ``base_url`` names its API itself (``.../v1``) and is used as given."""
+        base = self.base_url
+        return (
+            base is not None
+            and not any(base.endswith(suffix) for suffix in API_SUFFIXES.values())
+            and _VERSIONED.search(base) is not None
+        )
+
+    def api_base(self, api: Api) -> str:
+        """The base URL of one of the service's APIs."""
+        if self.versioned_base:
+            return self.root_url
+        return self.root_url + API_SUFFIXES[api]
 
     @property
     def native_base_url(self) -> str:
         """Base of the native protocol (``.../api/v1``)."""
-        return self.root_url + NATIVE_SUFFIX
+        return self.api_base("native")
 
     @property
     def compatible_base_url(self) -> str:
         """Base of the OpenAI-compatible protocol (``.../compatible-mode/v1``)."""
-        return self.root_url + COMPATIBLE_SUFFIX
+        return self.api_base("compatible")
 
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        """``retry``, or the default policy with ``max_retries``."""
+        return self.retry or RetryPolicy(max_retries=self.max_retries)
+
+    # -------------------------------------------------------------- the key
     def resolve_api_key(self) -> str:
         """The key to send: the explicit one, else ``DASHSCOPE_API_KEY`` now."""
         key = self.api_key or _env_api_key()
@@ -258,17 +372,33 @@ class ClientConfig(BaseModel):
 
     def mark_key_withheld(self) -> None:
         """Record that a key given in code was left behind by a pickle (used by the
-        framework classes, which rebuild their config on the far side)."""
+        framework classes, which rebuild their settings on the far side)."""
         self._key_withheld = True
+
+    def settings_only(self) -> ClientSettings:
+        """These settings as a plain :class:`ClientSettings` (a framework class passes
+        its own this way to the client it builds)."""
+        if type(self) is ClientSettings:
+            return self
+        values = {name: getattr(self, name) for name in ClientSettings.model_fields}
+        settings = ClientSettings.model_construct(**values)
+        settings._key_withheld = self._key_withheld
+        return settings
 
     def __getstate__(self) -> dict[Any, Any]:
         # Pickles travel to worker processes and caches: the key stays behind and the
-        # worker reads its own DASHSCOPE_API_KEY.
+        # worker reads its own DASHSCOPE_API_KEY. A custom token counter stays too.
         state: dict[Any, Any] = super().__getstate__()
-        state["__dict__"] = {**state["__dict__"], "api_key": None}
+        state["__dict__"] = {**state["__dict__"], "api_key": None, "token_counter": None}
         withheld = self.api_key is not None or self._key_withheld
         state["__pydantic_private__"] = {
             **(state.get("__pydantic_private__") or {}),
             "_key_withheld": withheld,
         }
         return state
+
+
+_KEY_NAMES = ("api_key", "dashscope_api_key")
+
+ClientConfig = ClientSettings
+"""The former name of :class:`ClientSettings`, kept for code that imports it."""

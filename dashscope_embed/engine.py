@@ -4,6 +4,13 @@ A request that succeeded is never sent again, whatever happens to the others. Wh
 request fails for good with an error that would fail every request the same way
 (authentication, permission, unknown model, an exhausted retry budget), requests not yet
 started are not sent; after an input-specific 400 the others carry on.
+
+The algorithm for one request (rate budget, concurrency slot, pacing, send, retry
+decision, backoff) is written once, as a generator that does no I/O: :meth:`Engine.flow`
+yields what it needs done (:class:`Sleep`, :class:`Enter`, :class:`Send`,
+:class:`Backoff`) and gets the result back. :meth:`Engine.run` drives it with threads
+and blocking calls, :meth:`Engine.arun` with tasks on the event loop; neither decides
+anything.
 """
 
 from __future__ import annotations
@@ -12,20 +19,20 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Generator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, Generic, TypeVar
 
 from dashscope_embed.errors import BadRequestError, RateLimitError
 from dashscope_embed.limits import AdaptivePace, ConcurrencyGate, RateBudget
+from dashscope_embed.protocol.base import HttpRequest
 from dashscope_embed.retry import RetryPolicy
 from dashscope_embed.transport import call_deadline
 
 logger = logging.getLogger("dashscope_embed")
 
 Job = TypeVar("Job")
-Raw = TypeVar("Raw")
 Reply = TypeVar("Reply")
 
 
@@ -39,6 +46,76 @@ class Outcome:
     @property
     def complete(self) -> bool:
         return not self.errors and all(r is not None for r in self.replies)
+
+
+# ---------------------------------------------------------------------- the steps
+@dataclass(frozen=True, slots=True)
+class Sleep:
+    """Wait this long (a told quota, or the pacer)."""
+
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class Enter:
+    """Wait for a concurrency slot; reply with its epoch."""
+
+    priority: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Send the request; reply with :class:`Sent` or :class:`Failed`."""
+
+    request: HttpRequest
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Wait before a retry; reply ``True`` if the call was stopped meanwhile."""
+
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    raw: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    error: Exception
+
+
+Step = Sleep | Enter | Send | Backoff
+
+
+class _Stopped(Exception):  # noqa: N818 - control flow, never escapes Outcome
+    """A job not sent because another job's failure stopped the call."""
+
+
+class StopFlag:
+    """Whether the call was stopped (an account-level failure); read by the flow, waited
+    on by the drivers (a thread's event or a loop's)."""
+
+    def __init__(self, event: threading.Event | asyncio.Event) -> None:
+        self.event = event
+
+    def is_set(self) -> bool:
+        return self.event.is_set()
+
+
+@dataclass(frozen=True)
+class Jobs(Generic[Job, Reply]):
+    """A call's requests for the engine: the jobs, how each becomes a request, how its
+    reply is decoded, what it costs (tokens, for a told TPM budget) and who to tell
+    when one is done."""
+
+    items: Sequence[Job]
+    request: Callable[[Job], HttpRequest]
+    decode: Callable[[Job, bytes], Reply]
+    cost: Callable[[Job], int] | None = None
+    on_success: Callable[[Job], None] | None = None
 
 
 def _stops_everything(error: BaseException) -> bool:
@@ -67,13 +144,51 @@ class Engine:
         self.budget = budget if budget is not None and budget.active else None
         self.pace = pace
 
-    def _deadline(self, started: float) -> float | None:
-        # ``total_timeout`` bounds a request's attempts together, the last one included.
-        total = self.retry.total_timeout
-        return None if total is None else started + total
-
-    def _pace_delay(self) -> float:
-        return self.pace.reserve() if self.pace is not None else 0.0
+    # ---------------------------------------------------------------- the algorithm
+    def flow(
+        self, index: int, job: Job, jobs: Jobs[Job, Reply], stop: StopFlag
+    ) -> Generator[Step, Any, Reply]:
+        """One job from first try to its reply or its final error; no I/O of its own."""
+        started = time.monotonic()
+        attempt = 0
+        while True:
+            if self.budget is not None:
+                wait = self.budget.reserve(jobs.cost(job) if jobs.cost else 0)
+                if wait > 0:
+                    yield Sleep(wait)
+            if stop.is_set():
+                raise _Stopped
+            epoch: int = yield Enter(priority=attempt > 0)
+            if stop.is_set():  # stopped while this one waited for its slot: not sent
+                self.gate.release(epoch)
+                raise _Stopped
+            sent_at = time.monotonic()
+            try:
+                # Paced inside the slot, so every send passes the pacer, however many
+                # requests were already queued when it switched on.
+                if (pause := self.pace.reserve() if self.pace is not None else 0.0) > 0:
+                    yield Sleep(pause)
+                    sent_at = time.monotonic()
+                result = yield Send(jobs.request(job))
+            except BaseException:  # cancelled while holding the slot
+                self.gate.release(epoch)
+                raise
+            if isinstance(result, Sent):
+                self._release(epoch, sent_at, None)
+                try:
+                    return jobs.decode(job, result.raw)
+                except Exception as exc:  # a reply that broke the protocol: retried
+                    error: Exception = exc
+            else:
+                error = result.error
+                self._release(epoch, sent_at, error)
+            attempt += 1
+            delay = self.retry.delay_before_retry(error, attempt, time.monotonic() - started)
+            if delay is None or stop.is_set():
+                raise error
+            _log_retry(index, attempt, delay, error)
+            if (yield Backoff(delay)):
+                raise error
 
     def _release(self, epoch: int, sent_at: float, error: BaseException | None) -> None:
         """Tell the gate (and the pacer) how a request sent at ``sent_at`` ended."""
@@ -87,180 +202,152 @@ class Engine:
         else:
             self.gate.release(epoch, throttled=_is_throttle(error))
 
-    def _delay_or_raise(
-        self, index: int, attempt: int, started: float, error: Exception, stopped: bool
-    ) -> float:
-        """Seconds to wait before retry ``attempt`` of job ``index``; raises ``error``
-        when there is to be no retry (retries used up, not retryable, or the call
-        stopped)."""
-        delay = self.retry.delay_before_retry(error, attempt, time.monotonic() - started)
-        if delay is None or stopped:
-            raise error
-        _log_retry(index, attempt, delay, error)
-        return delay
+    def _deadline(self, started: float) -> float | None:
+        # ``total_timeout`` bounds a request's attempts together, the last one included.
+        total = self.retry.total_timeout
+        return None if total is None else started + total
 
-    # ---------------------------------------------------------------- sync
-    def run(
+    def _settle(
         self,
-        jobs: Sequence[Job],
-        send: Callable[[Job], Raw],
-        decode: Callable[[Job, Raw], Reply],
-        cost: Callable[[Job], int] | None = None,
-        on_success: Callable[[Job], None] | None = None,
-    ) -> Outcome:
-        """Send every job (threads when there is more than one); never raises for a job.
+        outcome: Outcome,
+        index: int,
+        jobs: Jobs[Any, Any],
+        stop: StopFlag,
+        reply: Any = None,
+        error: Exception | None = None,
+    ) -> None:
+        """Record how job ``index`` ended; an account-level failure stops the call."""
+        if isinstance(error, _Stopped):
+            return
+        if error is not None:
+            outcome.errors.append((index, error))
+            if _stops_everything(error):
+                stop.event.set()
+            return
+        outcome.replies[index] = reply
+        if jobs.on_success is not None:
+            jobs.on_success(jobs.items[index])
 
-        ``send`` is the request (it holds a concurrency slot); ``decode`` turns its raw
-        reply into the job's result after the slot is freed, so the next request is not
-        kept waiting on parsing. An error from either is retried the same way.
-        """
-        outcome = Outcome(replies=[None] * len(jobs))
-        stop = threading.Event()
+    # ---------------------------------------------------------------- sync driver
+    def run(self, jobs: Jobs[Job, Reply], send: Callable[[HttpRequest], bytes]) -> Outcome:
+        """Send every job on threads with blocking I/O; never raises for a job."""
+        outcome = Outcome(replies=[None] * len(jobs.items))
+        stop = StopFlag(threading.Event())
 
         def work(index: int) -> None:
-            if stop.is_set():
-                return
+            flow = self.flow(index, jobs.items[index], jobs, stop)
+            deadline = self._deadline(time.monotonic())
             try:
-                outcome.replies[index] = self._send_with_retry(
-                    index, jobs[index], send, decode, cost, stop
-                )
-                if on_success is not None:
-                    on_success(jobs[index])
+                reply = self._drive(flow, send, stop, deadline)
             except Exception as exc:  # every failure is recorded per job
-                outcome.errors.append((index, exc))
-                if _stops_everything(exc):
-                    stop.set()
+                self._settle(outcome, index, jobs, stop, error=exc)
+            else:
+                self._settle(outcome, index, jobs, stop, reply=reply)
 
         # Twice the gate's limit: a worker sleeping before a retry holds no slot, and the
         # others must be able to use it meanwhile.
-        workers = min(2 * self.gate.maximum, len(jobs))
+        workers = min(2 * self.gate.maximum, len(jobs.items))
         if workers <= 1:
-            for index in range(len(jobs)):
+            for index in range(len(jobs.items)):
                 work(index)
         else:
             with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dashscope") as pool:
-                list(pool.map(work, range(len(jobs))))
+                list(pool.map(work, range(len(jobs.items))))
         outcome.errors.sort(key=lambda pair: pair[0])
         return outcome
 
-    def _send_with_retry(
+    def _drive(
         self,
-        index: int,
-        job: Job,
-        send: Callable[[Job], Raw],
-        decode: Callable[[Job, Raw], Reply],
-        cost: Callable[[Job], int] | None,
-        stop: threading.Event,
+        flow: Generator[Step, Any, Reply],
+        send: Callable[[HttpRequest], bytes],
+        stop: StopFlag,
+        deadline: float | None,
     ) -> Reply:
-        started = time.monotonic()
-        attempt = 0
+        event = stop.event
+        assert isinstance(event, threading.Event)
+        reply: Any = None
         while True:
-            if self.budget is not None:
-                self.budget.wait(cost(job) if cost else 0)
-            epoch = self.gate.acquire(priority=attempt > 0)
-            # Paced inside the slot, so every send passes the pacer, however many
-            # requests were already queued when it switched on.
-            if (pause := self._pace_delay()) > 0:
-                time.sleep(pause)
-            sent_at = time.monotonic()
             try:
-                with call_deadline(self._deadline(started)):
-                    raw = send(job)
-            except Exception as exc:
-                self._release(epoch, sent_at, exc)
-                error: Exception = exc
-            else:
-                self._release(epoch, sent_at, None)
+                step = flow.send(reply)
+            except StopIteration as done:
+                result: Reply = done.value
+                return result
+            if isinstance(step, Send):
                 try:
-                    return decode(job, raw)
+                    with call_deadline(deadline):
+                        reply = Sent(send(step.request))
                 except Exception as exc:
-                    error = exc
-            attempt += 1
-            delay = self._delay_or_raise(index, attempt, started, error, stop.is_set())
-            if stop.wait(delay):
-                raise error
+                    reply = Failed(exc)
+            elif isinstance(step, Enter):
+                reply = self.gate.acquire(priority=step.priority)
+            elif isinstance(step, Backoff):
+                reply = event.wait(step.seconds)
+            else:
+                time.sleep(step.seconds)
+                reply = None
 
-    # ---------------------------------------------------------------- async
+    # ---------------------------------------------------------------- async driver
     async def arun(
-        self,
-        jobs: Sequence[Job],
-        send: Callable[[Job], Awaitable[Raw]],
-        decode: Callable[[Job, Raw], Reply],
-        cost: Callable[[Job], int] | None = None,
-        on_success: Callable[[Job], None] | None = None,
+        self, jobs: Jobs[Job, Reply], send: Callable[[HttpRequest], Awaitable[bytes]]
     ) -> Outcome:
-        """Async twin of :meth:`run`; the gate bounds requests in flight."""
-        outcome = Outcome(replies=[None] * len(jobs))
-        stop = asyncio.Event()
+        """Async twin of :meth:`run`: the same flow, driven by tasks on the event loop."""
+        outcome = Outcome(replies=[None] * len(jobs.items))
+        stop = StopFlag(asyncio.Event())
 
         async def work(index: int) -> None:
-            if stop.is_set():
-                return
+            flow = self.flow(index, jobs.items[index], jobs, stop)
+            deadline = self._deadline(time.monotonic())
             try:
-                outcome.replies[index] = await self._asend_with_retry(
-                    index, jobs[index], send, decode, cost, stop
-                )
-                if on_success is not None:
-                    on_success(jobs[index])
-            except _Stopped:
-                return
-            except Exception as exc:  # recorded per job
-                outcome.errors.append((index, exc))
-                if _stops_everything(exc):
-                    stop.set()
+                reply = await self._adrive(flow, send, stop, deadline)
+            except Exception as exc:  # every failure is recorded per job
+                self._settle(outcome, index, jobs, stop, error=exc)
+            else:
+                self._settle(outcome, index, jobs, stop, reply=reply)
 
-        await asyncio.gather(*(work(i) for i in range(len(jobs))))
+        await asyncio.gather(*(work(i) for i in range(len(jobs.items))))
         outcome.errors.sort(key=lambda pair: pair[0])
         return outcome
 
-    async def _asend_with_retry(
+    async def _adrive(
         self,
-        index: int,
-        job: Job,
-        send: Callable[[Job], Awaitable[Raw]],
-        decode: Callable[[Job, Raw], Reply],
-        cost: Callable[[Job], int] | None,
-        stop: asyncio.Event,
+        flow: Generator[Step, Any, Reply],
+        send: Callable[[HttpRequest], Awaitable[bytes]],
+        stop: StopFlag,
+        deadline: float | None,
     ) -> Reply:
-        started = time.monotonic()
-        attempt = 0
+        event = stop.event
+        assert isinstance(event, asyncio.Event)
+        reply: Any = None
         while True:
-            if self.budget is not None:
-                await self.budget.await_turn(cost(job) if cost else 0)
-            epoch = await self.gate.aacquire(priority=attempt > 0)
-            if stop.is_set():
-                self.gate.release(epoch)
-                raise _Stopped()
-            if (pause := self._pace_delay()) > 0:
-                await asyncio.sleep(pause)
-            sent_at = time.monotonic()
             try:
-                with call_deadline(self._deadline(started)):
-                    raw = await send(job)
-            except BaseException as exc:
-                self._release(epoch, sent_at, exc)
-                if not isinstance(exc, Exception):
-                    raise  # cancellation
-                error: Exception = exc
-            else:
-                self._release(epoch, sent_at, None)
-                # Let the request that takes this slot go out before parsing this reply.
-                await asyncio.sleep(0)
-                try:
-                    return decode(job, raw)
-                except Exception as exc:
-                    error = exc
-            attempt += 1
-            delay = self._delay_or_raise(index, attempt, started, error, stop.is_set())
+                step = flow.send(reply)
+            except StopIteration as done:
+                result: Reply = done.value
+                return result
             try:
-                await asyncio.wait_for(stop.wait(), timeout=delay)
-            except asyncio.TimeoutError:
-                continue
-            raise error
-
-
-class _Stopped(Exception):  # noqa: N818 - control flow, never escapes Outcome
-    """A job not sent because another job's failure stopped the call."""
+                if isinstance(step, Send):
+                    try:
+                        with call_deadline(deadline):
+                            reply = Sent(await send(step.request))
+                    except Exception as exc:
+                        reply = Failed(exc)
+                    else:
+                        # Let the request that takes this slot go out before parsing.
+                        await asyncio.sleep(0)
+                elif isinstance(step, Enter):
+                    reply = await self.gate.aacquire(priority=step.priority)
+                elif isinstance(step, Backoff):
+                    try:
+                        await asyncio.wait_for(event.wait(), timeout=step.seconds)
+                        reply = True
+                    except asyncio.TimeoutError:
+                        reply = False
+                else:
+                    await asyncio.sleep(step.seconds)
+                    reply = None
+            except asyncio.CancelledError:
+                flow.close()  # the flow gives its slot back on the way out
+                raise
 
 
 def _is_throttle(error: BaseException) -> bool:

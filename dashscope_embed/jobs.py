@@ -488,12 +488,11 @@ class BatchAPIJobs:
         dimension: int | None = None,
         metadata: dict[str, str] | None = None,
     ) -> BatchStatus:
-        from dashscope_embed.planner import resolve_params, validate_texts
+        from dashscope_embed.options import TextEmbeddingOptions, text_params
+        from dashscope_embed.planner import validate_texts
 
         spec = resolve_model(model)
-        params = resolve_params(
-            spec, text_type=None, instruct=None, dimension=dimension, output_type="dense"
-        )
+        text_params(spec, None, TextEmbeddingOptions(dimension=dimension))
         valid = validate_texts(texts)
         if not spec.openai_compatible:
             raise InvalidInputError(f"{spec.name} is not served by the Batch API")
@@ -505,7 +504,7 @@ class BatchAPIJobs:
             max_file_bytes=self.max_file_bytes,
         )
         # Too-long texts would only be refused hours later, one line at a time.
-        self.client._long_text_plan(valid, params, "error")
+        self.client._long_text_plan(valid, spec, "error")
         uploaded = load_json(
             self.client._transport.upload(
                 self._base + "/files", "requests.jsonl", file, {"purpose": "batch"}

@@ -20,8 +20,69 @@ from collections import deque
 from dataclasses import dataclass
 
 
+class Ticket:
+    """One caller's place in the gate's queue. The gate grants it a slot (``epoch``) and
+    calls :meth:`signal`; how the caller waits for that is the driver's business (a
+    thread's event, an event loop's future), so the gate's logic exists once."""
+
+    __slots__ = ("epoch", "priority")
+
+    def __init__(self, priority: bool) -> None:
+        self.priority = priority
+        self.epoch: int | None = None
+
+    def signal(self) -> bool:
+        """Wake the caller; ``False`` if it can no longer be woken (its loop closed)."""
+        raise NotImplementedError
+
+
+class ThreadTicket(Ticket):
+    __slots__ = ("_event",)
+
+    def __init__(self, priority: bool) -> None:
+        super().__init__(priority)
+        self._event = threading.Event()
+
+    def signal(self) -> bool:
+        self._event.set()
+        return True
+
+    def wait(self) -> None:
+        self._event.wait()
+
+
+class LoopTicket(Ticket):
+    __slots__ = ("_future", "_loop")
+
+    def __init__(self, priority: bool) -> None:
+        super().__init__(priority)
+        self._loop = asyncio.get_running_loop()
+        self._future: asyncio.Future[None] = self._loop.create_future()
+
+    def signal(self) -> bool:
+        # The gate is shared across threads and loops: wake this loop from anywhere.
+        try:
+            self._loop.call_soon_threadsafe(_resolve, self._future)
+        except RuntimeError:  # the loop is closed: nobody will take the slot
+            return False
+        return True
+
+    async def wait(self) -> None:
+        await self._future
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
 class ConcurrencyGate:
-    """Adaptive cap on requests in flight; safe across threads and event loops."""
+    """Adaptive cap on requests in flight; safe across threads and event loops.
+
+    Callers queue for a slot with a :class:`Ticket` (:meth:`enter`); a released slot is
+    handed to the next ticket directly, retries first, so nobody barges past the queue.
+    :meth:`acquire` and :meth:`aacquire` are the two thin waiting drivers.
+    """
 
     PROBE_SLOWDOWN = 8  # near the last throttling point, grow 8x more slowly
     DECREASE = 0.7  # multiplicative cut on throttling (as TCP CUBIC): halving overshoots
@@ -36,63 +97,60 @@ class ConcurrencyGate:
         self.epoch = 0
         self.throttle_cuts = 0
         self.throttled_at = float("inf")  # the limit at the last cut
-        self._cond = threading.Condition(threading.Lock())
-        self._priority_waiting = 0
-        self._async_waiters: deque[_Waiter] = deque()
-        self._async_priority_waiters: deque[_Waiter] = deque()
+        self._lock = threading.Lock()
+        self._queues: tuple[deque[Ticket], deque[Ticket]] = (deque(), deque())  # retries, firsts
 
-    def _has_room(self, priority: bool = False) -> bool:
-        if not priority and self._priority_waiting:
-            return False  # retries go first: a call's slowest request decides its end
-        return self.in_flight < max(1, int(self.limit))
+    def _room(self) -> int:
+        return max(1, int(self.limit)) - self.in_flight
+
+    def enter(self, ticket: Ticket) -> bool:
+        """Take a slot now (``True``, ``ticket.epoch`` set) or queue for one (``False``:
+        ``ticket.signal()`` is called once it is granted)."""
+        with self._lock:
+            retries, firsts = self._queues
+            ahead = retries if ticket.priority else (retries or firsts)
+            if self._room() > 0 and not ahead:
+                self.in_flight += 1
+                ticket.epoch = self.epoch
+                return True
+            (retries if ticket.priority else firsts).append(ticket)
+            return False
+
+    def withdraw(self, ticket: Ticket) -> None:
+        """A queued caller gave up (cancelled): take its ticket out, or give back the
+        slot it was granted meanwhile."""
+        with self._lock:
+            for queue in self._queues:
+                if ticket in queue:
+                    queue.remove(ticket)
+                    return
+        if ticket.epoch is not None:
+            self.release(ticket.epoch)
 
     def acquire(self, *, priority: bool = False) -> int:
-        """Block until a request may start; returns the epoch to pass to :meth:`release`.
-
-        ``priority`` requests (retries) are let in before waiting first attempts.
-        """
-        with self._cond:
-            if priority:
-                self._priority_waiting += 1
-            try:
-                while not self._has_room(priority):
-                    self._cond.wait()
-            finally:
-                if priority:
-                    self._priority_waiting -= 1
-            self.in_flight += 1
-            return self.epoch
+        """Block until a request may start; returns the epoch to pass to :meth:`release`."""
+        ticket = ThreadTicket(priority)
+        if not self.enter(ticket):
+            ticket.wait()
+        assert ticket.epoch is not None
+        return ticket.epoch
 
     async def aacquire(self, *, priority: bool = False) -> int:
-        """Async twin of :meth:`acquire`."""
-        loop = asyncio.get_running_loop()
-        waiters = self._async_priority_waiters if priority else self._async_waiters
-        with self._cond:
-            if priority:
-                self._priority_waiting += 1
-        try:
-            while True:
-                with self._cond:
-                    if self._has_room(priority):
-                        self.in_flight += 1
-                        return self.epoch
-                    future: asyncio.Future[None] = loop.create_future()
-                    waiters.append((loop, future))
-                try:
-                    await future
-                except asyncio.CancelledError:
-                    with self._cond:
-                        self._wake()  # pass on a wake-up this waiter may have taken
-                    raise
-        finally:
-            if priority:
-                with self._cond:
-                    self._priority_waiting -= 1
-                    self._wake()
+        """Async twin of :meth:`acquire` (the same gate: threads and loops share it)."""
+        ticket = LoopTicket(priority)
+        if not self.enter(ticket):
+            try:
+                await ticket.wait()
+            except asyncio.CancelledError:
+                self.withdraw(ticket)
+                raise
+        assert ticket.epoch is not None
+        return ticket.epoch
 
     def release(self, epoch: int, *, throttled: bool = False, succeeded: bool = False) -> None:
-        """A request finished: adapt the limit and let waiters in."""
-        with self._cond:
+        """A request finished: adapt the limit and hand free slots to queued tickets."""
+        granted: list[Ticket] = []
+        with self._lock:
             self.in_flight -= 1
             if self.adaptive and throttled and epoch == self.epoch:
                 self.throttled_at = self.limit
@@ -105,30 +163,15 @@ class ConcurrencyGate:
                 slow = self.limit + 1 >= self.throttled_at
                 step = 1.0 / (self.limit * (self.PROBE_SLOWDOWN if slow else 1))
                 self.limit = min(float(self.maximum), self.limit + step)
-            self._wake()
-
-    def _wake(self) -> None:
-        room = max(1, int(self.limit)) - self.in_flight
-        if room <= 0:
-            return
-        # Few threads ever wait here (the engine runs at most 2 x max_concurrency), so
-        # waking them all is cheap and lets a priority waiter through first.
-        self._cond.notify_all()
-        for waiters in (self._async_priority_waiters, self._async_waiters):
-            while room > 0 and waiters:
-                loop, future = waiters.popleft()
-                if future.done() or loop.is_closed():
-                    continue
-                loop.call_soon_threadsafe(_resolve, future)
-                room -= 1
-
-
-_Waiter = tuple[asyncio.AbstractEventLoop, "asyncio.Future[None]"]
-
-
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
+            for queue in self._queues:
+                while queue and self._room() > 0:
+                    ticket = queue.popleft()
+                    self.in_flight += 1
+                    ticket.epoch = self.epoch
+                    granted.append(ticket)
+        for ticket in granted:
+            if not ticket.signal() and ticket.epoch is not None:
+                self.release(ticket.epoch)
 
 
 @dataclass
@@ -209,16 +252,6 @@ class RateBudget:
             if self._tokens is not None:
                 wait = max(wait, self._tokens.reserve(tokens, now))
             return wait
-
-    def wait(self, tokens: int) -> None:
-        delay = self.reserve(tokens)
-        if delay > 0:
-            time.sleep(delay)
-
-    async def await_turn(self, tokens: int) -> None:
-        delay = self.reserve(tokens)
-        if delay > 0:
-            await asyncio.sleep(delay)
 
     def __getstate__(self) -> dict[str, object]:
         return {"rpm": self.requests_per_minute, "tpm": self.tokens_per_minute}

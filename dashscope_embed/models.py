@@ -85,6 +85,13 @@ class ModelSpec:
             )
 
     @property
+    def family(self) -> str:
+        """The endpoint family that serves the model (the codec registry's key)."""
+        return {"text": "text-embedding", "multimodal": "multimodal-embedding"}.get(
+            self.kind, self.kind
+        )
+
+    @property
     def supports_sparse(self) -> bool:
         """Whether the model can return sparse (lexical) vectors."""
         return any(t != "dense" for t in self.output_types)

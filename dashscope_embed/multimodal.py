@@ -16,15 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from dashscope_embed.errors import InputProblem, InvalidInputError
-from dashscope_embed.protocol.common import (
-    ParsedBatch,
-    check_dense,
-    native_embeddings,
-    place_rows,
-    usage_tokens,
-)
 
-MULTIMODAL_PATH = "/services/embeddings/multimodal-embedding/multimodal-embedding"
 MAX_IMAGE_BYTES = 3 * 1024 * 1024
 _MAGIC = {"jpeg": (b"\xff\xd8\xff",), "png": (b"\x89PNG\r\n\x1a\n",), "bmp": (b"BM",)}
 VIDEO_SUFFIXES = (".mp4", ".mpeg", ".mpg", ".webm", ".avi", ".flv", ".mkv", ".mov")
@@ -129,25 +121,3 @@ def to_contents(items: list[Any], modality: Modality) -> list[Content]:
     if problems:
         raise InvalidInputError(problems)
     return contents
-
-
-def build_body(model: str, contents: list[Content], dimension: int | None) -> dict[str, Any]:
-    parameters: dict[str, Any] = {}
-    if dimension is not None:
-        parameters["dimension"] = dimension
-    return {
-        "model": model,
-        "input": {"contents": [c.as_wire() for c in contents]},
-        "parameters": parameters,
-    }
-
-
-def parse_reply(content: bytes, expected: int, dimension: int) -> ParsedBatch:
-    """Rows placed by ``index``; usage from ``input_tokens`` (text) as billed."""
-    body, request_id, rows = native_embeddings(content)
-    placed = place_rows(
-        [(r.get("index") if isinstance(r, dict) else None, r) for r in rows], expected, request_id
-    )
-    dense = check_dense([r.get("embedding") for r in placed], dimension, request_id)
-    tokens = usage_tokens(body.get("usage"), "input_tokens", "total_tokens", request_id=request_id)
-    return ParsedBatch(dense=dense, sparse=None, total_tokens=tokens, request_id=request_id)

@@ -10,89 +10,15 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 from dashscope_embed.errors import InputProblem, InvalidInputError
-from dashscope_embed.models import (
-    OUTPUT_TYPES,
-    TEXT_TYPES,
-    ModelSpec,
-    resolve_model,
-)
-from dashscope_embed.protocol.common import EmbedParams, ParsedBatch
+from dashscope_embed.models import ModelSpec
+from dashscope_embed.protocol.common import ParsedBatch
 from dashscope_embed.tokens import LongTextPlan, combine_dense, combine_sparse
 from dashscope_embed.types import EmbeddingResult, PartialResult, SparseEmbedding, Usage
 
-
-def resolve_params(
-    model: str | ModelSpec,
-    *,
-    text_type: str | None,
-    instruct: str | None,
-    dimension: int | None,
-    output_type: str,
-) -> EmbedParams:
-    """Check every parameter against the model table; all problems reported at once."""
-    spec = resolve_model(model)
-    problems: list[InputProblem] = []
-    if spec.kind != "text":
-        problems.append(
-            InputProblem(
-                None,
-                f"model {spec.name!r} is a {spec.kind} model and cannot embed texts synchronously"
-                + (" (use the batch jobs API)" if spec.kind == "async-batch" else ""),
-            )
-        )
-    if text_type is not None and text_type not in TEXT_TYPES:
-        problems.append(
-            InputProblem(None, f"text_type must be 'query' or 'document', got {text_type!r}")
-        )
-    if output_type not in OUTPUT_TYPES:
-        problems.append(
-            InputProblem(
-                None, f"output_type must be one of {list(OUTPUT_TYPES)}, got {output_type!r}"
-            )
-        )
-    elif output_type not in spec.output_types:
-        problems.append(
-            InputProblem(
-                None,
-                f"output_type={output_type!r} is not supported by {spec.name} "
-                f"(supported: {list(spec.output_types)})",
-            )
-        )
-    if dimension is not None and (isinstance(dimension, bool) or not isinstance(dimension, int)):
-        problems.append(InputProblem(None, f"dimension must be an int, got {dimension!r}"))
-    elif dimension is not None and dimension not in spec.dimensions:
-        problems.append(
-            InputProblem(
-                None,
-                f"dimension={dimension} is not allowed for {spec.name}; allowed: "
-                f"{sorted(spec.dimensions, reverse=True)}",
-            )
-        )
-    if instruct is not None:
-        if not isinstance(instruct, str) or not instruct.strip():
-            problems.append(
-                InputProblem(None, f"instruct must be a non-empty string, got {instruct!r}")
-            )
-        elif not spec.supports_instruct:
-            problems.append(
-                InputProblem(
-                    None,
-                    f"{spec.name} does not take an instruct; models that do: "
-                    "text-embedding-v4 and the qwen3.7 text models",
-                )
-            )
-    if problems:
-        raise InvalidInputError(problems)
-    return EmbedParams(
-        spec=spec,
-        text_type=text_type,  # type: ignore[arg-type]
-        instruct=instruct,
-        dimension=dimension if (dimension is not None and spec.configurable_dimension) else None,
-        output_type=output_type,  # type: ignore[arg-type]
-    )
+Item = TypeVar("Item")
 
 
 def text_problem(text: Any) -> str | None:
@@ -150,15 +76,32 @@ def validate_texts(texts: Any) -> list[str]:
     return list(texts)
 
 
+class ResultParams(Protocol):
+    """What putting replies back together needs to know about a call."""
+
+    @property
+    def spec(self) -> ModelSpec: ...
+
+    @property
+    def expected_dimension(self) -> int: ...
+
+    @property
+    def wants_dense(self) -> bool: ...
+
+    @property
+    def wants_sparse(self) -> bool: ...
+
+
 @dataclass(frozen=True, slots=True)
-class Plan:
+class Plan(Generic[Item]):
     """How a call's inputs map onto requests.
 
-    ``unique`` holds each distinct text once; ``slot_of[i]`` is input ``i``'s place in
-    ``unique``; ``batches`` are slices of ``unique``, each within the row limit.
+    ``unique`` holds each distinct input (a text, a multimodal content) once;
+    ``slot_of[i]`` is input ``i``'s place in ``unique``; ``batches`` are slices of
+    ``unique``, each within the row limit.
     """
 
-    unique: list[str]
+    unique: list[Item]
     slot_of: list[int]
     batches: list[range]
 
@@ -166,7 +109,7 @@ class Plan:
     def input_count(self) -> int:
         return len(self.slot_of)
 
-    def batch_texts(self, batch: range) -> list[str]:
+    def batch_items(self, batch: range) -> list[Item]:
         return self.unique[batch.start : batch.stop]
 
     def input_positions(self, batches: Sequence[range]) -> list[int]:
@@ -175,13 +118,13 @@ class Plan:
         return [i for i, slot in enumerate(self.slot_of) if slot in slots]
 
 
-def plan(texts: Sequence[str], rows_per_request: int) -> Plan:
-    """Split ``texts`` into requests of at most ``rows_per_request`` distinct texts; a
-    text that appears more than once is sent once."""
+def plan(items: Sequence[Item], rows_per_request: int) -> Plan[Item]:
+    """Split ``items`` into requests of at most ``rows_per_request`` distinct items; an
+    item that appears more than once is sent once."""
     if rows_per_request < 1:
         raise InvalidInputError(f"rows per request must be >= 1, got {rows_per_request}")
-    index: dict[str, int] = {}
-    slot_of = [index.setdefault(text, len(index)) for text in texts]
+    index: dict[Item, int] = {}
+    slot_of = [index.setdefault(item, len(index)) for item in items]
     unique = list(index)
     batches = [
         range(start, min(start + rows_per_request, len(unique)))
@@ -205,9 +148,9 @@ def _fan_out(values: list[Any], slot_of: Sequence[int]) -> list[Any]:
 
 
 def assemble(
-    the_plan: Plan,
+    the_plan: Plan[Any],
     replies: Sequence[ParsedBatch | None],
-    params: EmbedParams,
+    params: ResultParams,
 ) -> EmbeddingResult | PartialResult:
     """Put every reply's rows back at their input positions.
 

@@ -21,7 +21,7 @@ import re
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from dashscope_embed.errors import InputProblem, InvalidInputError
 from dashscope_embed.types import SparseEmbedding
@@ -30,6 +30,7 @@ LongTextPolicy = Literal["error", "truncate", "chunk"]
 LONG_TEXT_POLICIES: tuple[LongTextPolicy, ...] = ("error", "truncate", "chunk")
 
 
+@runtime_checkable
 class TokenCounter(Protocol):
     """Counts, truncates and splits text by tokens."""
 

@@ -32,14 +32,14 @@ import platform
 import threading
 import time
 import zlib
-from collections.abc import AsyncGenerator, Generator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator
 from typing import Any
 
 import httpcore
 import httpx
 
 from dashscope_embed import __version__
-from dashscope_embed.config import ClientConfig
+from dashscope_embed.config import ClientSettings
 from dashscope_embed.errors import (
     APIConnectionError,
     APIError,
@@ -48,6 +48,7 @@ from dashscope_embed.errors import (
     ConfigurationError,
 )
 from dashscope_embed.forksafe import renew_after_fork
+from dashscope_embed.protocol.base import HttpRequest
 from dashscope_embed.protocol.common import parse_error_reply
 
 logger = logging.getLogger("dashscope_embed")
@@ -250,7 +251,7 @@ class _ServiceAuth(httpx.Auth):
     ours; it is read from the config the moment the header is written.
     """
 
-    def __init__(self, config: ClientConfig) -> None:
+    def __init__(self, config: ClientSettings) -> None:
         self._config = config
         self._origin = httpx.URL(config.root_url)
 
@@ -380,11 +381,11 @@ def _result(response: httpx.Response, body: bytes) -> bytes:
 
 # ---------------------------------------------------------------------- the transport
 class Transport:
-    """Sends requests for one :class:`ClientConfig`; owns the pooled HTTP clients it made."""
+    """Sends requests for one :class:`ClientSettings`; owns the pooled HTTP clients it made."""
 
     def __init__(
         self,
-        config: ClientConfig,
+        config: ClientSettings,
         *,
         http_client: httpx.Client | None = None,
         async_http_client: httpx.AsyncClient | None = None,
@@ -493,10 +494,78 @@ class Transport:
         return client
 
     # ------------------------------------------------------------------ requests
-    def _attempt_deadline(self) -> float:
-        deadline = time.monotonic() + self.config.timeout
-        outer = _CALL_DEADLINE.get()
-        return deadline if outer is None else min(deadline, outer)
+    def send(self, request: HttpRequest) -> bytes:
+        """Send ``request``; return the 2xx body (bounded) or raise the typed error.
+
+        The exchange (:meth:`_exchange`) decides everything; this only does its I/O."""
+        client = self.client
+        exchange = self._exchange(request)
+        token = _ATTEMPT_DEADLINE.set(self._deadline(request))
+        response: httpx.Response | None = None
+        chunks: Iterator[bytes] | None = None
+        reply: Any = None
+        try:
+            while True:
+                try:
+                    step = exchange.send(reply)
+                except StopIteration as done:
+                    body: bytes = done.value
+                    return body
+                try:
+                    if isinstance(step, _Open):
+                        response = client.send(
+                            self._build(step.request, client),
+                            auth=self._auth_for(step),
+                            stream=True,
+                        )
+                        reply = response
+                    else:
+                        chunks = chunks or step.response.iter_raw()
+                        reply = next(chunks, b"")
+                except httpx.HTTPError as exc:
+                    reply = _Failed(exc)  # handed over outside this block: nothing chains
+        finally:
+            exchange.close()
+            if response is not None:
+                response.close()
+            _ATTEMPT_DEADLINE.reset(token)
+
+    async def asend(self, request: HttpRequest) -> bytes:
+        """Async twin of :meth:`send`: the same exchange, its I/O done on the event loop."""
+        client = await self.async_client()
+        exchange = self._exchange(request)
+        token = _ATTEMPT_DEADLINE.set(self._deadline(request))
+        response: httpx.Response | None = None
+        chunks: AsyncIterator[bytes] | None = None
+        reply: Any = None
+        try:
+            while True:
+                try:
+                    step = exchange.send(reply)
+                except StopIteration as done:
+                    body: bytes = done.value
+                    return body
+                try:
+                    if isinstance(step, _Open):
+                        response = await client.send(
+                            self._build(step.request, client),
+                            auth=self._auth_for(step),
+                            stream=True,
+                        )
+                        reply = response
+                    else:
+                        chunks = chunks or step.response.aiter_raw()
+                        reply = await anext(chunks, b"")
+                except httpx.HTTPError as exc:
+                    reply = _Failed(exc)  # handed over outside this block: nothing chains
+        finally:
+            exchange.close()
+            if response is not None:
+                await response.aclose()
+            _ATTEMPT_DEADLINE.reset(token)
+
+    def _auth_for(self, step: _Open) -> httpx.Auth | None:
+        return self._auth if step.request.authenticated else None
 
     def post(
         self,
@@ -506,136 +575,91 @@ class Transport:
         *,
         max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES,
     ) -> bytes:
-        """POST JSON; return the 2xx body or raise the typed error."""
-        request = self.client.build_request(
-            "POST", url, content=encode_body(body), headers=self.headers() | (extra_headers or {})
+        """POST JSON to a service URL (a job's submit, poll or cancel)."""
+        return self.send(
+            HttpRequest(
+                "POST", url, json=body, headers=extra_headers or {}, reply_limit=max_reply_bytes
+            )
         )
-        return self._send(request, max_reply_bytes, auth=True)
-
-    async def apost(
-        self,
-        url: str,
-        body: dict[str, Any],
-        extra_headers: dict[str, str] | None = None,
-        *,
-        max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES,
-    ) -> bytes:
-        """Async twin of :meth:`post`."""
-        client = await self.async_client()
-        request = client.build_request(
-            "POST", url, content=encode_body(body), headers=self.headers() | (extra_headers or {})
-        )
-        return await self._asend(client, request, max_reply_bytes)
 
     def get(self, url: str, *, max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES) -> bytes:
-        """GET a service URL (authenticated); return the 2xx body or raise the typed error."""
-        request = self.client.build_request("GET", url, headers=self.headers())
-        return self._send(request, max_reply_bytes, auth=True)
+        """GET a service URL (authenticated)."""
+        return self.send(HttpRequest("GET", url, reply_limit=max_reply_bytes))
 
     def upload(self, url: str, filename: str, content: bytes, fields: dict[str, str]) -> bytes:
         """POST a multipart form with one file (the Batch API's ``/files``)."""
-        headers = {k: v for k, v in self.headers().items() if k != "Content-Type"}
-        request = self.client.build_request(
-            "POST",
-            url,
-            files={"file": (filename, content, "application/jsonl")},
-            data=fields,
-            headers=headers,
+        return self.send(
+            HttpRequest(
+                "POST",
+                url,
+                files={"file": (filename, content, "application/jsonl")},
+                data=fields,
+                whole_timeout=False,
+            )
         )
-        return self._send(request, DEFAULT_MAX_REPLY_BYTES, auth=True, whole_timeout=False)
 
     def download(self, url: str, *, max_bytes: int = DOWNLOAD_MAX_BYTES) -> bytes:
         """GET a result file by its signed URL, *without* the API key (it is another host)."""
-        request = self.client.build_request(
-            "GET", url, headers={"User-Agent": USER_AGENT, "Accept-Encoding": "gzip, deflate"}
+        return self.send(
+            HttpRequest("GET", url, reply_limit=max_bytes, authenticated=False, whole_timeout=False)
         )
-        return self._send(request, max_bytes, auth=False, whole_timeout=False)
 
-    def _send(
-        self, request: httpx.Request, limit: int, *, auth: bool, whole_timeout: bool = True
-    ) -> bytes:
-        url = str(request.url)
-        token = _ATTEMPT_DEADLINE.set(self._attempt_deadline() if whole_timeout else None)
-        try:
-            try:
-                response = self.client.send(request, auth=self._auth if auth else None, stream=True)
-            except httpx.HTTPError as exc:
-                error = _map_http_error(exc, url)
-            else:
-                try:
-                    return _result(response, self._read(response, limit, url))
-                finally:
-                    response.close()
-        finally:
-            _ATTEMPT_DEADLINE.reset(token)
-        raise error
+    def _deadline(self, request: HttpRequest) -> float | None:
+        if not request.whole_timeout:
+            return None
+        deadline = time.monotonic() + self.config.timeout
+        outer = _CALL_DEADLINE.get()
+        return deadline if outer is None else min(deadline, outer)
 
-    def _read(self, response: httpx.Response, limit: int, url: str) -> bytes:
-        limit = _reply_limit(response, limit)
+    def _build(
+        self, request: HttpRequest, client: httpx.Client | httpx.AsyncClient
+    ) -> httpx.Request:
+        headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "gzip, deflate"}
+        if request.authenticated:
+            headers |= self.headers()
+            if request.files is not None:
+                headers.pop("Content-Type")  # httpx sets the multipart boundary
+        headers |= request.headers
+        return client.build_request(
+            request.method,
+            request.url,
+            content=encode_body(request.json) if request.json is not None else None,
+            files=request.files,
+            data=request.data,
+            headers=headers,
+        )
+
+    def _exchange(self, request: HttpRequest) -> Generator[_Step, Any, bytes]:
+        """One request and its reply, with no I/O of its own: it yields what to do
+        (open, read a chunk) and gets the result back from a driver, sync or async.
+
+        Everything that decides anything lives here once: the bounded, decoding read,
+        the attempt's deadline, the mapping of httpx's errors to ours (raised outside
+        any ``except`` block, so nothing carrying the key is chained)."""
+        url = request.url
+        opened = yield _Open(request)
+        if isinstance(opened, _Failed):
+            raise _map_http_error(opened.pop(), url)
+        response: httpx.Response = opened
+        limit = _reply_limit(response, request.reply_limit)
         if (body := _already_read(response, limit, url)) is not None:
-            return body
+            return _result(response, body)
         if _declared_too_large(response, limit):
             raise _bad_reply(response, url, f"it declares more than the {limit:,} bytes allowed")
         decoder = _BoundedDecoder(response.headers.get("content-encoding", ""), limit, url)
-        problem: str | None = None
-        try:
-            for chunk in response.iter_raw():
-                if problem := decoder.feed(chunk):
-                    break
-                if _past_deadline():
-                    break
-        except httpx.HTTPError as exc:
-            error = _map_http_error(exc, url)
-        else:
-            if problem is None and _past_deadline():
-                raise _timed_out(url, "the attempt's deadline passed while reading the reply")
-            problem = problem or decoder.finish()
-            if problem is not None:
+        while True:
+            chunk = yield _Read(response)
+            if isinstance(chunk, _Failed):
+                raise _map_http_error(chunk.pop(), url)
+            if not chunk:
+                break
+            if problem := decoder.feed(chunk):
                 raise _bad_reply(response, url, problem)
-            return bytes(decoder.buffer)
-        raise error
-
-    async def _asend(self, client: httpx.AsyncClient, request: httpx.Request, limit: int) -> bytes:
-        url = str(request.url)
-        token = _ATTEMPT_DEADLINE.set(self._attempt_deadline())
-        try:
-            try:
-                response = await client.send(request, auth=self._auth, stream=True)
-            except httpx.HTTPError as exc:
-                error = _map_http_error(exc, url)
-            else:
-                try:
-                    return _result(response, await self._aread(response, limit, url))
-                finally:
-                    await response.aclose()
-        finally:
-            _ATTEMPT_DEADLINE.reset(token)
-        raise error
-
-    async def _aread(self, response: httpx.Response, limit: int, url: str) -> bytes:
-        limit = _reply_limit(response, limit)
-        if (body := _already_read(response, limit, url)) is not None:
-            return body
-        if _declared_too_large(response, limit):
-            raise _bad_reply(response, url, f"it declares more than the {limit:,} bytes allowed")
-        decoder = _BoundedDecoder(response.headers.get("content-encoding", ""), limit, url)
-        problem: str | None = None
-        try:
-            async for chunk in response.aiter_raw():
-                if problem := decoder.feed(chunk):
-                    break
-                if _past_deadline():
-                    break
-        except httpx.HTTPError as exc:
-            error = _map_http_error(exc, url)
-        else:
-            if problem is None and _past_deadline():
+            if _past_deadline():
                 raise _timed_out(url, "the attempt's deadline passed while reading the reply")
-            problem = problem or decoder.finish()
-            if problem is not None:
-                raise _bad_reply(response, url, problem)
-            return bytes(decoder.buffer)
-        raise error
+        if problem := decoder.finish():
+            raise _bad_reply(response, url, problem)
+        return _result(response, bytes(decoder.buffer))
 
     # ------------------------------------------------------------------ closing
     def close(self) -> None:
@@ -650,6 +674,46 @@ class Transport:
         entry = self._async_clients.pop(asyncio.get_running_loop(), None)
         if entry is not None:
             await entry[1].aclose()  # closes the client
+
+
+# ---------------------------------------------------------------------- the drivers
+class _Open:
+    """Send this request; reply with the response (headers read) or a :class:`_Failed`."""
+
+    __slots__ = ("request",)
+
+    def __init__(self, request: HttpRequest) -> None:
+        self.request = request
+
+
+class _Read:
+    """Reply with the response's next raw chunk (``b""`` at its end) or a :class:`_Failed`."""
+
+    __slots__ = ("response",)
+
+    def __init__(self, response: httpx.Response) -> None:
+        self.response = response
+
+
+class _Failed:
+    """An httpx failure handed to the exchange, which maps it to a typed error. Its
+    ``repr`` says nothing: the httpx exception's request carries the key."""
+
+    __slots__ = ("_error",)
+
+    def __init__(self, error: httpx.HTTPError) -> None:
+        self._error: httpx.HTTPError | None = error
+
+    def pop(self) -> httpx.HTTPError:
+        error, self._error = self._error, None
+        assert error is not None
+        return error
+
+    def __repr__(self) -> str:
+        return "_Failed(<httpx error>)"
+
+
+_Step = _Open | _Read
 
 
 async def _close_when_loop_ends(client: httpx.AsyncClient) -> AsyncGenerator[None, None]:

@@ -7,11 +7,11 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from langchain_core.embeddings import Embeddings
-from langchain_core.utils import from_env, secret_from_env
+from langchain_core.utils import secret_from_env
 from pydantic import ConfigDict, Field, SecretStr
 
 from dashscope_embed.adapter import AdapterSettings
-from dashscope_embed.models import DEFAULT_MODEL, ModelSpec, OutputType, TextType
+from dashscope_embed.models import DEFAULT_MODEL, ModelSpec, TextType
 from dashscope_embed.multimodal import Content, ImageInput
 from dashscope_embed.types import EmbeddingResult
 
@@ -54,10 +54,6 @@ class DashScopeEmbeddings(AdapterSettings, Embeddings):
         exclude=True,
         repr=False,
     )
-    base_url: str | None = Field(
-        default_factory=from_env("DASHSCOPE_BASE_URL", default=None),
-        description="Another host (proxy, emulator); default the region's.",
-    )
     show_progress: bool = Field(default=False, description="Show a progress bar (tqdm).")
 
     def _model_ref(self) -> str | ModelSpec:
@@ -70,7 +66,7 @@ class DashScopeEmbeddings(AdapterSettings, Embeddings):
             return self.dense_for(texts, "document")
         bar = _progress_bar(len(texts))
         try:
-            result = self.client.embed(texts, progress=bar.update, **self._role_options("document"))
+            result = self.client.embed(texts, progress=bar.update, **self._call_options("document"))
         finally:
             bar.close()
         self._remember_sparse("document", texts, result)
@@ -88,47 +84,22 @@ class DashScopeEmbeddings(AdapterSettings, Embeddings):
 
     # ------------------------------------------------------------- beyond the interface
     def embed(
-        self,
-        texts: Sequence[str],
-        *,
-        text_type: TextType | None = "document",
-        instruct: str | None = None,
-        dimension: int | None = None,
-        output_type: OutputType | None = None,
+        self, texts: Sequence[str], *, text_type: TextType | None = "document", **overrides: Any
     ) -> EmbeddingResult:
-        """One call with per-call overrides; returns dense, sparse and usage together."""
-        return self.client.embed(
-            texts, **self._overrides(text_type, instruct, dimension, output_type)
-        )
+        """One call with per-call overrides of this object's options (``dimension``,
+        ``output_type``, ``instruct``, ``task``, ``extra_parameters``); returns dense,
+        sparse and usage together."""
+        return self.client.embed(texts, **self._overridden(text_type, overrides))
 
     async def aembed(
-        self,
-        texts: Sequence[str],
-        *,
-        text_type: TextType | None = "document",
-        instruct: str | None = None,
-        dimension: int | None = None,
-        output_type: OutputType | None = None,
+        self, texts: Sequence[str], *, text_type: TextType | None = "document", **overrides: Any
     ) -> EmbeddingResult:
         """Async twin of :meth:`embed`."""
-        return await self.client.aembed(
-            texts, **self._overrides(text_type, instruct, dimension, output_type)
-        )
+        return await self.client.aembed(texts, **self._overridden(text_type, overrides))
 
-    def _overrides(
-        self,
-        text_type: TextType | None,
-        instruct: str | None,
-        dimension: int | None,
-        output_type: OutputType | None,
-    ) -> dict[str, Any]:
-        return {
-            "model": self._model_ref(),
-            "text_type": text_type,
-            "instruct": instruct,
-            "dimension": dimension if dimension is not None else self.dimension,
-            "output_type": output_type or self.output_type,
-        }
+    def _overridden(self, text_type: TextType | None, overrides: dict[str, Any]) -> dict[str, Any]:
+        call = self._call_options("query" if text_type == "query" else "document")
+        return {**call, "text_type": text_type, **overrides}
 
     def embed_image(self, uris: Sequence[ImageInput]) -> list[list[float]]:
         """Embed images (paths, URLs, bytes or data URIs) with ``multimodal-embedding-v1``;
@@ -152,9 +123,6 @@ class DashScopeEmbeddings(AdapterSettings, Embeddings):
         digest = hashlib.sha256(instruct.encode("utf-8")).hexdigest()[:12]
         dimension = self.dimension or self.spec.default_dimension
         return f"dashscope:{self.spec.name}:d{dimension}:{self.output_type}:i{digest}:"
-
-    def __getstate__(self) -> dict[Any, Any]:
-        return self.scrub_pickle_state(super().__getstate__())
 
 
 def cached_embeddings(

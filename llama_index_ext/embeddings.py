@@ -48,11 +48,6 @@ class _LlamaSettings(AdapterSettings):
     def _model_ref(self) -> str | ModelSpec:
         return self.model_spec or self.model_name  # type: ignore[attr-defined]
 
-    def __getstate__(self) -> dict[Any, Any]:
-        # LlamaIndex ships components to worker processes by pickling; the key stays home
-        # and each worker reads its own DASHSCOPE_API_KEY.
-        return self.scrub_pickle_state(super().__getstate__())
-
 
 class DashScopeEmbedding(_LlamaSettings, BaseEmbedding):
     """DashScope text embeddings (text-embedding-v4 by default) for LlamaIndex.
@@ -162,7 +157,7 @@ class DashScopeEmbedding(_LlamaSettings, BaseEmbedding):
         return {
             "batch_size": self.embed_batch_size,
             "progress": progress.update if progress else None,
-            **self._role_options("document"),
+            **self._call_options("document"),
         }
 
     def _end_batch_events(

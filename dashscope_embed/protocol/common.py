@@ -12,32 +12,8 @@ from typing import Any
 import pydantic_core
 
 from dashscope_embed.errors import APIError, BadResponseError, error_class_for
-from dashscope_embed.models import ModelSpec, OutputType, TextType
+from dashscope_embed.options import TextParams
 from dashscope_embed.types import SparseEmbedding
-
-
-@dataclass(frozen=True, slots=True)
-class EmbedParams:
-    """Validated parameters of one embedding call (the same for all its requests)."""
-
-    spec: ModelSpec
-    text_type: TextType | None
-    instruct: str | None
-    dimension: int | None
-    output_type: OutputType
-
-    @property
-    def expected_dimension(self) -> int:
-        """Length every dense vector in the reply must have."""
-        return self.dimension if self.dimension is not None else self.spec.default_dimension
-
-    @property
-    def wants_dense(self) -> bool:
-        return self.output_type != "sparse"
-
-    @property
-    def wants_sparse(self) -> bool:
-        return self.output_type != "dense"
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,14 +33,6 @@ class ParsedBatch:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class HttpRequest:
-    """What to send: a path below the protocol's base URL and a JSON body."""
-
-    path: str
-    body: dict[str, Any]
-
-
 # Bounds for what a reply can legitimately need: a float printed in full is ~22 bytes,
 # a sparse entry ({"index":...,"value":...,"token":"..."}) well under 128, and a text
 # has at most one sparse entry per token, so at most one per UTF-8 byte.
@@ -73,7 +41,7 @@ _BYTES_PER_SPARSE_ENTRY = 128
 _REPLY_OVERHEAD = 64 * 1024
 
 
-def reply_byte_limit(texts: Sequence[str], params: EmbedParams) -> int:
+def reply_byte_limit(texts: Sequence[str], params: TextParams) -> int:
     """The most bytes a correct reply to embedding ``texts`` with ``params`` can have.
 
     Anything longer is not an embedding reply, so it is not read past this (a runaway or

@@ -1,4 +1,4 @@
-"""DashScope's native text-embedding protocol (every feature: text_type, instruct, sparse).
+"""DashScope's native text-embedding endpoint (every feature: text_type, instruct, sparse).
 
 Request::
 
@@ -18,14 +18,15 @@ from collections.abc import Sequence
 from typing import Any
 
 from dashscope_embed.errors import BadResponseError
+from dashscope_embed.options import TextParams
+from dashscope_embed.protocol.base import Endpoint, register
 from dashscope_embed.protocol.common import (
-    EmbedParams,
-    HttpRequest,
     ParsedBatch,
     check_dense,
     native_embeddings,
     parse_sparse,
     place_rows,
+    reply_byte_limit,
     usage_tokens,
 )
 from dashscope_embed.types import SparseEmbedding
@@ -33,13 +34,36 @@ from dashscope_embed.types import SparseEmbedding
 TEXT_EMBEDDING_PATH = "/services/embeddings/text-embedding/text-embedding"
 
 
-def build_parameters(params: EmbedParams) -> dict[str, Any]:
+class NativeTextEmbedding(Endpoint[str, TextParams]):
+    family = "text-embedding"
+    protocol = "native"
+    api = "native"
+    path = TEXT_EMBEDDING_PATH
+
+    def body(self, items: Sequence[str], params: TextParams) -> dict[str, Any]:
+        return {
+            "model": params.spec.name,
+            "input": {"texts": list(items)},
+            "parameters": build_parameters(params),
+        }
+
+    def reply_limit(self, items: Sequence[str], params: TextParams) -> int:
+        return reply_byte_limit(items, params)
+
+    def parse(self, content: bytes, count: int, params: TextParams) -> ParsedBatch:
+        return parse_reply(content, count, params)
+
+
+NATIVE_TEXT = register(NativeTextEmbedding())
+
+
+def build_parameters(params: TextParams) -> dict[str, Any]:
     """Only what is set and what the model understands; nothing wrapped or renamed."""
     spec = params.spec
     parameters: dict[str, Any] = {}
     if params.text_type is not None and spec.supports_text_type:
         parameters["text_type"] = params.text_type
-    if params.dimension is not None and spec.configurable_dimension:
+    if params.dimension is not None:
         parameters["dimension"] = params.dimension
     if params.output_type != "dense":
         parameters["output_type"] = params.output_type
@@ -48,19 +72,7 @@ def build_parameters(params: EmbedParams) -> dict[str, Any]:
     return parameters
 
 
-def build_request(texts: Sequence[str], params: EmbedParams) -> HttpRequest:
-    """The native request for one batch of texts."""
-    return HttpRequest(
-        path=TEXT_EMBEDDING_PATH,
-        body={
-            "model": params.spec.name,
-            "input": {"texts": list(texts)},
-            "parameters": build_parameters(params),
-        },
-    )
-
-
-def parse_reply(content: bytes, expected_rows: int, params: EmbedParams) -> ParsedBatch:
+def parse_reply(content: bytes, expected_rows: int, params: TextParams) -> ParsedBatch:
     """Parse a 2xx native reply; rows placed by ``text_index`` and checked complete."""
     body, request_id, embeddings = native_embeddings(content)
     rows: list[tuple[Any, Any]] = []

@@ -17,12 +17,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from dashscope_embed.errors import BadResponseError, InvalidInputError
+from dashscope_embed.options import TextParams
+from dashscope_embed.protocol.base import Endpoint, register
 from dashscope_embed.protocol.common import (
-    EmbedParams,
-    HttpRequest,
     ParsedBatch,
     check_dense,
     place_rows,
+    reply_byte_limit,
     reply_object,
     usage_tokens,
 )
@@ -30,7 +31,30 @@ from dashscope_embed.protocol.common import (
 EMBEDDINGS_PATH = "/embeddings"
 
 
-def check_supported(params: EmbedParams) -> None:
+class CompatibleTextEmbedding(Endpoint[str, TextParams]):
+    family = "text-embedding"
+    protocol = "openai-compatible"
+    api = "compatible"
+    path = EMBEDDINGS_PATH
+    parameters_key = None  # extra_parameters go at the top level, as OpenAI's extra_body
+
+    def check(self, params: TextParams) -> None:
+        check_supported(params)
+
+    def body(self, items: Sequence[str], params: TextParams) -> dict[str, Any]:
+        return build_body(items, params)
+
+    def reply_limit(self, items: Sequence[str], params: TextParams) -> int:
+        return reply_byte_limit(items, params)
+
+    def parse(self, content: bytes, count: int, params: TextParams) -> ParsedBatch:
+        return parse_reply(content, count, params)
+
+
+COMPATIBLE_TEXT = register(CompatibleTextEmbedding())
+
+
+def check_supported(params: TextParams) -> None:
     """Refuse what this protocol cannot carry, naming the parameter and the fix."""
     unsupported = []
     if params.text_type is not None:
@@ -51,21 +75,21 @@ def check_supported(params: EmbedParams) -> None:
         )
 
 
-def build_request(
-    texts: Sequence[str], params: EmbedParams, encoding_format: str = "float"
-) -> HttpRequest:
-    """The OpenAI-compatible request for one batch of texts."""
+def build_body(
+    texts: Sequence[str], params: TextParams, encoding_format: str = "float"
+) -> dict[str, Any]:
+    """The OpenAI-compatible body for one batch of texts."""
     body: dict[str, Any] = {
         "model": params.spec.name,
         "input": list(texts),
         "encoding_format": encoding_format,
     }
-    if params.dimension is not None and params.spec.configurable_dimension:
+    if params.dimension is not None:
         body["dimensions"] = params.dimension
-    return HttpRequest(path=EMBEDDINGS_PATH, body=body)
+    return body
 
 
-def parse_reply(content: bytes, expected_rows: int, params: EmbedParams) -> ParsedBatch:
+def parse_reply(content: bytes, expected_rows: int, params: TextParams) -> ParsedBatch:
     """Parse a 2xx reply; rows placed by ``index``; floats or base64 float32 accepted."""
     body, request_id = reply_object(content)
     data = body.get("data")

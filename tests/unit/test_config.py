@@ -6,7 +6,6 @@ import pickle
 import pytest
 
 from dashscope_embed import ConfigurationError, DashScopeClient, MissingApiKeyError, make_config
-from dashscope_embed.config import normalise_base_url
 
 SECRET = "sk-do-not-leak-0123456789"
 
@@ -28,10 +27,40 @@ SECRET = "sk-do-not-leak-0123456789"
     ],
 )
 def test_base_url_accepts_root_or_either_documented_base(given: str, root: str) -> None:
-    assert normalise_base_url(given) == root
     config = make_config(base_url=given)
+    assert config.root_url == root
     assert config.native_base_url == root + "/api/v1"
     assert config.compatible_base_url == root + "/compatible-mode/v1"
+
+
+@pytest.mark.parametrize(
+    ("given", "protocol", "native", "compatible"),
+    [
+        # A base naming its API version is used as given, for every API: an
+        # OpenAI-compatible proxy, a gateway, a self-hosted server.
+        ("http://localhost:8000/v1", "openai-compatible", "", ""),
+        ("https://gateway.example.com/llm/v1/", "openai-compatible", "", ""),
+        ("https://gateway.example.com/ds/v2", "native", "", ""),
+    ],
+)
+def test_a_base_url_ending_in_a_version_is_used_as_given(
+    given: str, protocol: str, native: str, compatible: str
+) -> None:
+    config = make_config(base_url=given, protocol=protocol)
+    assert config.versioned_base
+    assert config.native_base_url == config.compatible_base_url == given.rstrip("/")
+
+
+def test_the_workspace_gateway_is_chosen_by_setting() -> None:
+    config = make_config(workspace="llm-ab12", workspace_gateway=True, region="singapore")
+    assert config.native_base_url == "https://llm-ab12.ap-southeast-1.maas.aliyuncs.com/api/v1"
+    assert config.api_base("compatible-api").endswith(".maas.aliyuncs.com/compatible-api/v1")
+    with pytest.raises(ConfigurationError, match="needs workspace"):
+        make_config(workspace_gateway=True)
+    with pytest.raises(ConfigurationError, match="has no workspace gateway"):
+        make_config(workspace="llm-ab12", workspace_gateway=True, region="cn-finance")
+    with pytest.raises(ConfigurationError, match="do not also pass base_url"):
+        make_config(workspace="w", workspace_gateway=True, base_url="https://x.example.com")
 
 
 @pytest.mark.parametrize(

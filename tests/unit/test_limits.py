@@ -125,12 +125,11 @@ def test_budget_applies_both_limits() -> None:
         RateBudget(tokens_per_minute=0)
 
 
-def test_budget_wait_sleeps_for_the_booked_time() -> None:
+def test_budget_books_requests_one_interval_apart() -> None:
     budget = RateBudget(requests_per_minute=1200, burst_seconds=0.05)  # 1 per 50 ms
-    started = time.monotonic()
-    for _ in range(4):
-        budget.wait(0)
-    assert time.monotonic() - started >= 0.14
+    waits = [budget.reserve(0) for _ in range(4)]
+    assert waits[0] == 0.0
+    assert waits[3] == pytest.approx(3 * 0.05 / 0.97, abs=0.01)  # 97 % of the quota
 
 
 def test_retries_are_let_in_before_first_attempts() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from dashscope_embed import (
@@ -12,8 +14,14 @@ from dashscope_embed import (
     SparseEmbedding,
     Usage,
 )
-from dashscope_embed.planner import assemble, plan, resolve_params, validate_texts
+from dashscope_embed.models import resolve_model
+from dashscope_embed.options import TextEmbeddingOptions, TextParams, text_params
+from dashscope_embed.planner import assemble, plan, validate_texts
 from dashscope_embed.protocol.common import ParsedBatch
+
+
+def resolve_params(model: Any, text_type: Any = None, **options: Any) -> TextParams:
+    return text_params(resolve_model(model), text_type, TextEmbeddingOptions.from_call(options))
 
 
 @pytest.mark.parametrize(
@@ -65,7 +73,8 @@ def test_many_problems_are_summarised() -> None:
         ({"instruct": "x", "model": "text-embedding-v3"}, "does not take an instruct"),
         ({"instruct": "  "}, "instruct must be a non-empty string"),
         ({"model": "text-embedding-async-v2"}, "batch jobs API"),
-        ({"dimension": "512"}, "dimension must be an int"),
+        ({"task": "no_such_task"}, "unknown task"),
+        ({"dimension": "512"}, "valid integer"),
     ],
 )
 def test_parameters_are_checked_against_the_model_table(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import struct
+from typing import Any
 
 import pytest
 
@@ -20,19 +21,26 @@ from dashscope_embed import (
     RateLimitError,
     ServerError,
 )
-from dashscope_embed.planner import resolve_params
-from dashscope_embed.protocol import codec_for, native, openai_compatible
+from dashscope_embed.config import ClientSettings
+from dashscope_embed.models import resolve_model
+from dashscope_embed.options import TextEmbeddingOptions, TextParams, text_params
+from dashscope_embed.protocol import endpoint_for, native, openai_compatible
 from dashscope_embed.protocol.common import parse_error_reply, parse_retry_after
 
-NATIVE = codec_for("native")
-COMPAT = codec_for("openai-compatible")
+NATIVE = endpoint_for("text-embedding", "native")
+COMPAT = endpoint_for("text-embedding", "openai-compatible")
+SETTINGS = ClientSettings(base_url="https://dashscope.aliyuncs.com")
 
 
-def params(model: str = "text-embedding-v4", **kw: object):  # type: ignore[no-untyped-def]
-    kw.setdefault("output_type", "dense")
-    for name in ("text_type", "instruct", "dimension"):
-        kw.setdefault(name, None)
-    return resolve_params(model, **kw)  # type: ignore[arg-type]
+def params(model: str = "text-embedding-v4", **kw: Any) -> TextParams:
+    text_type = kw.pop("text_type", None)
+    return text_params(resolve_model(model), text_type, TextEmbeddingOptions(**kw))
+
+
+def body_of(endpoint: Any, items: list[str], p: TextParams) -> dict[str, Any]:
+    request = endpoint.request(SETTINGS, items, p)
+    assert request.json is not None
+    return dict(request.json)
 
 
 # ----------------------------------------------------------------------- request bodies
@@ -70,9 +78,11 @@ def params(model: str = "text-embedding-v4", **kw: object):  # type: ignore[no-u
 def test_native_body_sends_exactly_what_is_set(
     kwargs: dict[str, object], expected_parameters: dict[str, object]
 ) -> None:
-    request = NATIVE.build(["a", "b"], params(**kwargs))
-    assert request.path == "/services/embeddings/text-embedding/text-embedding"
-    assert request.body == {
+    request = NATIVE.request(SETTINGS, ["a", "b"], params(**kwargs))
+    assert request.url == (
+        "https://dashscope.aliyuncs.com/api/v1/services/embeddings/text-embedding/text-embedding"
+    )
+    assert request.json == {
         "model": "text-embedding-v4",
         "input": {"texts": ["a", "b"]},
         "parameters": expected_parameters,
@@ -80,19 +90,19 @@ def test_native_body_sends_exactly_what_is_set(
 
 
 def test_native_body_never_sends_dimension_to_fixed_size_models() -> None:
-    body = NATIVE.build(["a"], params("text-embedding-v2", dimension=1536, text_type="query")).body
+    body = body_of(NATIVE, ["a"], params("text-embedding-v2", dimension=1536, text_type="query"))
     assert body["parameters"] == {"text_type": "query"}
 
 
 def test_compatible_body_uses_openai_names() -> None:
-    body = COMPAT.build(["x", "y"], params(dimension=256)).body
+    body = body_of(COMPAT, ["x", "y"], params(dimension=256))
     assert body == {
         "model": "text-embedding-v4",
         "input": ["x", "y"],
         "encoding_format": "float",
         "dimensions": 256,
     }
-    assert "dimensions" not in COMPAT.build(["x"], params()).body
+    assert "dimensions" not in body_of(COMPAT, ["x"], params())
 
 
 @pytest.mark.parametrize(

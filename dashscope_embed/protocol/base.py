@@ -1,0 +1,111 @@
+"""What an endpoint codec is, and the registry that finds one by family and protocol.
+
+An endpoint codec owns everything about one endpoint that is not I/O: its URL, the
+checks that must pass before anything is sent, the request body, the reply limit and
+the reply parsing. The client's call path, the engine and the transport know nothing
+about any particular endpoint: a new endpoint (or protocol) is a codec registered here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Generic, TypeVar
+
+from dashscope_embed.config import Api, ClientSettings
+from dashscope_embed.errors import InvalidInputError
+from dashscope_embed.protocol.common import ParsedBatch
+
+Params = TypeVar("Params")
+Item = TypeVar("Item")
+
+
+@dataclass(frozen=True, slots=True)
+class HttpRequest:
+    """One request, ready for the transport: everything but the key."""
+
+    method: str
+    url: str
+    json: dict[str, Any] | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    reply_limit: int = 64 * 1024 * 1024
+    # Multipart uploads (the Batch API's files).
+    files: dict[str, Any] | None = None
+    data: dict[str, str] | None = None
+    # With the key, to the service's origin; without it (a signed download URL elsewhere).
+    authenticated: bool = True
+    # Whether ``timeout`` bounds the whole exchange (not for uploads and downloads of
+    # files, whose size decides their time).
+    whole_timeout: bool = True
+
+
+class Endpoint(Generic[Item, Params]):
+    """One endpoint's codec: pure, no I/O. Subclasses set the class attributes and
+    implement :meth:`body` and :meth:`parse`."""
+
+    family: ClassVar[str]
+    protocol: ClassVar[str]
+    api: ClassVar[Api]
+    path: ClassVar[str]
+    # Where extra_parameters go: into this object of the body, or at its top level.
+    parameters_key: ClassVar[str | None] = "parameters"
+
+    def url(self, settings: ClientSettings) -> str:
+        return settings.api_base(self.api) + self.path
+
+    def check(self, params: Params) -> None:
+        """Raise :class:`InvalidInputError` if this endpoint cannot carry ``params``."""
+
+    def body(self, items: Sequence[Item], params: Params) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def headers(self, items: Sequence[Item], params: Params) -> dict[str, str]:
+        return {}
+
+    def reply_limit(self, items: Sequence[Item], params: Params) -> int:
+        """The most bytes a correct reply can have; a longer one is not read."""
+        raise NotImplementedError
+
+    def parse(self, content: bytes, count: int, params: Params) -> ParsedBatch:
+        raise NotImplementedError
+
+    def request(
+        self, settings: ClientSettings, items: Sequence[Item], params: Params
+    ) -> HttpRequest:
+        """The request for one batch: body, ``extra_parameters`` merged last."""
+        body = self.body(items, params)
+        extra = getattr(params, "extra_parameters", None)
+        if extra:
+            if self.parameters_key is None:
+                body.update(extra)
+            else:
+                body[self.parameters_key] = {**body.get(self.parameters_key, {}), **extra}
+        return HttpRequest(
+            "POST",
+            self.url(settings),
+            json=body,
+            headers=self.headers(items, params),
+            reply_limit=self.reply_limit(items, params),
+        )
+
+
+_REGISTRY: dict[tuple[str, str], Endpoint[Any, Any]] = {}
+
+
+def register(endpoint: Endpoint[Any, Any]) -> Endpoint[Any, Any]:
+    """Make ``endpoint`` the codec for its family and protocol."""
+    _REGISTRY[(endpoint.family, endpoint.protocol)] = endpoint
+    return endpoint
+
+
+def endpoint_for(family: str, protocol: str, model: str = "") -> Endpoint[Any, Any]:
+    """The codec serving ``family`` over ``protocol``, or a clear error naming both."""
+    endpoint = _REGISTRY.get((family, protocol))
+    if endpoint is None:
+        served = sorted(p for f, p in _REGISTRY if f == family)
+        what = f"model {model!r} ({family})" if model else family
+        raise InvalidInputError(
+            f"{what} is not served over protocol={protocol!r}"
+            + (f"; use protocol={served[0]!r}" if served else "")
+        )
+    return endpoint
