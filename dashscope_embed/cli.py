@@ -523,8 +523,9 @@ def _run_settings(
 
 def _saved(output: Output, journal: Journal) -> str:
     """What survives this process, as the next run will find it."""
-    ahead = f", and {len(journal.rows)} more kept in {journal.path.name}" if journal.rows else ""
-    return f"{output.saved} of {output.total} saved in {output.path.name}{ahead}"
+    ahead = sum(1 for position in journal.rows if position >= output.saved)
+    kept = f", and {ahead} more kept in {journal.path.name}" if ahead else ""
+    return f"{output.saved} of {output.total} saved in {output.path.name}{kept}"
 
 
 def _embed_sync(

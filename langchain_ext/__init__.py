@@ -3,7 +3,9 @@
 * :class:`DashScopeEmbeddings`: dense text embeddings (and images via ``embed_image``);
   ``sparse_companion()`` feeds a HYBRID Qdrant store from the same requests.
 * :class:`DashScopeSparseEmbeddings`: ``langchain_qdrant`` sparse embeddings (imported
-  on first use; needs ``langchain-qdrant``).
+  on first use; needs ``langchain-qdrant`` only).
+* :class:`DashScopeMilvusSparseEmbedding`: ``langchain_milvus`` sparse embeddings (needs
+  ``langchain-milvus`` only); ``DashScopeEmbeddings.milvus_sparse()`` reuses replies.
 * :func:`cached_embeddings`: ``CacheBackedEmbeddings`` with a settings-aware namespace.
 """
 
@@ -13,13 +15,23 @@ from typing import Any
 
 from langchain_ext.embeddings import DashScopeEmbeddings, cached_embeddings
 
-__all__ = ["DashScopeEmbeddings", "DashScopeSparseEmbeddings", "cached_embeddings"]
+__all__ = [
+    "DashScopeEmbeddings",
+    "DashScopeMilvusSparseEmbedding",
+    "DashScopeSparseEmbeddings",
+    "cached_embeddings",
+]
 
 
 def __getattr__(name: str) -> Any:
-    # Optional dependency: imported only when asked for, with a clear message if missing.
+    # Each vector store's glue needs that store's package only, so it is imported when
+    # asked for, with a clear message if the package is missing.
     if name == "DashScopeSparseEmbeddings":
-        from langchain_ext.sparse import DashScopeSparseEmbeddings
+        from langchain_ext.qdrant import DashScopeSparseEmbeddings
 
         return DashScopeSparseEmbeddings
+    if name == "DashScopeMilvusSparseEmbedding":
+        from langchain_ext.milvus import DashScopeMilvusSparseEmbedding
+
+        return DashScopeMilvusSparseEmbedding
     raise AttributeError(f"module 'langchain_ext' has no attribute {name!r}")

@@ -16,7 +16,8 @@ from dashscope_embed.multimodal import Content, ImageInput
 from dashscope_embed.types import EmbeddingResult
 
 if TYPE_CHECKING:
-    from langchain_ext.sparse import DashScopeSparseEmbeddings
+    from langchain_ext.milvus import DashScopeMilvusSparseEmbedding
+    from langchain_ext.qdrant import DashScopeSparseEmbeddings
 
 
 class DashScopeEmbeddings(AdapterSettings, Embeddings):
@@ -109,10 +110,17 @@ class DashScopeEmbeddings(AdapterSettings, Embeddings):
 
     def sparse_companion(self) -> DashScopeSparseEmbeddings:
         """A ``langchain_qdrant.SparseEmbeddings`` that reuses this model's
-        ``dense&sparse`` replies (needs ``langchain-qdrant``)."""
-        from langchain_ext.sparse import DashScopeSparseEmbeddings
+        ``dense&sparse`` replies (needs ``langchain-qdrant`` only)."""
+        from langchain_ext.qdrant import DashScopeSparseEmbeddings
 
         return DashScopeSparseEmbeddings(source=self)
+
+    def milvus_sparse(self) -> DashScopeMilvusSparseEmbedding:
+        """A ``langchain_milvus`` sparse embedding that reuses this model's
+        ``dense&sparse`` replies (needs ``langchain-milvus`` only)."""
+        from langchain_ext.milvus import DashScopeMilvusSparseEmbedding
+
+        return DashScopeMilvusSparseEmbedding(source=self)
 
     @property
     def cache_namespace(self) -> str:

@@ -16,17 +16,24 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote, urlsplit
+from typing import Any
 
 import orjson
 
-from dashscope_embed.emulator import vectors
+from dashscope_embed.emulator import text, vectors
+from dashscope_embed.emulator.facts import SERVICE_MODELS, ServiceModel
+from dashscope_embed.emulator.files import FILES_MARKER, StoredFile
 from dashscope_embed.emulator.http import Request, Response, new_request_id
-from dashscope_embed.models import MODELS, ModelSpec
-
-if TYPE_CHECKING:
-    from dashscope_embed.emulator.app import EmulatorApp, Reply
+from dashscope_embed.emulator.service import (
+    INSPECTION_FAILED,
+    INSPECTION_MESSAGE,
+    Reply,
+    Service,
+    ServiceError,
+    invalid,
+    parse_json_object,
+)
+from dashscope_embed.emulator.state import embedding_key
 
 MAX_TASK_LINES = 100_000
 MAX_RUNNING_TASKS = 3
@@ -39,26 +46,6 @@ def _beijing_time(epoch: float | None) -> str | None:
     if epoch is None:
         return None
     return datetime.fromtimestamp(epoch, _BEIJING).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
-
-
-@dataclass
-class StoredFile:
-    id: str
-    filename: str
-    purpose: str
-    content: bytes
-    created_at: int = field(default_factory=lambda: int(time.time()))
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "object": "file",
-            "bytes": len(self.content),
-            "filename": self.filename,
-            "purpose": self.purpose,
-            "status": "processed",
-            "created_at": self.created_at,
-        }
 
 
 @dataclass
@@ -162,9 +149,9 @@ class Batch:
 class JobStore:
     """Files, async tasks and batches of one emulator."""
 
-    def __init__(self, app: EmulatorApp) -> None:
-        self.app = app
-        self.files: dict[str, StoredFile] = {}
+    def __init__(self, service: Service) -> None:
+        self.service = service
+        self.files = service.files
         self.tasks: dict[str, Task] = {}
         self.batches: dict[str, Batch] = {}
         self._running: asyncio.Semaphore | None = None
@@ -185,63 +172,14 @@ class JobStore:
         await asyncio.gather(*runners, return_exceptions=True)
 
     def _reply(self, status: int, payload: Any) -> Reply:
-        from dashscope_embed.emulator.app import Reply
-
         return Reply(Response.json(status, payload))
-
-    # ------------------------------------------------------------------ /emulator
-    async def handle_emulator(self, request: Request, rest: str) -> Reply:
-        from dashscope_embed.emulator.app import Reply, ServiceError
-
-        if rest == "/stats" and request.method == "GET":
-            with self.app.state.lock:
-                return self._reply(200, self.app.state.stats.as_dict())
-        if rest == "/requests" and request.method == "GET":
-            with self.app.state.lock:
-                return self._reply(200, list(self.app.state.request_log))
-        if rest == "/reset" and request.method == "POST":
-            self.app.state.reset()
-            return self._reply(200, {"reset": True})
-        if rest == "/health":
-            return self._reply(200, {"status": "ok"})
-        if rest.startswith("/files/"):
-            name = unquote(rest[len("/files/") :])
-            if request.method in ("PUT", "POST"):
-                self.files[name] = StoredFile(
-                    name, name.rsplit("/", 1)[-1], "emulator", request.body
-                )
-                return self._reply(
-                    200,
-                    {
-                        "name": name,
-                        "bytes": len(request.body),
-                        "url": f"{request.origin}/emulator/files/{name}",
-                    },
-                )
-            if request.method == "GET":
-                stored = self.files.get(name)
-                if stored is None:
-                    raise ServiceError(404, "NotFound", f"No emulator file named {name!r}")
-                kind = "application/gzip" if name.endswith(".gz") else "application/octet-stream"
-                return Reply(Response(200, stored.content, kind))
-        raise ServiceError(404, "NotFound", f"No route for {request.method} /emulator{rest}")
-
-    def read_own_url(self, url: str) -> bytes | None:
-        """Content of a URL this emulator serves, or ``None``."""
-        parts = urlsplit(url)
-        marker = "/emulator/files/"
-        if parts.scheme not in ("http", "https") or marker not in parts.path:
-            return None
-        stored = self.files.get(unquote(parts.path.split(marker, 1)[1]))
-        return stored.content if stored else None
 
     # ------------------------------------------------------------------ async tasks
     async def create_task(self, request: Request) -> Reply:
-        from dashscope_embed.emulator.app import ServiceError, invalid, parse_json_object
 
         body = parse_json_object(request.body)
         name = body.get("model")
-        spec = MODELS.get(name) if isinstance(name, str) else None
+        spec = SERVICE_MODELS.get(name) if isinstance(name, str) else None
         if spec is None:
             raise invalid("Model not exist.", "model")
         if spec.kind != "async-batch":
@@ -277,14 +215,14 @@ class JobStore:
             },
         )
 
-    async def _guard_task(self, task: Task, spec: ModelSpec) -> None:
+    async def _guard_task(self, task: Task, spec: ServiceModel) -> None:
         try:
             await self._run_task(task, spec)
         except Exception as exc:  # an emulator bug must show, not leave a task hanging
             self._fail_task(task, "InternalError", f"emulator error: {exc!r}")
 
-    async def _run_task(self, task: Task, spec: ModelSpec) -> None:
-        settings = self.app.settings
+    async def _run_task(self, task: Task, spec: ServiceModel) -> None:
+        settings = self.service.settings
         await asyncio.sleep(settings.task_delay)
         if task.status != "PENDING":
             return
@@ -293,7 +231,7 @@ class JobStore:
                 return
             task.status = "RUNNING"
             task.scheduled_time = time.time()
-            content = self.read_own_url(task.input_url)
+            content = self.files.read_own_url(task.input_url)
             if content is None:
                 self._fail_task(
                     task,
@@ -326,25 +264,18 @@ class JobStore:
                 await asyncio.sleep(settings.task_seconds_per_line * len(lines))
             self._finish_task(task, spec, lines)
 
-    def _finish_task(self, task: Task, spec: ModelSpec, lines: list[str]) -> None:
-        from dashscope_embed.emulator.app import (
-            EOS_BILLED,
-            INSPECTION_FAILED,
-            INSPECTION_MESSAGE,
-            line_problem,
-        )
-        from dashscope_embed.emulator.state import embedding_key
+    def _finish_task(self, task: Task, spec: ServiceModel, lines: list[str]) -> None:
 
         text_type = task.text_type or "document"
         out = []
         keys = []
         for i, line in enumerate(lines):
-            problem = line_problem(spec, line)
+            problem = text.line_problem(spec, line)
             if problem is not None:
                 task.failed += 1
                 out.append({"text_index": i, "code": "InvalidParameter", "message": problem})
                 continue
-            if self.app.blocked(line):
+            if self.service.blocked(line):
                 task.failed += 1
                 out.append(
                     {"text_index": i, "code": INSPECTION_FAILED, "message": INSPECTION_MESSAGE}
@@ -354,7 +285,7 @@ class JobStore:
                 spec.name, line, spec.default_dimension, text_type=text_type
             )
             task.succeeded += 1
-            task.tokens += vectors.count_tokens(line, end_of_text=spec.name in EOS_BILLED)
+            task.tokens += vectors.count_tokens(line, end_of_text=spec.bills_end_of_text)
             keys.append(
                 embedding_key(spec.name, line, text_type, None, spec.default_dimension, "dense")
             )
@@ -364,10 +295,10 @@ class JobStore:
         self.files[name] = StoredFile(
             name, name.rsplit("/", 1)[-1], "task-result", gzip.compress(body.encode("utf-8"))
         )
-        task.result_url = f"{task.origin}/emulator/files/{name}"
+        task.result_url = f"{task.origin}{FILES_MARKER}{name}"
         task.status = "SUCCEEDED"
         task.end_time = time.time()
-        state = self.app.state
+        state = self.service.state
         with state.lock:
             state.stats.texts_embedded += task.succeeded
             state.stats.tokens += task.tokens
@@ -380,7 +311,6 @@ class JobStore:
         task.end_time = time.time()
 
     async def route_tasks(self, request: Request, rest: str) -> Reply:
-        from dashscope_embed.emulator.app import ServiceError
 
         if rest == "/tasks" and request.method == "GET":
             return self._list_tasks(request)
@@ -444,7 +374,6 @@ class JobStore:
 
     # ------------------------------------------------------------------ Batch API
     async def route_batch_api(self, request: Request, rest: str) -> Reply:
-        from dashscope_embed.emulator.app import ServiceError
 
         parts = rest.strip("/").split("/")
         if parts[0] == "files":
@@ -467,8 +396,6 @@ class JobStore:
                 del self.files[stored.id]
                 return self._reply(200, {"id": stored.id, "object": "file", "deleted": True})
             if len(parts) == 3 and parts[2] == "content" and request.method == "GET":
-                from dashscope_embed.emulator.app import Reply
-
                 return Reply(Response(200, stored.content, "application/octet-stream"))
         if parts[0] == "batches":
             if len(parts) == 1 and request.method == "POST":
@@ -491,7 +418,6 @@ class JobStore:
         )
 
     def _upload_file(self, request: Request) -> Reply:
-        from dashscope_embed.emulator.app import invalid
 
         fields = parse_multipart(request.headers.get("content-type", ""), request.body)
         upload = fields.get("file")
@@ -505,7 +431,6 @@ class JobStore:
         return self._reply(200, stored.describe())
 
     def _create_batch(self, request: Request) -> Reply:
-        from dashscope_embed.emulator.app import ServiceError, invalid, parse_json_object
 
         body = parse_json_object(request.body)
         input_file_id = body.get("input_file_id")
@@ -578,9 +503,8 @@ class JobStore:
             }
 
     async def _run_batch(self, batch: Batch) -> None:
-        from dashscope_embed.emulator.app import ServiceError
 
-        settings = self.app.settings
+        settings = self.service.settings
         await asyncio.sleep(settings.task_delay / 2)
         lines = [
             ln
@@ -646,7 +570,7 @@ class JobStore:
         batch.total = len(requests)
         await asyncio.sleep(settings.task_delay / 2)
         outputs, failures, keys = [], [], []
-        state = self.app.state
+        state = self.service.state
         for index, item in enumerate(requests):
             request_id = new_request_id()
             if batch.cancel_requested:
@@ -665,7 +589,7 @@ class JobStore:
                 )
                 continue
             try:
-                job = self.app.compatible_job(item["body"])
+                job = text.compatible_job(self.service, item["body"])
             except ServiceError as error:
                 failures.append(
                     _batch_line(
@@ -728,7 +652,6 @@ def _batch_line(
 
 def parse_multipart(content_type: str, body: bytes) -> dict[str, tuple[str | None, bytes]]:
     """``{field: (filename, bytes)}`` from a multipart/form-data body."""
-    from dashscope_embed.emulator.app import invalid
 
     boundary = None
     for part in content_type.split(";"):

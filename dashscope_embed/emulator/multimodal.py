@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import base64
 import binascii
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 from dashscope_embed.emulator import vectors
+from dashscope_embed.emulator.facts import SERVICE_MODELS
 from dashscope_embed.emulator.http import Request, Response
-from dashscope_embed.models import MODELS
-
-if TYPE_CHECKING:
-    from dashscope_embed.emulator.app import EmulatorApp, Reply
+from dashscope_embed.emulator.service import Reply, Service, invalid, parse_json_object
+from dashscope_embed.emulator.state import embedding_key
 
 MAX_IMAGE_BYTES = 3 * 1024 * 1024
 IMAGE_FORMATS = {
@@ -38,13 +37,11 @@ def sniff_image_format(data: bytes) -> str | None:
     return None
 
 
-async def embed_multimodal(app: EmulatorApp, request: Request) -> Reply:
-    from dashscope_embed.emulator.app import invalid, parse_json_object
-    from dashscope_embed.emulator.state import embedding_key
+async def embed_multimodal(service: Service, request: Request) -> Reply:
 
     body = parse_json_object(request.body)
     name = body.get("model")
-    spec = MODELS.get(name) if isinstance(name, str) else None
+    spec = SERVICE_MODELS.get(name) if isinstance(name, str) else None
     if spec is None or spec.kind != "multimodal":
         raise invalid("Model not exist.", "model")
     payload = body.get("input")
@@ -78,7 +75,7 @@ async def embed_multimodal(app: EmulatorApp, request: Request) -> Reply:
             text_tokens += min(vectors.count_tokens(value), spec.max_tokens_per_row)
             items.append(("text", value, value))
         elif kind == "image":
-            key, hint = _image_key(app, value, position)
+            key, hint = _image_key(service, value, position)
             images += 1
             items.append(("image", key, hint))
         else:
@@ -112,7 +109,7 @@ async def embed_multimodal(app: EmulatorApp, request: Request) -> Reply:
             },
         )
 
-    return await app.serve_work(
+    return await service.serve_work(
         request,
         len(items),
         text_tokens,
@@ -128,8 +125,7 @@ def _words_of_url(url: str) -> str:
     return stem.replace("_", " ").replace("-", " ")
 
 
-def _image_key(app: EmulatorApp, value: Any, position: int) -> tuple[str, str]:
-    from dashscope_embed.emulator.app import invalid
+def _image_key(service: Service, value: Any, position: int) -> tuple[str, str]:
 
     where = f"input.contents[{position}].image"
     if not isinstance(value, str) or not value:
@@ -148,15 +144,13 @@ def _image_key(app: EmulatorApp, value: Any, position: int) -> tuple[str, str]:
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https", "oss"):
         raise invalid(f"{where} must be an http(s) URL or a base64 data URI.", "input.contents")
-    own = app.jobs.read_own_url(value)
+    own = service.files.read_own_url(value)
     if own is not None:
         return _check_image_bytes(own, where), _words_of_url(value)
     return value, _words_of_url(value)
 
 
 def _check_image_bytes(data: bytes, where: str) -> str:
-    from dashscope_embed.emulator.app import invalid
-    from dashscope_embed.emulator.state import embedding_key
 
     if len(data) > MAX_IMAGE_BYTES:
         raise invalid(f"{where}: image is {len(data)} bytes; the limit is 3 MB.", "input.contents")

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -222,3 +225,43 @@ async def test_milvus_sparse_adapter(dashscope_emulator: Emulator) -> None:
     assert vectors == await milvus.aembed_documents(texts)
     query = await milvus.aembed_query("sparse lexical vectors")
     assert query == milvus.embed_query("sparse lexical vectors")
+
+
+@pytest.mark.parametrize(
+    ("absent", "use"),
+    [
+        ("langchain_qdrant", "embeddings.milvus_sparse().embed_documents(['a text'])"),
+        ("langchain_milvus", "embeddings.sparse_companion().embed_documents(['a text'])"),
+    ],
+)
+def test_each_vector_store_needs_only_its_own_package(
+    dashscope_emulator: Emulator, absent: str, use: str
+) -> None:
+    """A Milvus user need not install langchain-qdrant, nor a Qdrant user langchain-milvus."""
+    script = (
+        "import sys\n"
+        f"sys.modules[{absent!r}] = None  # as if it were not installed\n"
+        "from langchain_ext import DashScopeEmbeddings\n"
+        "embeddings = DashScopeEmbeddings(output_type='dense&sparse')\n"
+        f"vectors = {use}\n"
+        "assert vectors and len(vectors) == 1\n"
+        "print('ok')\n"
+    )
+    env = {
+        **os.environ,
+        "DASHSCOPE_API_KEY": dashscope_emulator.api_key,
+        "DASHSCOPE_BASE_URL": dashscope_emulator.base_url,
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+def test_the_milvus_adapter_from_the_dense_model(dashscope_emulator: Emulator) -> None:
+    dense = DashScopeEmbeddings(output_type="dense&sparse", dimension=128)
+    texts = corpus(5)
+    dense.embed_documents(texts)
+    before = dashscope_emulator.stats()["requests"]
+    assert dense.milvus_sparse().embed_documents(texts)
+    assert dashscope_emulator.stats()["requests"] == before

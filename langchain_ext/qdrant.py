@@ -1,7 +1,7 @@
-"""DashScope sparse embeddings for LangChain vector stores (Qdrant, Milvus).
+"""DashScope sparse embeddings for LangChain's Qdrant store (``langchain-qdrant``).
 
-Importing this module needs ``langchain-qdrant``; the Milvus adapter also needs
-``langchain-milvus`` when used.
+Importing this module needs ``langchain-qdrant``, and nothing else: the Milvus glue is
+in :mod:`langchain_ext.milvus`.
 """
 
 from __future__ import annotations
@@ -49,34 +49,11 @@ class DashScopeSparseEmbeddings(SparseEmbeddings):
     def as_milvus(self) -> Any:
         """The same vectors through ``langchain_milvus``'s sparse interface
         (``{index: weight}`` dicts); needs ``langchain-milvus``."""
-        return milvus_sparse_embedding(self.source)
+        from langchain_ext.milvus import DashScopeMilvusSparseEmbedding
+
+        return DashScopeMilvusSparseEmbedding(self.source)
 
 
 def _to_qdrant(vector: SparseEmbedding) -> SparseVector:
     pairs = vector.as_dict()
     return SparseVector(indices=list(pairs), values=list(pairs.values()))
-
-
-def milvus_sparse_embedding(source: DashScopeEmbeddings) -> Any:
-    """A ``langchain_milvus`` ``BaseSparseEmbedding`` backed by ``source``."""
-    try:
-        from langchain_milvus.utils.sparse import BaseSparseEmbedding
-    except ImportError:
-        raise ImportError(
-            "the Milvus sparse adapter needs langchain-milvus: pip install langchain-milvus"
-        ) from None
-
-    class DashScopeMilvusSparseEmbedding(BaseSparseEmbedding):
-        def embed_query(self, query: str) -> dict[int, float]:
-            return source.sparse_for([query], "query")[0].as_dict()
-
-        def embed_documents(self, texts: list[str]) -> list[dict[int, float]]:
-            return [v.as_dict() for v in source.sparse_for(texts, "document")]
-
-        async def aembed_query(self, query: str) -> dict[int, float]:
-            return (await source.asparse_for([query], "query"))[0].as_dict()
-
-        async def aembed_documents(self, texts: list[str]) -> list[dict[int, float]]:
-            return [v.as_dict() for v in await source.asparse_for(texts, "document")]
-
-    return DashScopeMilvusSparseEmbedding()

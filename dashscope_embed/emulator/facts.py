@@ -1,0 +1,157 @@
+"""What the service is, as the emulator states it: models, limits and parameters.
+
+Written from the project's API notes (``shared/dashscope-api.md``), never imported
+from the client's model table: a wrong number in the client's table must be caught by
+the emulator refusing a request, not confirmed by the same number in both places. A test
+compares the two tables and names every difference.
+
+Where the service's pages disagree, the emulator takes one reading and says which in
+``source``; the client is built so that either reading works.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+
+@dataclass(frozen=True)
+class ServiceModel:
+    """One model as the service serves it."""
+
+    name: str
+    kind: str  # "text", "async-batch", "multimodal"
+    max_rows: int  # texts (or contents) per request; lines per task for async-batch
+    max_tokens_per_row: int
+    dimensions: tuple[int, ...]
+    default_dimension: int
+    configurable_dimension: bool = True  # False: a dimension parameter is ignored
+    sparse: bool = False  # takes output_type sparse / dense&sparse
+    instruct: bool = False
+    openai_compatible: bool = False  # served by /compatible-mode/v1/embeddings
+    bills_end_of_text: bool = False  # usage counts one more token per text
+    source: str = ""
+
+    @property
+    def max_dimension(self) -> int:
+        return max(self.dimensions)
+
+    @property
+    def supports_sparse(self) -> bool:
+        return self.sparse
+
+
+OUTPUT_TYPES = ("dense", "sparse", "dense&sparse")
+
+_SERVICE_MODELS = (
+    ServiceModel(
+        "text-embedding-v4",
+        "text",
+        max_rows=10,
+        max_tokens_per_row=8192,
+        dimensions=(2048, 1536, 1024, 768, 512, 256, 128, 64),
+        default_dimension=1024,
+        sparse=True,
+        instruct=True,
+        openai_compatible=True,
+        bills_end_of_text=True,
+        source="§2.3; +1 token per row per §9",
+    ),
+    ServiceModel(
+        "text-embedding-v3",
+        "text",
+        max_rows=10,
+        max_tokens_per_row=8192,
+        # The international pages (2025-Oct 2026) list three sizes; the China page and
+        # the Java SDK also list 256, 128 and 64. The emulator takes the strict reading.
+        dimensions=(1024, 768, 512),
+        default_dimension=1024,
+        sparse=True,
+        openai_compatible=True,
+        bills_end_of_text=True,
+        source="§2.3 (international pages)",
+    ),
+    ServiceModel(
+        "text-embedding-v2",
+        "text",
+        max_rows=25,
+        max_tokens_per_row=2048,
+        dimensions=(1536,),
+        default_dimension=1536,
+        configurable_dimension=False,
+        source="§2.3",
+    ),
+    ServiceModel(
+        "text-embedding-v1",
+        "text",
+        max_rows=25,
+        max_tokens_per_row=2048,
+        dimensions=(1536,),
+        default_dimension=1536,
+        configurable_dimension=False,
+        source="§2.3",
+    ),
+    ServiceModel(
+        "qwen3.7-text-embedding",
+        "text",
+        max_rows=20,
+        max_tokens_per_row=128_000,
+        dimensions=(2560, 2048, 1536, 1024, 768, 512, 256),
+        default_dimension=1024,
+        sparse=True,
+        instruct=True,
+        openai_compatible=True,
+        bills_end_of_text=True,
+        source="§2.3 (newest pages)",
+    ),
+    ServiceModel(
+        "qwen3.7-text-embedding-flash",
+        "text",
+        max_rows=20,
+        max_tokens_per_row=128_000,
+        dimensions=(1024, 768, 512, 256),
+        default_dimension=1024,
+        sparse=True,
+        instruct=True,
+        openai_compatible=True,
+        bills_end_of_text=True,
+        source="§2.3 (newest pages)",
+    ),
+    ServiceModel(
+        "text-embedding-async-v2",
+        "async-batch",
+        max_rows=100_000,
+        max_tokens_per_row=2048,
+        dimensions=(1536,),
+        default_dimension=1536,
+        configurable_dimension=False,
+        source="§4.1",
+    ),
+    ServiceModel(
+        "text-embedding-async-v1",
+        "async-batch",
+        max_rows=100_000,
+        max_tokens_per_row=2048,
+        dimensions=(1536,),
+        default_dimension=1536,
+        configurable_dimension=False,
+        source="§4.1",
+    ),
+    ServiceModel(
+        "multimodal-embedding-v1",
+        "multimodal",
+        # Older page: at most one text, one image and one video per call.
+        max_rows=3,
+        max_tokens_per_row=512,
+        dimensions=(1024,),
+        default_dimension=1024,
+        configurable_dimension=False,
+        source="§6.2 (older page: one of each modality per call)",
+    ),
+)
+
+SERVICE_MODELS: Mapping[str, ServiceModel] = MappingProxyType(
+    {model.name: model for model in _SERVICE_MODELS}
+)
+"""Every model the emulator serves, by name."""
