@@ -14,7 +14,7 @@ import pickle
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import ConfigDict, PrivateAttr, model_validator
 
@@ -23,7 +23,13 @@ from dashscope_embed.config import ClientSettings
 from dashscope_embed.errors import InvalidInputError
 from dashscope_embed.forksafe import renew_after_fork
 from dashscope_embed.models import ModelSpec, OutputType, resolve_model
-from dashscope_embed.options import TextEmbeddingOptions
+from dashscope_embed.multimodal import Content
+from dashscope_embed.options import (
+    CallOptions,
+    MultimodalEmbeddingOptions,
+    TextEmbeddingOptions,
+    multimodal_params,
+)
 from dashscope_embed.planner import validate_texts
 from dashscope_embed.tasks import resolve_instruct
 from dashscope_embed.types import EmbeddingResult, SparseEmbedding
@@ -82,20 +88,20 @@ class SparseCache:
         return len(self._entries)
 
 
-class AdapterSettings(ClientSettings, TextEmbeddingOptions):
+class AdapterBase(ClientSettings):
     """What every framework class is made of: all client settings
-    (:class:`~dashscope_embed.config.ClientSettings`) and the per-call options
-    (:class:`~dashscope_embed.options.TextEmbeddingOptions`) as its defaults, declared
-    once there. The model field is the framework's (``model_name`` / ``model``).
+    (:class:`~dashscope_embed.config.ClientSettings`) and, through its family's base,
+    one per-call options model (``OPTIONS``) as its defaults, declared once there. The
+    model field is the framework's (``model_name`` / ``model``).
 
     The API key is a secret: excluded from dumps, ``repr`` and pickles; with none given,
     ``DASHSCOPE_API_KEY`` is read when the first request is made.
     """
 
     model_config = ConfigDict(frozen=False, protected_namespaces=())
+    OPTIONS: ClassVar[type[CallOptions]]
 
     _client: DashScopeClient | None = PrivateAttr(default=None)
-    _sparse_cache: SparseCache = PrivateAttr(default_factory=SparseCache)
     _client_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
 
     def __init__(self, **data: Any) -> None:
@@ -145,13 +151,68 @@ class AdapterSettings(ClientSettings, TextEmbeddingOptions):
         return resolve_model(self._model_ref())
 
     @model_validator(mode="after")
-    def _check_model_settings(self) -> AdapterSettings:
+    def _check_model_settings(self) -> AdapterBase:
         # Fail at construction, not at the first call: every request would be refused.
         self._check_model()
         return self
 
     def _check_model(self) -> None:
         """The model-dependent settings against the model table (per adapter family)."""
+        raise NotImplementedError
+
+    @property
+    def client(self) -> DashScopeClient:
+        """The core client, built on first use from these settings."""
+        with self._client_lock:
+            if self._client is None:
+                self._client = DashScopeClient(self.settings_only())
+            return self._client
+
+    def role_options(self, role: Role) -> dict[str, Any]:
+        """This object's options for one call in ``role`` (query-only ones for queries)."""
+        return self.OPTIONS.for_role(self, role)
+
+    # ----------------------------------------------------------------- copying
+    def __getstate__(self) -> dict[Any, Any]:
+        # Fields travel (the key and a custom token counter stay behind, and anything
+        # else that cannot be pickled, as LlamaIndex does); connections, locks and
+        # caches are rebuilt on the other side.
+        fields = {}
+        for name, value in self.__dict__.items():
+            if name in ("api_key", "token_counter"):
+                value = None
+            try:
+                pickle.dumps(value)
+            except Exception:  # noqa: S112 - left behind, rebuilt from defaults
+                continue
+            fields[name] = value
+        return {
+            "__dict__": fields,
+            "key_withheld": self.api_key is not None or self._key_withheld,
+        }
+
+    def __setstate__(self, state: dict[Any, Any]) -> None:
+        # Rebuild through __init__ so private state (client, locks, cache) is fresh.
+        self.__init__(**state["__dict__"])  # type: ignore[misc]
+        self._key_withheld = bool(state.get("key_withheld"))
+
+    def __deepcopy__(self, memo: dict[int, Any] | None = None) -> Any:
+        """A copy with the same settings (the key included: it stays in this process)
+        and its own client, locks and cache."""
+        values = {name: copy.deepcopy(value, memo) for name, value in self.__dict__.items()}
+        return type(self)(**values)
+
+
+class AdapterSettings(AdapterBase, TextEmbeddingOptions):
+    """The text family of framework classes: roles (query / document), the sparse half
+    of ``dense&sparse`` replies kept for hybrid indexes, batch jobs."""
+
+    model_config = ConfigDict(frozen=False)  # the options model alone is frozen
+    OPTIONS: ClassVar[type[CallOptions]] = TextEmbeddingOptions
+
+    _sparse_cache: SparseCache = PrivateAttr(default_factory=SparseCache)
+
+    def _check_model(self) -> None:
         roles: tuple[Role, ...] = ("query", "document")
         for role in roles:
             options = self._call_options(role)
@@ -164,25 +225,15 @@ class AdapterSettings(ClientSettings, TextEmbeddingOptions):
         return resolve_instruct(self.instruct, self.task)
 
     @property
-    def client(self) -> DashScopeClient:
-        """The core client, built on first use from these settings."""
-        with self._client_lock:
-            if self._client is None:
-                self._client = DashScopeClient(self.settings_only())
-            return self._client
-
-    @property
     def sparse_cache(self) -> SparseCache:
         return self._sparse_cache
 
     # ----------------------------------------------------------------- calls
     def _call_options(self, role: Role, output_type: OutputType | None = None) -> dict[str, Any]:
-        """The core call's arguments for one role: every option this class holds, the
-        instruction for queries only; the OpenAI-compatible protocol carries no roles."""
-        options = {name: getattr(self, name) for name in TextEmbeddingOptions.model_fields}
+        """The core call's arguments for one role: every option this class holds (query
+        instructions for queries only); the OpenAI-compatible protocol carries no roles."""
         native = self.protocol == "native"
-        if role != "query" or not native:
-            options["instruct"] = options["task"] = None
+        options = self.role_options(role if native else "document")
         if output_type is not None:
             options["output_type"] = output_type
         return {"model": self._model_ref(), "text_type": role if native else None, **options}
@@ -279,32 +330,27 @@ class AdapterSettings(ClientSettings, TextEmbeddingOptions):
         )
         return result.require_dense()
 
-    # ----------------------------------------------------------------- copying
-    def __getstate__(self) -> dict[Any, Any]:
-        # Fields travel (the key and a custom token counter stay behind, and anything
-        # else that cannot be pickled, as LlamaIndex does); connections, locks and
-        # caches are rebuilt on the other side.
-        fields = {}
-        for name, value in self.__dict__.items():
-            if name in ("api_key", "token_counter"):
-                value = None
-            try:
-                pickle.dumps(value)
-            except Exception:  # noqa: S112 - left behind, rebuilt from defaults
-                continue
-            fields[name] = value
-        return {
-            "__dict__": fields,
-            "key_withheld": self.api_key is not None or self._key_withheld,
-        }
 
-    def __setstate__(self, state: dict[Any, Any]) -> None:
-        # Rebuild through __init__ so private state (client, locks, cache) is fresh.
-        self.__init__(**state["__dict__"])  # type: ignore[misc]
-        self._key_withheld = bool(state.get("key_withheld"))
+class MultimodalAdapter(AdapterBase, MultimodalEmbeddingOptions):
+    """The multimodal family of framework classes: texts, images and videos in one space."""
 
-    def __deepcopy__(self, memo: dict[int, Any] | None = None) -> Any:
-        """A copy with the same settings (the key included: it stays in this process)
-        and its own client, locks and cache."""
-        values = {name: copy.deepcopy(value, memo) for name, value in self.__dict__.items()}
-        return type(self)(**values)
+    model_config = ConfigDict(frozen=False)
+    OPTIONS: ClassVar[type[CallOptions]] = MultimodalEmbeddingOptions
+
+    def _check_model(self) -> None:
+        options = MultimodalEmbeddingOptions.from_call(self.role_options("query"))
+        multimodal_params(self.spec, options)
+
+    def embed_contents(self, contents: Sequence[Content], role: Role) -> list[list[float]]:
+        """Dense vectors of ``contents`` (queries get the query-only options)."""
+        result = self.client.embed_multimodal(
+            contents, model=self._model_ref(), **self.role_options(role)
+        )
+        return result.require_dense()
+
+    async def aembed_contents(self, contents: Sequence[Content], role: Role) -> list[list[float]]:
+        """Async twin of :meth:`embed_contents`."""
+        result = await self.client.aembed_multimodal(
+            contents, model=self._model_ref(), **self.role_options(role)
+        )
+        return result.require_dense()

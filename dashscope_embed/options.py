@@ -18,13 +18,20 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic.config import JsonDict
 
 from dashscope_embed.errors import InputProblem, InvalidInputError
 from dashscope_embed.models import OUTPUT_TYPES, TEXT_TYPES, ModelSpec, OutputType, TextType
 from dashscope_embed.tasks import resolve_instruct
 
+QUERIES_ONLY: JsonDict = {"queries_only": True}
+"""Mark an option as one that applies to queries only (a task instruction): framework
+classes send it with queries and leave it out of documents."""
 
-class _Options(BaseModel):
+
+class CallOptions(BaseModel):
+    """Base of the per-call options models."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     extra_parameters: dict[str, Any] | None = Field(
@@ -52,9 +59,16 @@ class _Options(BaseModel):
             problems = [_problem(err) for err in exc.errors(include_url=False)]
         raise InvalidInputError(problems)
 
-    def fields(self) -> dict[str, Any]:
-        """The options as keyword arguments (what a framework class passes per call)."""
-        return {name: getattr(self, name) for name in type(self).model_fields}
+    @classmethod
+    def for_role(cls, holder: Any, role: str) -> dict[str, Any]:
+        """This class's options as held by ``holder`` (a framework object inheriting
+        them), as keyword arguments for one call: options marked
+        :data:`QUERIES_ONLY` are left out (``None``) unless ``role`` is ``"query"``."""
+        options = {}
+        for name, info in cls.model_fields.items():
+            queries_only = (info.json_schema_extra or {}) == QUERIES_ONLY
+            options[name] = None if queries_only and role != "query" else getattr(holder, name)
+        return options
 
 
 def _problem(error: Any) -> InputProblem:
@@ -66,7 +80,7 @@ def _problem(error: Any) -> InputProblem:
     return InputProblem(None, f"{where}: {error['msg']}{given}")
 
 
-class TextEmbeddingOptions(_Options):
+class TextEmbeddingOptions(CallOptions):
     """What a text embedding call may set besides the model and the role."""
 
     dimension: int | None = Field(
@@ -79,10 +93,13 @@ class TextEmbeddingOptions(_Options):
         description="'dense', 'sparse' or 'dense&sparse' (one request feeds a hybrid index).",
     )
     instruct: str | None = Field(
-        default=None, description="Task instruction sent with queries (wins over task)."
+        default=None,
+        json_schema_extra=QUERIES_ONLY,
+        description="Task instruction sent with queries (wins over task).",
     )
     task: str | None = Field(
         default=None,
+        json_schema_extra=QUERIES_ONLY,
         description="Named instruction preset for queries: web_search, question_answering, "
         "code_search, code_to_code, text_to_sql, ... (see dashscope_embed.tasks.TASKS).",
     )
@@ -93,7 +110,7 @@ class TextEmbeddingOptions(_Options):
         return resolve_instruct(self.instruct, self.task)
 
 
-class MultimodalEmbeddingOptions(_Options):
+class MultimodalEmbeddingOptions(CallOptions):
     """What a multimodal embedding call may set besides the model."""
 
     dimension: int | None = Field(
@@ -242,6 +259,8 @@ def multimodal_params(spec: ModelSpec, options: MultimodalEmbeddingOptions) -> M
 
 __all__ = [
     "OUTPUT_TYPES",
+    "QUERIES_ONLY",
+    "CallOptions",
     "MultimodalEmbeddingOptions",
     "MultimodalParams",
     "TextEmbeddingOptions",

@@ -6,6 +6,7 @@
   on first use; needs ``langchain-qdrant`` only).
 * :class:`DashScopeMilvusSparseEmbedding`: ``langchain_milvus`` sparse embeddings (needs
   ``langchain-milvus`` only); ``DashScopeEmbeddings.milvus_sparse()`` reuses replies.
+* :class:`DashScopeMultimodalEmbeddings`: texts and images in one space.
 * :func:`cached_embeddings`: ``CacheBackedEmbeddings`` with a settings-aware namespace.
 """
 
@@ -14,10 +15,12 @@ from __future__ import annotations
 from typing import Any
 
 from langchain_ext.embeddings import DashScopeEmbeddings, cached_embeddings
+from langchain_ext.multimodal import DashScopeMultimodalEmbeddings
 
 __all__ = [
     "DashScopeEmbeddings",
     "DashScopeMilvusSparseEmbedding",
+    "DashScopeMultimodalEmbeddings",
     "DashScopeSparseEmbeddings",
     "cached_embeddings",
 ]

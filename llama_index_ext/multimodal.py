@@ -9,25 +9,25 @@ from llama_index.core.embeddings.multi_modal_base import MultiModalEmbedding
 from llama_index.core.schema import ImageType
 from pydantic import Field
 
-from dashscope_embed.models import ModelSpec, resolve_model
+from dashscope_embed.adapter import MultimodalAdapter, Role
+from dashscope_embed.models import ModelSpec
 from dashscope_embed.multimodal import Content
-from llama_index_ext.embeddings import (
-    _LlamaSettings,
-    end_batch_events,
-    framework_loop,
-    start_batch_events,
-)
+from llama_index_ext.embeddings import end_batch_events, framework_loop, start_batch_events
 
 
-class DashScopeMultiModalEmbedding(_LlamaSettings, MultiModalEmbedding):
-    """``multimodal-embedding-v1`` for LlamaIndex: images and text in one 1,024-d space.
+class DashScopeMultiModalEmbedding(MultimodalAdapter, MultiModalEmbedding):
+    """DashScope multimodal embeddings for LlamaIndex: images and text in one space.
 
     Images may be file paths, URLs, ``data:`` URIs or bytes; each is checked against the
-    service's limits (JPEG, PNG or BMP, at most 3 MB) before anything is sent. Requests
-    run concurrently (``max_concurrency``), one content each.
+    service's limits before anything is sent. Requests run concurrently
+    (``max_concurrency``). Queries (``get_query_embedding``) get the query-only options;
+    texts and images embedded as documents do not.
     """
 
     model_name: str = Field(default="multimodal-embedding-v1", description="DashScope model id.")
+    model_spec: ModelSpec | None = Field(
+        default=None, description="Limits of a model the table does not know yet."
+    )
     embed_batch_size: int = Field(default=10, gt=0, le=2048)
 
     @classmethod
@@ -37,34 +37,17 @@ class DashScopeMultiModalEmbedding(_LlamaSettings, MultiModalEmbedding):
     def _model_ref(self) -> str | ModelSpec:
         return self.model_spec or self.model_name
 
-    def _check_model(self) -> None:
-        # Multimodal models take no text_type or output_type: the model and its size.
-        spec = resolve_model(self._model_ref())
-        if spec.kind != "multimodal":
-            raise ValueError(f"{spec.name} is not a multimodal model")
-        if self.dimension is not None and self.dimension not in spec.dimensions:
-            raise ValueError(
-                f"dimension={self.dimension} is not allowed for {spec.name}; allowed: "
-                f"{sorted(spec.dimensions, reverse=True)}"
-            )
+    def _embed(self, contents: list[Content], role: Role = "document") -> list[Embedding]:
+        return self.embed_contents(contents, role)
 
-    def _embed(self, contents: list[Content]) -> list[Embedding]:
-        result = self.client.embed_multimodal(
-            contents, model=self._model_ref(), dimension=self.dimension
-        )
-        return result.require_dense()
-
-    async def _aembed(self, contents: list[Content]) -> list[Embedding]:
-        result = await self.client.aembed_multimodal(
-            contents, model=self._model_ref(), dimension=self.dimension
-        )
-        return result.require_dense()
+    async def _aembed(self, contents: list[Content], role: Role = "document") -> list[Embedding]:
+        return await self.aembed_contents(contents, role)
 
     def _get_query_embedding(self, query: str) -> Embedding:
-        return self._embed([Content.text(query)])[0]
+        return self._embed([Content.text(query)], "query")[0]
 
     async def _aget_query_embedding(self, query: str) -> Embedding:
-        return (await self._aembed([Content.text(query)]))[0]
+        return (await self._aembed([Content.text(query)], "query"))[0]
 
     def _get_text_embedding(self, text: str) -> Embedding:
         return self._embed([Content.text(text)])[0]

@@ -265,3 +265,20 @@ def test_the_milvus_adapter_from_the_dense_model(dashscope_emulator: Emulator) -
     before = dashscope_emulator.stats()["requests"]
     assert dense.milvus_sparse().embed_documents(texts)
     assert dashscope_emulator.stats()["requests"] == before
+
+
+def test_multimodal_text_to_image_search(dashscope_emulator: Emulator) -> None:
+    from langchain_ext import DashScopeMultimodalEmbeddings
+
+    embeddings = DashScopeMultimodalEmbeddings(max_concurrency=3)
+    photos = [
+        "https://example.com/photos/red_sports_car.jpg",
+        "https://example.com/photos/snowy_mountain_lake.jpg",
+        "https://example.com/photos/bowl_of_ramen_noodles.jpg",
+    ]
+    images = embeddings.embed_image(photos)
+    query = embeddings.embed_query("a bowl of ramen noodles")
+    scores = [sum(a * b for a, b in zip(query, image, strict=True)) for image in images]
+    assert scores.index(max(scores)) == 2
+    sent = dashscope_emulator.requests("multimodal-embedding")
+    assert {r["json"]["input"]["contents"][0].get("image") for r in sent} >= set(photos)
