@@ -212,6 +212,18 @@ _BUILTIN: tuple[ModelSpec, ...] = (
         price_cny_per_1k_tokens=0.0007,
         notes="Text, image and video into one 1024-d space; images up to 3 MB.",
     ),
+    ModelSpec(
+        name="qwen3-vl-embedding",
+        max_rows=20,
+        max_tokens_per_row=32_000,
+        dimensions=(2560, 2048, 1536, 1024, 768, 512, 256),
+        default_dimension=2560,
+        supports_text_type=False,
+        supports_instruct=True,
+        kind="multimodal",
+        price_cny_per_1k_tokens=0.0007,
+        notes="Qwen3-VL: text, images and video in one space; up to 20 contents a request.",
+    ),
 )
 
 MODELS: Mapping[str, ModelSpec] = MappingProxyType({spec.name: spec for spec in _BUILTIN})

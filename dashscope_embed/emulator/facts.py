@@ -31,6 +31,8 @@ class ServiceModel:
     instruct: bool = False
     openai_compatible: bool = False  # served by /compatible-mode/v1/embeddings
     bills_end_of_text: bool = False  # usage counts one more token per text
+    one_of_each_modality: bool = False  # at most one text, one image, one video a request
+    max_image_bytes: int = 3 * 1024 * 1024
     source: str = ""
 
     @property
@@ -147,7 +149,19 @@ _SERVICE_MODELS = (
         dimensions=(1024,),
         default_dimension=1024,
         configurable_dimension=False,
+        one_of_each_modality=True,
         source="§6.2 (older page: one of each modality per call)",
+    ),
+    ServiceModel(
+        "qwen3-vl-embedding",
+        "multimodal",
+        max_rows=20,
+        max_tokens_per_row=32_000,
+        dimensions=(2560, 2048, 1536, 1024, 768, 512, 256),
+        default_dimension=2560,
+        instruct=True,
+        max_image_bytes=10 * 1024 * 1024,  # the newer page; an older one says 5 MB
+        source="§6.1-6.2",
     ),
 )
 

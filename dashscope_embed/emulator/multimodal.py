@@ -18,8 +18,8 @@ from dashscope_embed.emulator.facts import SERVICE_MODELS
 from dashscope_embed.emulator.http import Request, Response
 from dashscope_embed.emulator.service import Reply, Service, invalid, parse_json_object
 from dashscope_embed.emulator.state import embedding_key
+from dashscope_embed.emulator.text import dimension_for
 
-MAX_IMAGE_BYTES = 3 * 1024 * 1024
 IMAGE_FORMATS = {
     "jpeg": b"\xff\xd8\xff",
     "jpg": b"\xff\xd8\xff",
@@ -48,6 +48,18 @@ async def embed_multimodal(service: Service, request: Request) -> Reply:
     contents = payload.get("contents") if isinstance(payload, dict) else None
     if not isinstance(contents, list) or not contents:
         raise invalid("Input contents should not be empty.: input.contents", "input.contents")
+    if len(contents) > spec.max_rows:
+        raise invalid(
+            f"batch size is invalid, it should not be larger than {spec.max_rows}.: input.contents",
+            "input.contents",
+        )
+    parameters = body.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise invalid("parameters must be an object.", "parameters")
+    dimension = dimension_for(spec, parameters.get("dimension"), "parameters.dimension")
+    instruct = parameters.get("instruct") if spec.instruct else None
+    if instruct is not None and not isinstance(instruct, str):
+        raise invalid("instruct should be a string.", "parameters.instruct")
     seen_types: set[str] = set()
     items: list[tuple[str, str, str]] = []  # (type, key for the vector, hint words)
     text_tokens = images = 0
@@ -61,7 +73,7 @@ async def embed_multimodal(service: Service, request: Request) -> Reply:
                 "input.contents",
             )
         kind = kinds[0]
-        if kind in seen_types:
+        if spec.one_of_each_modality and kind in seen_types:
             raise invalid(
                 f"Input contents should contain at most one {kind} per request.",
                 "input.contents",
@@ -75,7 +87,7 @@ async def embed_multimodal(service: Service, request: Request) -> Reply:
             text_tokens += min(vectors.count_tokens(value), spec.max_tokens_per_row)
             items.append(("text", value, value))
         elif kind == "image":
-            key, hint = _image_key(service, value, position)
+            key, hint = _image_key(service, value, position, spec.max_image_bytes)
             images += 1
             items.append(("image", key, hint))
         else:
@@ -93,9 +105,16 @@ async def embed_multimodal(service: Service, request: Request) -> Reply:
         embeddings = []
         for index, (kind, key, hint) in enumerate(items):
             if kind == "text":
-                vec = vectors.text_vector(spec.name, key, spec.default_dimension)
+                vec = vectors.text_vector(
+                    spec.name,
+                    key,
+                    dimension,
+                    text_type="query" if instruct else None,
+                    instruct=instruct,
+                    full_size=spec.max_dimension,
+                )
             else:
-                vec = vectors.content_vector(spec.name, key, hint, spec.default_dimension)
+                vec = vectors.content_vector(spec.name, key, hint, dimension)
             embeddings.append({"index": index, "type": kind, "embedding": vec.astype("float64")})
         usage: dict[str, Any] = {"input_tokens": text_tokens, "image_count": images}
         if images:
@@ -114,7 +133,9 @@ async def embed_multimodal(service: Service, request: Request) -> Reply:
         len(items),
         text_tokens,
         produce,
-        lambda: [embedding_key(spec.name, kind, key) for kind, key, _ in items],
+        lambda: [
+            embedding_key(spec.name, kind, key, dimension, instruct) for kind, key, _ in items
+        ],
         compatible=False,
     )
 
@@ -125,7 +146,7 @@ def _words_of_url(url: str) -> str:
     return stem.replace("_", " ").replace("-", " ")
 
 
-def _image_key(service: Service, value: Any, position: int) -> tuple[str, str]:
+def _image_key(service: Service, value: Any, position: int, limit: int) -> tuple[str, str]:
 
     where = f"input.contents[{position}].image"
     if not isinstance(value, str) or not value:
@@ -140,20 +161,23 @@ def _image_key(service: Service, value: Any, position: int) -> tuple[str, str]:
             data = base64.b64decode(encoded, validate=True)
         except (binascii.Error, ValueError):
             raise invalid(f"{where}: invalid base64 data.", "input.contents") from None
-        return _check_image_bytes(data, where), ""
+        return _check_image_bytes(data, where, limit), ""
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https", "oss"):
         raise invalid(f"{where} must be an http(s) URL or a base64 data URI.", "input.contents")
     own = service.files.read_own_url(value)
     if own is not None:
-        return _check_image_bytes(own, where), _words_of_url(value)
+        return _check_image_bytes(own, where, limit), _words_of_url(value)
     return value, _words_of_url(value)
 
 
-def _check_image_bytes(data: bytes, where: str) -> str:
+def _check_image_bytes(data: bytes, where: str, limit: int) -> str:
 
-    if len(data) > MAX_IMAGE_BYTES:
-        raise invalid(f"{where}: image is {len(data)} bytes; the limit is 3 MB.", "input.contents")
+    if len(data) > limit:
+        raise invalid(
+            f"{where}: image is {len(data)} bytes; the limit is {limit // (1024 * 1024)} MB.",
+            "input.contents",
+        )
     if sniff_image_format(data) is None:
         raise invalid(
             f"{where}: unsupported image format; supported: JPG, PNG, BMP.", "input.contents"

@@ -254,3 +254,17 @@ def test_untold_rate_cap_is_learned_without_cutting_concurrency(
     assert client.pace is not None and client.pace.cuts >= 1
     assert client.pace.rate is not None and client.pace.rate <= 12
     assert client.gate.limit == 8  # a rate cap is not a concurrency cap
+
+
+def test_qwen3_vl_embedding_batches_contents_at_its_dimension(
+    make_client: Factory, dashscope_emulator: Emulator
+) -> None:
+    from dashscope_embed.multimodal import Content
+
+    contents = [Content.text(f"caption number {i}") for i in range(25)]
+    contents.append(Content.image("https://example.com/photos/red_car.jpg"))
+    result = make_client().embed_multimodal(contents, model="qwen3-vl-embedding", dimension=512)
+    assert len(result.require_dense()) == 26 and result.dimension == 512
+    sent = dashscope_emulator.requests("multimodal-embedding")
+    assert sorted(len(r["json"]["input"]["contents"]) for r in sent) == [6, 20]
+    assert all(r["json"]["parameters"] == {"dimension": 512} for r in sent)
