@@ -116,6 +116,12 @@ class MultimodalEmbeddingOptions(CallOptions):
     dimension: int | None = Field(
         default=None, strict=True, description="Vector length; one of the model's allowed sizes."
     )
+    instruct: str | None = Field(
+        default=None,
+        json_schema_extra=QUERIES_ONLY,
+        description="Task instruction for queries (qwen3-vl-embedding), e.g. 'Find the "
+        "product photo that matches the description'.",
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,6 +258,14 @@ def multimodal_params(spec: ModelSpec, options: MultimodalEmbeddingOptions) -> M
     if spec.kind != "multimodal":
         problems.append(InputProblem(None, f"{spec.name} is not a multimodal model"))
     problems += _dimension_problems(spec, options.dimension)
+    if options.instruct is not None and (
+        not options.instruct.strip() or not spec.supports_instruct
+    ):
+        problems.append(
+            InputProblem(None, f"{spec.name} does not take an instruct (qwen3-vl-embedding does)")
+            if options.instruct.strip()
+            else InputProblem(None, "instruct must be a non-empty string")
+        )
     if problems:
         raise InvalidInputError(problems)
     return MultimodalParams(spec, options)

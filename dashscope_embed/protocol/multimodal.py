@@ -38,6 +38,8 @@ class NativeMultimodalEmbedding(Endpoint[Content, MultimodalParams]):
         parameters: dict[str, Any] = {}
         if params.dimension is not None:
             parameters["dimension"] = params.dimension
+        if params.options.instruct is not None:
+            parameters["instruct"] = params.options.instruct
         return {
             "model": params.spec.name,
             "input": {"contents": [c.as_wire() for c in items]},
