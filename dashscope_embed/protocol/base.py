@@ -49,12 +49,22 @@ class Endpoint(Generic[Item, Params]):
     path: ClassVar[str]
     # Where extra_parameters go: into this object of the body, or at its top level.
     parameters_key: ClassVar[str | None] = "parameters"
+    # What the codec itself writes there: extra_parameters may not override it (the
+    # reply would then not be what the parser checks it against).
+    own_parameters: ClassVar[frozenset[str]] = frozenset()
 
     def url(self, settings: ClientSettings) -> str:
         return settings.api_base(self.api) + self.path
 
     def check(self, params: Params) -> None:
         """Raise :class:`InvalidInputError` if this endpoint cannot carry ``params``."""
+        extra = getattr(params, "extra_parameters", None) or {}
+        clashes = sorted(set(extra) & self.own_parameters)
+        if clashes:
+            raise InvalidInputError(
+                f"extra_parameters may not set {', '.join(map(repr, clashes))}: this package "
+                "sends them itself from their own options"
+            )
 
     def body(self, items: Sequence[Item], params: Params) -> dict[str, Any]:
         raise NotImplementedError

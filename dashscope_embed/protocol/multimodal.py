@@ -33,6 +33,7 @@ class NativeMultimodalEmbedding(Endpoint[Content, MultimodalParams]):
     protocol = "native"
     api = "native"
     path = MULTIMODAL_PATH
+    own_parameters = frozenset({"dimension", "instruct"})
 
     def body(self, items: Sequence[Content], params: MultimodalParams) -> dict[str, Any]:
         parameters: dict[str, Any] = {}

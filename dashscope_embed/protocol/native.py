@@ -39,6 +39,7 @@ class NativeTextEmbedding(Endpoint[str, TextParams]):
     protocol = "native"
     api = "native"
     path = TEXT_EMBEDDING_PATH
+    own_parameters = frozenset({"text_type", "dimension", "output_type", "instruct"})
 
     def body(self, items: Sequence[str], params: TextParams) -> dict[str, Any]:
         return {

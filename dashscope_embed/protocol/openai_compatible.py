@@ -37,8 +37,10 @@ class CompatibleTextEmbedding(Endpoint[str, TextParams]):
     api = "compatible"
     path = EMBEDDINGS_PATH
     parameters_key = None  # extra_parameters go at the top level, as OpenAI's extra_body
+    own_parameters = frozenset({"model", "input", "dimensions", "encoding_format"})
 
     def check(self, params: TextParams) -> None:
+        super().check(params)
         check_supported(params)
 
     def body(self, items: Sequence[str], params: TextParams) -> dict[str, Any]:

@@ -95,3 +95,22 @@ def test_the_instruction_changes_query_vectors(dashscope_emulator: Emulator) -> 
     assert plain.embed_documents(["red running shoes"]) == instructed.embed_documents(
         ["red running shoes"]
     )
+
+
+@pytest.mark.parametrize("protocol", ["native", "openai-compatible"])
+def test_extra_parameters_are_merged_last_into_what_is_sent(
+    dashscope_emulator: Emulator, protocol: str
+) -> None:
+    """For what the service adds before this package does: sent as given."""
+    client = DashScopeClient(protocol=protocol)  # key and URL from the environment
+    client.embed(["x"], dimension=256, extra_parameters={"future_flag": True})
+    (sent,) = dashscope_emulator.requests("embedding")
+    body = sent["json"]
+    where = body["parameters"] if protocol == "native" else body
+    assert where["future_flag"] is True
+    # One the package sets itself cannot be overridden: the reply would not match what
+    # the parser checks it against. Refused before anything is sent.
+    clash = "dimension" if protocol == "native" else "dimensions"
+    with pytest.raises(InvalidInputError, match=f"may not set '{clash}'"):
+        client.embed(["y"], extra_parameters={clash: 512})
+    assert len(dashscope_emulator.requests("embedding")) == 1
