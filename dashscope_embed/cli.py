@@ -434,7 +434,12 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument(
         "--batch-lines", type=int, default=20_000, help="texts per Batch API job in batch mode"
     )
-    embed.add_argument("--max-concurrency", type=int, default=8)
+    embed.add_argument(
+        "--max-concurrency",
+        type=int,
+        default=None,
+        help="a ceiling on requests in flight (default: found from the service, up to 64)",
+    )
     embed.add_argument("--long-text", choices=["error", "truncate", "chunk"], default="error")
     embed.add_argument("--base-url", help="default: DASHSCOPE_BASE_URL or the region's host")
     embed.add_argument("--region")

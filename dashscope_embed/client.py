@@ -19,7 +19,7 @@ from dashscope_embed.config import ClientSettings
 from dashscope_embed.engine import Engine, Jobs, Outcome
 from dashscope_embed.errors import ConfigurationError, InvalidInputError, PartialEmbeddingError
 from dashscope_embed.forksafe import renew_after_fork
-from dashscope_embed.limits import AdaptivePace, ConcurrencyGate, RateBudget
+from dashscope_embed.limits import AdaptivePace, ConcurrencyGate, CpuMonitor, RateBudget
 from dashscope_embed.models import DEFAULT_MODEL, ModelSpec, TextType, resolve_model
 from dashscope_embed.multimodal import Content
 from dashscope_embed.options import (
@@ -42,11 +42,12 @@ from dashscope_embed.tokens import (
 from dashscope_embed.transport import Transport
 from dashscope_embed.types import EmbeddingResult, PartialResult
 
-DEFAULT_MAX_CONCURRENCY = ClientSettings.model_fields["max_concurrency"].default
 # Slices a stream keeps open per request slot. Measured with 10% 500s and 10% dropped
 # replies: 2 per slot ran at 0.75 of embed()'s speed, 8 per slot at 0.9-0.95; more
-# gained nothing.
+# gained nothing. The window follows the current limit, within these bounds.
 STREAM_LOOKAHEAD_PER_SLOT = 8
+STREAM_LOOKAHEAD_MIN = 32
+STREAM_LOOKAHEAD_MAX = 512
 # The service may add an end-of-text token to each text (Qwen3-based models bill it).
 RESERVED_TOKENS = 1
 
@@ -99,7 +100,7 @@ class DashScopeClient:
             settings,
             http_client=http_client,
             async_http_client=async_http_client,
-            max_connections=max(settings.max_concurrency, 10),
+            max_connections=max(self.gate.maximum, 10),
         )
 
     # Read-only views kept for code written against the earlier attributes.
@@ -110,7 +111,13 @@ class DashScopeClient:
 
     @property
     def max_concurrency(self) -> int:
-        return self.settings.max_concurrency
+        """The ceiling on requests in flight (``max_concurrency``, or the default one)."""
+        return self.gate.maximum
+
+    def _lookahead(self) -> int:
+        """A stream's window in slices, following the requests the client now allows."""
+        slices = STREAM_LOOKAHEAD_PER_SLOT * int(self.gate.limit)
+        return min(STREAM_LOOKAHEAD_MAX, max(STREAM_LOOKAHEAD_MIN, slices))
 
     @property
     def long_text(self) -> LongTextPolicy:
@@ -120,7 +127,7 @@ class DashScopeClient:
         settings = self.settings
         self.retry = settings.retry_policy
         self.gate = ConcurrencyGate(
-            settings.max_concurrency, adaptive=settings.adaptive_concurrency
+            settings.max_concurrency, adaptive=settings.adaptive_concurrency, cpu=CpuMonitor()
         )
         self.budget = RateBudget(settings.requests_per_minute, settings.tokens_per_minute)
         # Told the quota: pace to it. Not told: learn it from the service's 429s.
@@ -301,10 +308,11 @@ class DashScopeClient:
         """Embed an iterable of any size; yield :class:`EmbeddingChunk` s in input order.
 
         Texts are read lazily, one request's worth at a time; at most ``lookahead``
-        (default ``8 * max_concurrency``) such slices are held at once, so memory does not
-        grow with the corpus. The window is wider than the requests in flight because
-        results are yielded in order: a slice waiting to be retried holds back the slices
-        after it, and the others must be able to keep every slot busy meanwhile. With
+        (default 8 per request the client allows in flight now, 32 to 512) such slices
+        are held at once, so memory does not grow with the corpus. The window is wider
+        than the requests in flight because results are yielded in order: a slice waiting
+        to be retried holds back the slices after it, and the others must be able to keep
+        every slot busy meanwhile. With
         ``as_numpy=True`` each chunk's ``array`` holds its dense vectors as float32.
         Identical texts are sent once only within a slice. ``**options`` are those of
         :meth:`embed`.
@@ -325,7 +333,7 @@ class DashScopeClient:
                 batch, model=spec, text_type=text_type, long_text=long_text, **options
             ),
             slice_size=spec.max_rows,
-            lookahead=lookahead or STREAM_LOOKAHEAD_PER_SLOT * self.max_concurrency,
+            lookahead=lookahead or self._lookahead,
             to_array=float32_array if as_numpy else None,
             on_complete=on_complete,
         )
@@ -353,7 +361,7 @@ class DashScopeClient:
                 batch, model=spec, text_type=text_type, long_text=long_text, **options
             ),
             slice_size=spec.max_rows,
-            lookahead=lookahead or STREAM_LOOKAHEAD_PER_SLOT * self.max_concurrency,
+            lookahead=lookahead or self._lookahead,
             to_array=float32_array if as_numpy else None,
             on_complete=on_complete,
         )
@@ -540,7 +548,6 @@ def as_secret(api_key: str | SecretStr | None) -> SecretStr | None:
 
 
 __all__ = [
-    "DEFAULT_MAX_CONCURRENCY",
     "DashScopeClient",
     "PartialResult",
     "make_config",

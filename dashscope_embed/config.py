@@ -229,12 +229,18 @@ class ClientSettings(BaseModel):
         default=None, description="A full retry policy; overrides max_retries."
     )
     # -------------------------------------------------------------- how much at once
-    max_concurrency: int = Field(
-        default=4, ge=1, le=1024, description="Most requests in flight, sync and async."
+    max_concurrency: int | None = Field(
+        default=None,
+        ge=1,
+        le=1024,
+        description="A hard ceiling on requests in flight, sync and async. By default the "
+        "client finds what the service admits (up to 64): it grows while replies keep "
+        "coming at the same speed and cuts on 429s or climbing latency.",
     )
     adaptive_concurrency: bool = Field(
         default=True,
-        description="Adapt to limits the client was not told (cut on throttling, grow back).",
+        description="Find the capacity (and an untold request-rate cap) from the service's "
+        "answers; False keeps max_concurrency (or 64) requests in flight regardless.",
     )
     requests_per_minute: int | None = Field(
         default=None, ge=1, description="Your request quota, paced client-side."

@@ -162,26 +162,29 @@ class Engine:
             if stop.is_set():  # stopped while this one waited for its slot: not sent
                 self.gate.release(epoch)
                 raise _Stopped
-            sent_at = time.monotonic()
+            load: int | None = None
             try:
                 # Paced inside the slot, so every send passes the pacer, however many
                 # requests were already queued when it switched on.
                 if (pause := self.pace.reserve() if self.pace is not None else 0.0) > 0:
                     yield Sleep(pause)
-                    sent_at = time.monotonic()
+                load = self.gate.begin_send()
+                sent_at = time.monotonic()
                 result = yield Send(jobs.request(job))
             except BaseException:  # cancelled while holding the slot
-                self.gate.release(epoch)
+                self.gate.release(epoch, load=load)
                 raise
+            rtt = time.monotonic() - sent_at
+            assert load is not None
             if isinstance(result, Sent):
-                self._release(epoch, sent_at, None)
+                self._release(epoch, sent_at, rtt, load, None)
                 try:
                     return jobs.decode(job, result.raw)
                 except Exception as exc:  # a reply that broke the protocol: retried
                     error: Exception = exc
             else:
                 error = result.error
-                self._release(epoch, sent_at, error)
+                self._release(epoch, sent_at, rtt, load, error)
             attempt += 1
             delay = self.retry.delay_before_retry(error, attempt, time.monotonic() - started)
             if delay is None or stop.is_set():
@@ -190,17 +193,21 @@ class Engine:
             if (yield Backoff(delay)):
                 raise error
 
-    def _release(self, epoch: int, sent_at: float, error: BaseException | None) -> None:
-        """Tell the gate (and the pacer) how a request sent at ``sent_at`` ended."""
+    def _release(
+        self, epoch: int, sent_at: float, rtt: float, load: int, error: BaseException | None
+    ) -> None:
+        """Tell the gate (and the pacer) how a request sent at ``sent_at`` under ``load``
+        ended, ``rtt`` seconds later."""
         if error is None:
-            self.gate.release(epoch, succeeded=True)
+            self.gate.release(epoch, succeeded=True, rtt=rtt, load=load)
             if self.pace is not None:
                 self.pace.on_success()
         elif _is_rate_quota(error) and self.pace is not None:
-            self.gate.release(epoch)  # a rate cap: pace the starts, keep the concurrency
+            # A rate cap: pace the starts, keep the concurrency.
+            self.gate.release(epoch, load=load)
             self.pace.on_rate_throttle(sent_at)
         else:
-            self.gate.release(epoch, throttled=_is_throttle(error))
+            self.gate.release(epoch, throttled=_is_throttle(error), load=load)
 
     def _deadline(self, started: float) -> float | None:
         # ``total_timeout`` bounds a request's attempts together, the last one included.

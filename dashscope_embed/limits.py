@@ -1,11 +1,10 @@
 """How many requests may be in flight, and how fast they may start.
 
 * :class:`ConcurrencyGate`: at most ``limit`` requests in flight, shared by every call
-  of one client, sync and async alike. The limit adapts (AIMD): a 429 cuts it to 70 %,
-  at most once per round of requests (responses to requests sent before the last cut do not cut
-  again); each success adds ``1 / limit`` (a full window of successes adds one) until
-  just below where throttling began, and eight times more slowly from there, up to
-  ``max_concurrency``. Retries are let in before waiting first attempts.
+  of one client, sync and async alike; retries are let in before waiting first
+  attempts. :class:`CapacityController` sets the limit: it finds the service's capacity
+  (growing while the service keeps up, cutting on 429s and on latency climbing) up to
+  ``max_concurrency`` if the caller set one.
 * :class:`RateBudget`: optional requests-per-minute and tokens-per-minute limits enforced
   client-side, spread evenly (the service also enforces per second), so a known quota
   is never exceeded in the first place.
@@ -14,9 +13,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -76,32 +78,183 @@ def _resolve(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
+DEFAULT_CEILING = 64
+"""Most requests in flight when the caller sets no ``max_concurrency``: at 300 ms a
+request, 64 in flight is 12,800 requests a minute, twice the largest quota documented."""
+
+
+def _usable_cores() -> float:
+    """Cores this process's Python code can keep busy at once: one under the GIL."""
+    gil = getattr(sys, "_is_gil_enabled", lambda: True)()
+    if gil:
+        return 1.0
+    affinity = getattr(os, "sched_getaffinity", None)
+    return float(len(affinity(0)) if affinity else os.cpu_count() or 1)
+
+
+class CpuMonitor:
+    """Whether this process's own CPU is the bottleneck: when it is, more requests in
+    flight only queue inside the client (replies wait to be parsed), so growth stops."""
+
+    WINDOW = 0.5  # seconds per measurement
+    BUSY = 0.9  # share of the usable cores
+
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.monotonic,
+        cpu_clock: Callable[[], float] = time.process_time,
+        cores: float | None = None,
+    ) -> None:
+        self._clock = clock
+        self._cpu_clock = cpu_clock
+        self.cores = cores if cores is not None else _usable_cores()
+        self._since = clock()
+        self._cpu_since = cpu_clock()
+        self.busy = False
+
+    def saturated(self) -> bool:
+        now = self._clock()
+        if now - self._since >= self.WINDOW:
+            cpu = self._cpu_clock()
+            self.busy = (cpu - self._cpu_since) / (now - self._since) >= self.BUSY * self.cores
+            self._since, self._cpu_since = now, cpu
+        return self.busy
+
+
+class CapacityController:
+    """How many requests to keep in flight, found from how the service answers.
+
+    A congestion controller in the manner of TCP Vegas with slow start, on the signals
+    this service gives:
+
+    * **Growth while the service keeps up.** From ``INITIAL`` the limit grows by one per
+      success (doubling each round trip: slow start) until the first sign of a limit;
+      after that by one per round trip, eight times more slowly within one of where it
+      was last throttled, up to the ceiling. It grows only when the requests sent were
+      using the window (``load``), so an idle or paced client does not inflate it, and
+      not while this process's CPU is the bottleneck.
+    * **A cut on pushback.** A 429 (``Throttling``, ``Throttling.AllocationQuota``) cuts
+      the limit to 70 %. Latency climbing cuts it too, as Netflix's Gradient limiter
+      does: the recent round trip (smoothed over ~5) against the usual one (over ~50);
+      above ``TOLERANCE`` times the usual the service is queueing and the limit is cut
+      in proportion (to at most half); above ``HOLD`` times it stops growing. Comparing
+      two averages, not the least round trip, keeps steady jitter from reading as
+      queueing. Either cut happens at most once per round: replies to requests sent
+      before a cut do not cut again. (A request-rate 429 is the pacer's business.)
+
+    Pure: time and load come in as arguments, so the behaviour is tested step by step.
+    """
+
+    INITIAL = 4
+    DECREASE = 0.7
+    PROBE_SLOWDOWN = 8
+    SHORT = 0.2  # smoothing of the recent round trip (the last ~5)
+    LONG = 0.02  # smoothing of the usual one (the last ~50)
+    TOLERANCE = 1.5  # recent over usual: the service is queueing; cut
+    HOLD = 1.2  # recent over usual: stop growing
+
+    def __init__(
+        self, ceiling: int, *, adaptive: bool = True, cpu: CpuMonitor | None = None
+    ) -> None:
+        if ceiling < 1:
+            raise ValueError(f"max_concurrency must be >= 1, got {ceiling}")
+        self.ceiling = ceiling
+        self.adaptive = adaptive
+        self.limit = float(min(self.INITIAL, ceiling) if adaptive else ceiling)
+        self.slow_start = True
+        self.throttled_at = float("inf")  # the limit at the last cut
+        self.epoch = 0
+        self.throttle_cuts = 0
+        self.latency_cuts = 0
+        self.short_rtt: float | None = None
+        self.long_rtt: float | None = None
+        self.cpu = cpu
+
+    def _cut(self, factor: float) -> None:
+        self.throttled_at = self.limit
+        self.limit = max(1.0, self.limit * factor)
+        self.slow_start = False
+        self.epoch += 1
+
+    def on_throttle(self, epoch: int) -> None:
+        """The service refused a request sent in ``epoch`` for concurrency or tokens."""
+        if self.adaptive and epoch == self.epoch:
+            self._cut(self.DECREASE)
+            self.throttle_cuts += 1
+
+    def on_success(self, epoch: int, rtt: float, load: int) -> None:
+        """A request sent in ``epoch``, with ``load`` requests being sent at the time
+        (itself included), succeeded after ``rtt`` seconds."""
+        if not self.adaptive:
+            return
+        short = rtt if self.short_rtt is None else self.short_rtt
+        long = rtt if self.long_rtt is None else self.long_rtt
+        self.short_rtt = short = short + self.SHORT * (rtt - short)
+        self.long_rtt = long = long + self.LONG * (rtt - long)
+        if short > long * self.TOLERANCE:  # the service is queueing what we send
+            if epoch == self.epoch:
+                self._cut(max(0.5, long / short))
+                self.latency_cuts += 1
+            return
+        if short > long * self.HOLD:
+            return  # a little queueing: hold
+        if load < self.limit - 1 or self.limit >= self.ceiling:
+            return  # the window was not in use: nothing learned about more
+        if self.cpu is not None and self.cpu.saturated():
+            return
+        if self.slow_start:
+            step = 1.0
+        else:
+            near = self.limit + 1 >= self.throttled_at
+            step = 1.0 / (self.limit * (self.PROBE_SLOWDOWN if near else 1))
+        self.limit = min(float(self.ceiling), self.limit + step)
+
+
 class ConcurrencyGate:
-    """Adaptive cap on requests in flight; safe across threads and event loops.
+    """At most ``limit`` requests in flight, the limit set by a
+    :class:`CapacityController`; safe across threads and event loops.
 
     Callers queue for a slot with a :class:`Ticket` (:meth:`enter`); a released slot is
     handed to the next ticket directly, retries first, so nobody barges past the queue.
     :meth:`acquire` and :meth:`aacquire` are the two thin waiting drivers.
     """
 
-    PROBE_SLOWDOWN = 8  # near the last throttling point, grow 8x more slowly
-    DECREASE = 0.7  # multiplicative cut on throttling (as TCP CUBIC): halving overshoots
-
-    def __init__(self, maximum: int, *, adaptive: bool = True) -> None:
-        if maximum < 1:
-            raise ValueError(f"max_concurrency must be >= 1, got {maximum}")
-        self.maximum = maximum
-        self.adaptive = adaptive
-        self.limit = float(maximum)
+    def __init__(
+        self,
+        maximum: int | None = None,
+        *,
+        adaptive: bool = True,
+        cpu: CpuMonitor | None = None,
+    ) -> None:
+        self.controller = CapacityController(maximum or DEFAULT_CEILING, adaptive=adaptive, cpu=cpu)
         self.in_flight = 0
-        self.epoch = 0
-        self.throttle_cuts = 0
-        self.throttled_at = float("inf")  # the limit at the last cut
+        self.sending = 0
         self._lock = threading.Lock()
         self._queues: tuple[deque[Ticket], deque[Ticket]] = (deque(), deque())  # retries, firsts
 
+    # The controller's state, read where the gate is.
+    @property
+    def maximum(self) -> int:
+        return self.controller.ceiling
+
+    @property
+    def adaptive(self) -> bool:
+        return self.controller.adaptive
+
+    @property
+    def limit(self) -> float:
+        return self.controller.limit
+
+    @property
+    def epoch(self) -> int:
+        return self.controller.epoch
+
+    @property
+    def throttle_cuts(self) -> int:
+        return self.controller.throttle_cuts
+
     def _room(self) -> int:
-        return max(1, int(self.limit)) - self.in_flight
+        return max(1, int(self.controller.limit)) - self.in_flight
 
     def enter(self, ticket: Ticket) -> bool:
         """Take a slot now (``True``, ``ticket.epoch`` set) or queue for one (``False``:
@@ -147,27 +300,40 @@ class ConcurrencyGate:
         assert ticket.epoch is not None
         return ticket.epoch
 
-    def release(self, epoch: int, *, throttled: bool = False, succeeded: bool = False) -> None:
-        """A request finished: adapt the limit and hand free slots to queued tickets."""
+    def begin_send(self) -> int:
+        """A request holding a slot is being sent now; returns how many are (the load
+        it is sent under), for :meth:`release`."""
+        with self._lock:
+            self.sending += 1
+            return self.sending
+
+    def release(
+        self,
+        epoch: int,
+        *,
+        throttled: bool = False,
+        succeeded: bool = False,
+        rtt: float | None = None,
+        load: int | None = None,
+    ) -> None:
+        """A request finished (``load`` given: it had been sent): tell the controller
+        how, and hand free slots to queued tickets."""
         granted: list[Ticket] = []
         with self._lock:
             self.in_flight -= 1
-            if self.adaptive and throttled and epoch == self.epoch:
-                self.throttled_at = self.limit
-                self.limit = max(1.0, self.limit * self.DECREASE)
-                self.epoch += 1
-                self.throttle_cuts += 1
-            elif self.adaptive and succeeded and self.limit < self.maximum:
-                # Back quickly to just below where throttling began, then probe past it
-                # slowly: the service's limit is usually there.
-                slow = self.limit + 1 >= self.throttled_at
-                step = 1.0 / (self.limit * (self.PROBE_SLOWDOWN if slow else 1))
-                self.limit = min(float(self.maximum), self.limit + step)
+            if load is not None:
+                self.sending -= 1
+            if throttled:
+                self.controller.on_throttle(epoch)
+            elif succeeded and rtt is not None:
+                self.controller.on_success(epoch, rtt, load if load is not None else 0)
+            elif succeeded:  # no round trip measured: count it as a full window's success
+                self.controller.on_success(epoch, 0.0, int(self.controller.limit))
             for queue in self._queues:
                 while queue and self._room() > 0:
                     ticket = queue.popleft()
                     self.in_flight += 1
-                    ticket.epoch = self.epoch
+                    ticket.epoch = self.controller.epoch
                     granted.append(ticket)
         for ticket in granted:
             if not ticket.signal() and ticket.epoch is not None:

@@ -102,12 +102,19 @@ OnComplete = Callable[[EmbeddingChunk], None]
 """Called with each slice's chunk as soon as its request finishes, in completion order."""
 
 
+def _window(lookahead: int | Callable[[], int]) -> Callable[[], int]:
+    return lookahead if callable(lookahead) else (lambda: lookahead)
+
+
+MAX_STREAM_WORKERS = 512
+
+
 def stream_sync(
     texts: Iterable[str],
     embed: Callable[[list[str]], EmbeddingResult],
     *,
     slice_size: int,
-    lookahead: int,
+    lookahead: int | Callable[[], int],
     to_array: Callable[[EmbeddingResult], Any] | None = None,
     on_complete: OnComplete | None = None,
 ) -> Iterator[EmbeddingChunk]:
@@ -121,10 +128,14 @@ def stream_sync(
             on_complete(EmbeddingChunk(start, result))
         return result
 
-    with ThreadPoolExecutor(max_workers=lookahead, thread_name_prefix="dashscope-stream") as pool:
+    window = _window(lookahead)
+    # Threads start as slices are submitted: as many as the window holds at its widest.
+    with ThreadPoolExecutor(
+        max_workers=MAX_STREAM_WORKERS, thread_name_prefix="dashscope-stream"
+    ) as pool:
 
         def top_up() -> None:
-            while len(pending) < lookahead:
+            while len(pending) < window():
                 nxt = next(slices, None)
                 if nxt is None:
                     return
@@ -175,7 +186,7 @@ async def stream_async(
     embed: Callable[[list[str]], Awaitable[EmbeddingResult]],
     *,
     slice_size: int,
-    lookahead: int,
+    lookahead: int | Callable[[], int],
     to_array: Callable[[EmbeddingResult], Any] | None = None,
     on_complete: OnComplete | None = None,
 ) -> AsyncIterator[EmbeddingChunk]:
@@ -190,9 +201,11 @@ async def stream_async(
             on_complete(EmbeddingChunk(start, result))
         return result
 
+    window = _window(lookahead)
+
     async def top_up() -> None:
         nonlocal exhausted
-        while not exhausted and len(pending) < lookahead:
+        while not exhausted and len(pending) < window():
             try:
                 start, batch = await source.__anext__()
             except StopAsyncIteration:

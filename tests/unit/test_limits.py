@@ -8,52 +8,171 @@ import time
 
 import pytest
 
-from dashscope_embed.limits import ConcurrencyGate, RateBudget, _Pace
+from dashscope_embed.limits import (
+    DEFAULT_CEILING,
+    CapacityController,
+    ConcurrencyGate,
+    CpuMonitor,
+    RateBudget,
+    _Pace,
+)
 
 
-def test_throttling_halves_the_limit_once_per_round() -> None:
-    gate = ConcurrencyGate(8)
-    epochs = [gate.acquire() for _ in range(8)]
-    gate.release(epochs[0], throttled=True)
-    assert gate.limit == pytest.approx(8 * 0.7)
-    for epoch in epochs[1:4]:  # the same round answering 429 too: no further cuts
-        gate.release(epoch, throttled=True)
-    assert gate.limit == pytest.approx(5.6) and gate.throttle_cuts == 1
-    for epoch in epochs[4:]:
-        gate.release(epoch)  # finished without a verdict (e.g. a 500): no change
-    assert gate.limit == pytest.approx(5.6) and gate.in_flight == 0
-    fresh = gate.acquire()  # sent after the cut: a 429 for it cuts again
-    gate.release(fresh, throttled=True)
-    assert gate.limit == pytest.approx(5.6 * 0.7)
+def full(controller: CapacityController) -> int:
+    """The load of a request sent with the whole window in use."""
+    return int(controller.limit)
 
 
-def test_growth_is_fast_below_the_last_throttle_point_and_slow_near_it() -> None:
-    gate = ConcurrencyGate(16)
-    gate.release(gate.acquire(), throttled=True)  # cut to 11.2; throttling began at 16
-    assert gate.limit == pytest.approx(11.2)
-    gate.release(gate.acquire(), succeeded=True)
-    assert gate.limit == pytest.approx(11.2 + 1 / 11.2)  # fast: a window of successes adds one
-    while gate.limit + 1 < 16:
-        gate.release(gate.acquire(), succeeded=True)
-    before = gate.limit
-    gate.release(gate.acquire(), succeeded=True)
-    assert gate.limit - before == pytest.approx(1 / (before * ConcurrencyGate.PROBE_SLOWDOWN))
-    for _ in range(2000):
-        gate.release(gate.acquire(), succeeded=True)
-    assert gate.limit == 16  # never past the ceiling
+def test_slow_start_doubles_per_round_trip_up_to_the_ceiling() -> None:
+    controller = CapacityController(64)
+    assert controller.limit == CapacityController.INITIAL
+    rounds = 0
+    while controller.limit < 64:
+        window = int(controller.limit)
+        for _ in range(window):  # one round trip: every request in the window succeeds
+            controller.on_success(controller.epoch, 0.3, full(controller))
+        rounds += 1
+    assert rounds <= 5  # 4 -> 8 -> 16 -> 32 -> 64
+    for _ in range(100):
+        controller.on_success(controller.epoch, 0.3, full(controller))
+    assert controller.limit == 64  # never past the ceiling
+
+
+def test_an_idle_window_does_not_grow() -> None:
+    controller = CapacityController(64)
+    for _ in range(100):
+        controller.on_success(controller.epoch, 0.3, load=1)  # one request at a time
+    assert controller.limit == CapacityController.INITIAL
+
+
+def test_a_429_cuts_once_per_round_and_ends_slow_start() -> None:
+    controller = CapacityController(64)
+    for _ in range(12):
+        controller.on_success(controller.epoch, 0.3, full(controller))
+    assert controller.limit == 16
+    sent_in = controller.epoch
+    controller.on_throttle(sent_in)
+    assert controller.limit == pytest.approx(16 * 0.7)
+    for _ in range(5):  # the same round answering 429 too: no further cuts
+        controller.on_throttle(sent_in)
+    assert controller.limit == pytest.approx(11.2) and controller.throttle_cuts == 1
+    before = controller.limit
+    controller.on_success(controller.epoch, 0.3, full(controller))
+    assert controller.limit == pytest.approx(before + 1 / before)  # additive now
+    while controller.limit + 1 < 16:
+        controller.on_success(controller.epoch, 0.3, full(controller))
+    before = controller.limit
+    controller.on_success(controller.epoch, 0.3, full(controller))
+    slow = 1 / (before * CapacityController.PROBE_SLOWDOWN)  # near where it was throttled
+    assert controller.limit - before == pytest.approx(slow)
+
+
+def test_latency_climbing_cuts_in_proportion_once_per_round() -> None:
+    controller = CapacityController(64)
+    for _ in range(12):
+        controller.on_success(controller.epoch, 0.3, full(controller))
+    assert controller.limit == 16
+    sent_in = controller.epoch
+    for _ in range(10):  # the service queues: round trips double
+        controller.on_success(sent_in, 0.6, full(controller))
+    assert controller.latency_cuts == 1
+    assert 8 <= controller.limit < 16
+    assert not controller.slow_start
+
+
+def test_jitter_under_the_tolerance_does_not_cut() -> None:
+    controller = CapacityController(64)
+    for i in range(400):
+        controller.on_success(controller.epoch, 0.3 + 0.1 * (i % 3) / 2, full(controller))
+    assert controller.latency_cuts == 0 and controller.limit == 64
+
+
+def test_a_busy_cpu_stops_growth() -> None:
+    clock = [0.0]
+    cpu = [0.0]
+    monitor = CpuMonitor(lambda: clock[0], lambda: cpu[0], cores=1.0)
+    controller = CapacityController(64, cpu=monitor)
+    for _ in range(4):
+        controller.on_success(controller.epoch, 0.3, full(controller))
+    grown = controller.limit
+    clock[0], cpu[0] = 1.0, 0.95  # the process used 95 % of its core over the last second
+    for _ in range(50):
+        controller.on_success(controller.epoch, 0.3, full(controller))
+    assert controller.limit == grown
+    clock[0], cpu[0] = 2.0, 1.2  # 25 % the next second: free to grow again
+    controller.on_success(controller.epoch, 0.3, full(controller))
+    assert controller.limit > grown
 
 
 def test_the_limit_never_drops_below_one() -> None:
-    gate = ConcurrencyGate(4)
+    controller = CapacityController(4)
     for _ in range(8):
-        gate.release(gate.acquire(), throttled=True)
-    assert gate.limit == 1
+        controller.on_throttle(controller.epoch)
+    assert controller.limit == 1
 
 
 def test_fixed_gate_does_not_adapt() -> None:
     gate = ConcurrencyGate(3, adaptive=False)
+    assert gate.limit == 3
     gate.release(gate.acquire(), throttled=True)
     assert gate.limit == 3
+
+
+def test_a_user_ceiling_is_a_hard_one() -> None:
+    gate = ConcurrencyGate(6)
+    for _ in range(500):
+        epoch = gate.acquire()
+        load = gate.begin_send()
+        gate.release(epoch, succeeded=True, rtt=0.3, load=max(load, int(gate.limit)))
+    assert gate.limit == 6 and gate.maximum == 6
+    assert ConcurrencyGate().maximum == DEFAULT_CEILING
+
+
+def _service_with_a_cap(
+    controllers: list[CapacityController], cap: int, rounds: int
+) -> tuple[list[float], int, int]:
+    """Each round trip every client sends its window; the service admits ``cap`` in all
+    (in turn, a client at a time, as arrivals interleave) and refuses the rest with 429.
+    Returns each client's share of admitted requests, the 429s and all requests."""
+    admitted = [0.0] * len(controllers)
+    refused = sent = 0
+    for round_number in range(rounds):
+        windows = [int(c.limit) for c in controllers]
+        order = [i for k in range(max(windows)) for i in range(len(windows)) if k < windows[i]]
+        shift = round_number % len(controllers)  # whose request arrives first varies
+        order = order[shift:] + order[:shift]
+        free = cap
+        epochs = [c.epoch for c in controllers]
+        for i in order:
+            sent += 1
+            if free > 0:
+                free -= 1
+                admitted[i] += 1
+                controllers[i].on_success(epochs[i], 0.3, windows[i])
+            else:
+                refused += 1
+                controllers[i].on_throttle(epochs[i])
+    total = sum(admitted)
+    return [a / total for a in admitted], refused, sent
+
+
+def test_two_clients_sharing_a_cap_split_it_fairly_with_few_429s() -> None:
+    clients = [CapacityController(64), CapacityController(64)]
+    _service_with_a_cap(clients, cap=16, rounds=50)  # converge
+    shares, refused, sent = _service_with_a_cap(clients, cap=16, rounds=400)
+    assert all(share >= 0.35 for share in shares), shares
+    use = sum(min(int(c.limit), 16) for c in clients)
+    assert use >= 0.9 * 16 or sent * 0.95 <= 16 * 400 + refused
+    assert refused <= 0.05 * sent, (refused, sent)
+
+
+def test_one_client_under_a_cap_uses_nearly_all_of_it() -> None:
+    client = [CapacityController(64)]
+    _service_with_a_cap(client, cap=16, rounds=50)
+    shares, refused, sent = _service_with_a_cap(client, cap=16, rounds=400)
+    admitted = sent - refused
+    assert admitted >= 0.9 * 16 * 400
+    assert refused <= 0.05 * sent
 
 
 def test_a_full_gate_blocks_until_a_release() -> None:
@@ -74,7 +193,7 @@ def test_a_full_gate_blocks_until_a_release() -> None:
 
 
 async def test_async_waiters_are_bounded_and_all_served() -> None:
-    gate = ConcurrencyGate(3)
+    gate = ConcurrencyGate(3, adaptive=False)
     peak = 0
     running = 0
 
