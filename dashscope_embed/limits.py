@@ -127,29 +127,34 @@ class CapacityController:
     A congestion controller in the manner of TCP Vegas with slow start, on the signals
     this service gives:
 
-    * **Growth while the service keeps up.** From ``INITIAL`` the limit grows by one per
-      success (doubling each round trip: slow start) until the first sign of a limit;
+    * **Growth while the service keeps up.** From ``INITIAL`` (8) the limit grows by half
+      a slot per success (x1.5 each round trip: slow start) until the first sign of a limit;
       after that by one per round trip, eight times more slowly within one of where it
       was last throttled, up to the ceiling. It grows only when the requests sent were
       using the window (``load``), so an idle or paced client does not inflate it, and
       not while this process's CPU is the bottleneck.
     * **A cut on pushback.** A 429 (``Throttling``, ``Throttling.AllocationQuota``) cuts
       the limit to 70 %. Latency climbing cuts it too, as Netflix's Gradient limiter
-      does: the recent round trip (smoothed over ~5) against the usual one (over ~50);
-      above ``TOLERANCE`` times the usual the service is queueing and the limit is cut
-      in proportion (to at most half); above ``HOLD`` times it stops growing. Comparing
-      two averages, not the least round trip, keeps steady jitter from reading as
-      queueing. Either cut happens at most once per round: replies to requests sent
-      before a cut do not cut again. (A request-rate 429 is the pacer's business.)
+      does: the recent round trip (smoothed over ~5) against the usual one (the least
+      smoothed one over the last 500); above ``TOLERANCE`` times the usual the service
+      is queueing and the limit is cut in proportion (to at most half); above ``HOLD``
+      times it stops growing. Smoothed values, not single round trips, keep steady
+      jitter from reading as queueing. Either cut happens at most once per round:
+      replies to requests sent before a cut do not cut again. (A request-rate 429 is
+      the pacer's business.)
 
     Pure: time and load come in as arguments, so the behaviour is tested step by step.
     """
 
-    INITIAL = 4
+    INITIAL = 8
     DECREASE = 0.7
     PROBE_SLOWDOWN = 8
+    # Half a slot per success: x1.5 per round trip. Replies come back together, so the
+    # round that crosses the capacity overshoots by up to this share of the window, and
+    # each request past it is a 429: doubling made that a burst of a whole window.
+    SLOW_START_STEP = 0.5
     SHORT = 0.2  # smoothing of the recent round trip (the last ~5)
-    LONG = 0.02  # smoothing of the usual one (the last ~50)
+    BASELINE = 500  # samples the usual round trip is the least of
     TOLERANCE = 1.5  # recent over usual: the service is queueing; cut
     HOLD = 1.2  # recent over usual: stop growing
 
@@ -167,7 +172,9 @@ class CapacityController:
         self.throttle_cuts = 0
         self.latency_cuts = 0
         self.short_rtt: float | None = None
-        self.long_rtt: float | None = None
+        self.long_rtt: float | None = None  # the usual round trip (see on_success)
+        self._lows: deque[tuple[int, float]] = deque()  # (sample, smoothed rtt) ascending
+        self._samples = 0
         self.cpu = cpu
 
     def _cut(self, factor: float) -> None:
@@ -176,10 +183,21 @@ class CapacityController:
         self.slow_start = False
         self.epoch += 1
 
-    def on_throttle(self, epoch: int) -> None:
-        """The service refused a request sent in ``epoch`` for concurrency or tokens."""
+    def on_throttle(self, epoch: int, load: int | None = None) -> None:
+        """The service refused a request sent in ``epoch`` (with ``load`` requests being
+        sent, itself included) for concurrency or tokens.
+
+        It refused this one with ``load - 1`` others under way, so its capacity is about
+        that: the cut is to just under it (a slow-start overshoot lands there at once,
+        not after rounds of 429s; a probe one past the capacity costs little), and never
+        below half (the others under way may have been another client's share). With
+        no load known, the cut is to 70 %.
+        """
         if self.adaptive and epoch == self.epoch:
-            self._cut(self.DECREASE)
+            factor = self.DECREASE
+            if load is not None and load > 1:
+                factor = min(1.0, max(0.5, 0.95 * (load - 1) / self.limit))
+            self._cut(factor)
             self.throttle_cuts += 1
 
     def on_success(self, epoch: int, rtt: float, load: int) -> None:
@@ -188,9 +206,18 @@ class CapacityController:
         if not self.adaptive:
             return
         short = rtt if self.short_rtt is None else self.short_rtt
-        long = rtt if self.long_rtt is None else self.long_rtt
         self.short_rtt = short = short + self.SHORT * (rtt - short)
-        self.long_rtt = long = long + self.LONG * (rtt - long)
+        # The usual round trip: the least smoothed one over the last BASELINE samples.
+        # Smoothing keeps steady jitter from setting it low; the window lets a service
+        # that has really become slower set it higher, in time; and a standing queue
+        # does not pass for normal while the window remembers the unqueued times.
+        self._samples += 1
+        while self._lows and self._lows[-1][1] >= short:
+            self._lows.pop()
+        self._lows.append((self._samples, short))
+        while self._lows[0][0] <= self._samples - self.BASELINE:
+            self._lows.popleft()
+        self.long_rtt = long = self._lows[0][1]
         if short > long * self.TOLERANCE:  # the service is queueing what we send
             if epoch == self.epoch:
                 self._cut(max(0.5, long / short))
@@ -203,7 +230,7 @@ class CapacityController:
         if self.cpu is not None and self.cpu.saturated():
             return
         if self.slow_start:
-            step = 1.0
+            step = self.SLOW_START_STEP
         else:
             near = self.limit + 1 >= self.throttled_at
             step = 1.0 / (self.limit * (self.PROBE_SLOWDOWN if near else 1))
@@ -324,9 +351,12 @@ class ConcurrencyGate:
             if load is not None:
                 self.sending -= 1
             if throttled:
-                self.controller.on_throttle(epoch)
+                self.controller.on_throttle(epoch, load)
             elif succeeded and rtt is not None:
-                self.controller.on_success(epoch, rtt, load if load is not None else 0)
+                # The window was in use if it was when this was sent or when it came back
+                # (the first of a burst is sent alone but returns with the rest in flight).
+                busy = max(load or 0, self.sending + (1 if load is not None else 0))
+                self.controller.on_success(epoch, rtt, busy)
             elif succeeded:  # no round trip measured: count it as a full window's success
                 self.controller.on_success(epoch, 0.0, int(self.controller.limit))
             for queue in self._queues:

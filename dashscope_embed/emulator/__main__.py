@@ -23,9 +23,13 @@ def build_parser() -> argparse.ArgumentParser:
         if field.type in ("bool", bool):
             parser.add_argument(flag, action="store_true", help=f"(default {default})")
             continue
-        kind = {"float": float, "int": int, "int | None": int, "str | None": str}.get(
-            str(field.type), str
-        )
+        kind = {
+            "float": float,
+            "float | None": float,
+            "int": int,
+            "int | None": int,
+            "str | None": str,
+        }.get(str(field.type), str)
         parser.add_argument(flag, type=kind, default=default, help=f"(default {default})")
     return parser
 

@@ -80,6 +80,7 @@ class Service:
         self.settings = settings or EmulatorSettings()
         self.state = EmulatorState(self.settings)
         self.files = FileStore()
+        self._waiting_room: tuple[int, asyncio.Semaphore] | None = None
 
     def blocked(self, text: str) -> bool:
         """Whether content inspection refuses ``text`` (see ``blocked_phrase``)."""
@@ -96,8 +97,33 @@ class Service:
         *,
         compatible: bool,
     ) -> Reply:
-        """Admission (concurrency, RPM, TPM), injected faults, latency, then the work."""
+        """Admission (concurrency, RPM, TPM), injected faults, latency, then the work.
+
+        With ``queue_excess``, a request over ``max_concurrency`` waits for a free slot
+        (its round trip grows, as with a service that queues) instead of a 429."""
+        cap = self.settings.max_concurrency
+        if self.settings.queue_excess and cap is not None:
+            async with self._queue(cap):
+                return await self._admitted(request, rows, tokens, produce, keys, compatible)
+        return await self._admitted(request, rows, tokens, produce, keys, compatible)
+
+    def _queue(self, cap: int) -> asyncio.Semaphore:
+        # One per cap, made on the server's loop at first use.
+        if self._waiting_room is None or self._waiting_room[0] != cap:
+            self._waiting_room = (cap, asyncio.Semaphore(cap))
+        return self._waiting_room[1]
+
+    async def _admitted(
+        self,
+        request: Request,
+        rows: int,
+        tokens: int,
+        produce: Callable[[], Response],
+        keys: Callable[[], list[bytes]],
+        compatible: bool,
+    ) -> Reply:
         state = self.state
+        admitted_at = time.monotonic()
         throttle = state.limiter.admit(tokens)
         if throttle is not None:
             with state.lock:
@@ -106,7 +132,11 @@ class Service:
                 429,
                 throttle.code,
                 throttle.message,
-                headers=retry_after_headers(throttle.retry_after),
+                headers=(
+                    retry_after_headers(throttle.retry_after)
+                    if throttle.retry_after is not None
+                    else {}
+                ),
                 compatible_code=(
                     "insufficient_quota"
                     if throttle.code == "Throttling.AllocationQuota"
@@ -133,7 +163,9 @@ class Service:
                 + self.settings.latency_per_text * rows
                 + state.jitter(self.settings.latency_jitter)
             )
-            remaining = service_time - (time.monotonic() - request.arrived_at)
+            # Service time runs from arrival, or from admission after a wait in the queue.
+            started = max(request.arrived_at, admitted_at if self.settings.queue_excess else 0)
+            remaining = service_time - (time.monotonic() - started)
             if remaining > 0:
                 await asyncio.sleep(remaining)
             drop = state.roll(self.settings.drop_rate)

@@ -26,15 +26,19 @@ class EmulatorSettings:
         latency_jitter: up to this many seconds more, drawn at random (from ``seed``) for
             each request, as the service's latency varies; replies then come back out of
             order.
-        max_concurrency: requests served at once; more get 429 ``Throttling``.
+        max_concurrency: requests served at once; more get 429 ``Throttling`` (or wait,
+            with ``queue_excess``).
+        queue_excess: requests over ``max_concurrency`` wait in a queue for a free slot
+            instead of being refused: their latency grows, as a service that queues.
         rpm: requests per minute per emulator; more get 429 ``Throttling.RateQuota``.
         tpm: tokens per minute; more get 429 ``Throttling.AllocationQuota``.
         error_rate: share of requests answered 500 ``InternalError`` (nothing embedded).
         drop_rate: share of requests whose connection is cut mid-reply after the work
             was done (the client sees a dropped connection; the vectors were wasted).
         seed: seed for which requests get faults.
-        throttle_retry_after: ``Retry-After`` seconds sent with concurrency 429s
-            (rate-limit 429s send the time until the window frees up).
+        throttle_retry_after: ``Retry-After`` seconds sent with concurrency 429s; by
+            default none, as the service's pages document none (rate-limit 429s send
+            the time until the window frees up).
         task_delay: seconds an async task stays PENDING before it runs.
         task_seconds_per_line: simulated work per line of an async task.
         base64_as_float: answer ``encoding_format="base64"`` with float arrays anyway (a
@@ -52,12 +56,13 @@ class EmulatorSettings:
     latency_per_text: float = 0.0
     latency_jitter: float = 0.0
     max_concurrency: int | None = None
+    queue_excess: bool = False
     rpm: int | None = None
     tpm: int | None = None
     error_rate: float = 0.0
     drop_rate: float = 0.0
     seed: int = 0
-    throttle_retry_after: float = 1.0
+    throttle_retry_after: float | None = None
     task_delay: float = 0.2
     task_seconds_per_line: float = 0.0
     base64_as_float: bool = False
@@ -96,7 +101,7 @@ class Throttle:
 
     code: str
     message: str
-    retry_after: float
+    retry_after: float | None
 
 
 class _Window:

@@ -23,7 +23,12 @@ def full(controller: CapacityController) -> int:
     return int(controller.limit)
 
 
-def test_slow_start_doubles_per_round_trip_up_to_the_ceiling() -> None:
+def grow_to(controller: CapacityController, target: float) -> None:
+    while controller.limit < target:
+        controller.on_success(controller.epoch, 0.3, full(controller))
+
+
+def test_slow_start_grows_half_again_per_round_trip_up_to_the_ceiling() -> None:
     controller = CapacityController(64)
     assert controller.limit == CapacityController.INITIAL
     rounds = 0
@@ -32,7 +37,7 @@ def test_slow_start_doubles_per_round_trip_up_to_the_ceiling() -> None:
         for _ in range(window):  # one round trip: every request in the window succeeds
             controller.on_success(controller.epoch, 0.3, full(controller))
         rounds += 1
-    assert rounds <= 5  # 4 -> 8 -> 16 -> 32 -> 64
+    assert rounds <= 6  # 8 -> 12 -> 18 -> 27 -> 40 -> 60 -> 64
     for _ in range(100):
         controller.on_success(controller.epoch, 0.3, full(controller))
     assert controller.limit == 64  # never past the ceiling
@@ -47,11 +52,10 @@ def test_an_idle_window_does_not_grow() -> None:
 
 def test_a_429_cuts_once_per_round_and_ends_slow_start() -> None:
     controller = CapacityController(64)
-    for _ in range(12):
-        controller.on_success(controller.epoch, 0.3, full(controller))
+    grow_to(controller, 16)
     assert controller.limit == 16
     sent_in = controller.epoch
-    controller.on_throttle(sent_in)
+    controller.on_throttle(sent_in)  # with no load known: to 70 %
     assert controller.limit == pytest.approx(16 * 0.7)
     for _ in range(5):  # the same round answering 429 too: no further cuts
         controller.on_throttle(sent_in)
@@ -67,10 +71,20 @@ def test_a_429_cuts_once_per_round_and_ends_slow_start() -> None:
     assert controller.limit - before == pytest.approx(slow)
 
 
+def test_a_429_after_an_overshoot_cuts_to_what_the_service_admitted() -> None:
+    controller = CapacityController(64)
+    grow_to(controller, 24)  # slow start overshot a capacity of 16
+    controller.on_throttle(controller.epoch, load=17)  # refused with 16 others under way
+    assert controller.limit == pytest.approx(0.95 * 16)
+    fresh = CapacityController(64)
+    grow_to(fresh, 24)
+    fresh.on_throttle(fresh.epoch, load=3)  # most of those under way were another's
+    assert fresh.limit == pytest.approx(12)  # never below half
+
+
 def test_latency_climbing_cuts_in_proportion_once_per_round() -> None:
     controller = CapacityController(64)
-    for _ in range(12):
-        controller.on_success(controller.epoch, 0.3, full(controller))
+    grow_to(controller, 16)
     assert controller.limit == 16
     sent_in = controller.epoch
     for _ in range(10):  # the service queues: round trips double
@@ -169,7 +183,7 @@ def test_two_clients_sharing_a_cap_split_it_fairly_with_few_429s() -> None:
 def test_one_client_under_a_cap_uses_nearly_all_of_it() -> None:
     client = [CapacityController(64)]
     _service_with_a_cap(client, cap=16, rounds=50)
-    shares, refused, sent = _service_with_a_cap(client, cap=16, rounds=400)
+    _, refused, sent = _service_with_a_cap(client, cap=16, rounds=400)
     admitted = sent - refused
     assert admitted >= 0.9 * 16 * 400
     assert refused <= 0.05 * sent
