@@ -388,9 +388,9 @@ def corpus(count: int) -> list[str]:
     ]
 
 
-def child(base: str, name: str, count: int, truth_file: str) -> None:
+def child(base: str, name: str, start: int, count: int, truth_file: str) -> None:
     """One of several processes sharing the service: run, report as JSON."""
-    texts = corpus(count)
+    texts = corpus(start + count)[start:]
     result = measure(CLIENTS[name], base, texts, np.load(truth_file))
     print(json.dumps(result))
 
@@ -403,15 +403,15 @@ def main() -> None:
     parser.add_argument("--only", help="run only clients whose name contains this")
     parser.add_argument("--scenario", help="run only scenarios whose name contains this")
     parser.add_argument("--readme", action="store_true", help="write the table into README.md")
-    parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
     os.environ.pop("DASHSCOPE_API_KEY", None)
     if args.child:
-        base, name, count, truth_file = args.child
-        child(base, name, int(count), truth_file)
+        base, name, start, count, truth_file = args.child
+        child(base, name, int(start), int(count), truth_file)
         return
     import_clients()
-    biggest = corpus(int(args.texts * max(s.texts_factor for s in scenarios())))
+    biggest = corpus(int(args.texts * max(max(s.texts_factor, s.processes) for s in scenarios())))
     with emulator(0.0, ()) as base:
         expected_all = truth(base, biggest)
     rows = []
@@ -422,7 +422,7 @@ def main() -> None:
             if args.only and args.only not in name:
                 continue
             count = args.anchor_texts if name in ANCHORS else args.texts
-            count = int(count * scenario.texts_factor)
+            count = int(count * max(scenario.texts_factor, scenario.processes))
             texts, expected = biggest[:count], expected_all[:count]
             for row in run_one(name, fn, scenario, args.latency, texts, expected):
                 rows.append(row)

@@ -130,9 +130,11 @@ class CapacityController:
     * **Growth while the service keeps up.** From ``INITIAL`` (8) the limit grows by half
       a slot per success (x1.5 each round trip: slow start) until the first sign of a limit;
       after that by one per round trip, eight times more slowly within one of where it
-      was last throttled, up to the ceiling. It grows only when the requests sent were
-      using the window (``load``), so an idle or paced client does not inflate it, and
-      not while this process's CPU is the bottleneck.
+      was last throttled, and after 8 quiet round trips by a quarter again per round
+      trip (capacity another client gave up is taken back in seconds), up to the
+      ceiling. It grows only when the requests sent were using the window (``load``),
+      so an idle or paced client does not inflate it, and not while this process's CPU
+      is the bottleneck.
     * **A cut on pushback.** A 429 (``Throttling``, ``Throttling.AllocationQuota``) cuts
       the limit to 70 %. Latency climbing cuts it too, as Netflix's Gradient limiter
       does: the recent round trip (smoothed over ~5) against the usual one (the least
@@ -153,6 +155,8 @@ class CapacityController:
     # round that crosses the capacity overshoots by up to this share of the window, and
     # each request past it is a 429: doubling made that a burst of a whole window.
     SLOW_START_STEP = 0.5
+    # Round trips without pushback after which growth speeds up again (x1.25 a round).
+    QUIET_ROUNDS = 8
     SHORT = 0.2  # smoothing of the recent round trip (the last ~5)
     BASELINE = 500  # samples the usual round trip is the least of
     TOLERANCE = 1.5  # recent over usual: the service is queueing; cut
@@ -175,6 +179,7 @@ class CapacityController:
         self.long_rtt: float | None = None  # the usual round trip (see on_success)
         self._lows: deque[tuple[int, float]] = deque()  # (sample, smoothed rtt) ascending
         self._samples = 0
+        self._quiet = 0.0
         self.cpu = cpu
 
     def _cut(self, factor: float) -> None:
@@ -182,6 +187,7 @@ class CapacityController:
         self.limit = max(1.0, self.limit * factor)
         self.slow_start = False
         self.epoch += 1
+        self._quiet = 0.0
 
     def on_throttle(self, epoch: int, load: int | None = None) -> None:
         """The service refused a request sent in ``epoch`` (with ``load`` requests being
@@ -229,8 +235,13 @@ class CapacityController:
             return  # the window was not in use: nothing learned about more
         if self.cpu is not None and self.cpu.saturated():
             return
+        self._quiet += 1.0 / self.limit  # round trips since the last cut
         if self.slow_start:
             step = self.SLOW_START_STEP
+        elif self._quiet >= self.QUIET_ROUNDS:
+            # Long without pushback: capacity has freed up (another client left), so
+            # probe for it as in slow start, if more gently.
+            step = self.SLOW_START_STEP / 2
         else:
             near = self.limit + 1 >= self.throttled_at
             step = 1.0 / (self.limit * (self.PROBE_SLOWDOWN if near else 1))

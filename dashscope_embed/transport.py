@@ -25,10 +25,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import functools
 import json
 import logging
 import os
 import platform
+import ssl
 import threading
 import time
 import zlib
@@ -380,6 +382,13 @@ def _result(response: httpx.Response, body: bytes) -> bytes:
 
 
 # ---------------------------------------------------------------------- the transport
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    """One TLS context for every pool: loading the certificate store takes ~30 ms, which
+    each new event loop's pool (every ``asyncio.run``) would otherwise pay again."""
+    return httpx.create_ssl_context()
+
+
 class Transport:
     """Sends requests for one :class:`ClientSettings`; owns the pooled HTTP clients it made."""
 
@@ -466,7 +475,9 @@ class Transport:
             return self._given_client
         with self._lock:
             if self._client is None:
-                client = httpx.Client(timeout=self._timeout(), limits=self._limits())
+                client = httpx.Client(
+                    timeout=self._timeout(), limits=self._limits(), verify=_tls_context()
+                )
                 _install_deadlines(client)
                 self._client = client
             return self._client
@@ -484,7 +495,9 @@ class Transport:
             # A loop closed without shutting down its async generators: its sockets can
             # no longer be closed politely; drop them so they are freed.
             del self._async_clients[old]
-        client = httpx.AsyncClient(timeout=self._timeout(), limits=self._limits())
+        client = httpx.AsyncClient(
+            timeout=self._timeout(), limits=self._limits(), verify=_tls_context()
+        )
         _install_deadlines(client)
         closer = _close_when_loop_ends(client)
         # The loop's first-iteration hook registers the generator; asyncio.run closes it

@@ -180,6 +180,17 @@ def test_two_clients_sharing_a_cap_split_it_fairly_with_few_429s() -> None:
     assert refused <= 0.05 * sent, (refused, sent)
 
 
+def test_capacity_another_client_gives_up_is_taken_back_quickly() -> None:
+    first, second = CapacityController(64), CapacityController(64)
+    _service_with_a_cap([first, second], cap=16, rounds=100)
+    assert first.limit < 12
+    rounds = 0
+    while int(first.limit) < 15 and rounds < 100:  # the second client has left
+        _service_with_a_cap([first], cap=16, rounds=1)
+        rounds += 1
+    assert rounds <= 16, f"{rounds} round trips to take back the freed capacity"
+
+
 def test_one_client_under_a_cap_uses_nearly_all_of_it() -> None:
     client = [CapacityController(64)]
     _service_with_a_cap(client, cap=16, rounds=50)
