@@ -9,7 +9,7 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from dashscope_embed.client import DashScopeClient, make_config
-from dashscope_embed.config import REGION_HOSTS, ClientConfig
+from dashscope_embed.config import REGION_HOSTS, ClientConfig, ClientSettings
 from dashscope_embed.errors import (
     APIConnectionError,
     APIError,
@@ -24,6 +24,7 @@ from dashscope_embed.errors import (
     MissingApiKeyError,
     NotFoundError,
     PartialEmbeddingError,
+    PartialRerankError,
     PermissionDeniedError,
     RateLimitError,
     ServerError,
@@ -31,15 +32,34 @@ from dashscope_embed.errors import (
     is_retryable,
 )
 from dashscope_embed.limits import RateBudget
-from dashscope_embed.models import DEFAULT_MODEL, MODELS, ModelSpec, resolve_model
+from dashscope_embed.models import (
+    DEFAULT_MODEL,
+    DEFAULT_RERANK_MODEL,
+    MODELS,
+    RERANK_MODELS,
+    ModelSpec,
+    RerankSpec,
+    resolve_model,
+    resolve_rerank_model,
+)
+from dashscope_embed.options import MultimodalEmbeddingOptions, RerankOptions, TextEmbeddingOptions
 from dashscope_embed.retry import RetryPolicy
 from dashscope_embed.stream import EmbeddingChunk, EmbedStreamError
-from dashscope_embed.types import EmbeddingResult, PartialResult, SparseEmbedding, Usage
+from dashscope_embed.types import (
+    EmbeddingResult,
+    PartialResult,
+    RerankHit,
+    RerankResult,
+    SparseEmbedding,
+    Usage,
+)
 
 __all__ = [
     "DEFAULT_MODEL",
+    "DEFAULT_RERANK_MODEL",
     "MODELS",
     "REGION_HOSTS",
+    "RERANK_MODELS",
     "APIConnectionError",
     "APIError",
     "APITimeoutError",
@@ -47,6 +67,7 @@ __all__ = [
     "BadRequestError",
     "BadResponseError",
     "ClientConfig",
+    "ClientSettings",
     "ConfigurationError",
     "ContentFilterError",
     "DashScopeClient",
@@ -57,19 +78,27 @@ __all__ = [
     "InvalidInputError",
     "MissingApiKeyError",
     "ModelSpec",
+    "MultimodalEmbeddingOptions",
     "NotFoundError",
     "PartialEmbeddingError",
+    "PartialRerankError",
     "PartialResult",
     "PermissionDeniedError",
     "RateBudget",
     "RateLimitError",
+    "RerankHit",
+    "RerankOptions",
+    "RerankResult",
+    "RerankSpec",
     "RetryPolicy",
     "ServerError",
     "SparseEmbedding",
+    "TextEmbeddingOptions",
     "UnknownModelError",
     "Usage",
     "__version__",
     "is_retryable",
     "make_config",
     "resolve_model",
+    "resolve_rerank_model",
 ]

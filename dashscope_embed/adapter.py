@@ -22,17 +22,25 @@ from dashscope_embed.client import DashScopeClient, check_text_call, hide_key
 from dashscope_embed.config import ClientSettings
 from dashscope_embed.errors import InvalidInputError
 from dashscope_embed.forksafe import renew_after_fork
-from dashscope_embed.models import ModelSpec, OutputType, resolve_model
+from dashscope_embed.models import (
+    ModelSpec,
+    OutputType,
+    RerankSpec,
+    resolve_model,
+    resolve_rerank_model,
+)
 from dashscope_embed.multimodal import Content
 from dashscope_embed.options import (
     CallOptions,
     MultimodalEmbeddingOptions,
+    RerankOptions,
     TextEmbeddingOptions,
     multimodal_params,
+    rerank_params,
 )
 from dashscope_embed.planner import validate_texts
 from dashscope_embed.tasks import resolve_instruct
-from dashscope_embed.types import EmbeddingResult, SparseEmbedding
+from dashscope_embed.types import EmbeddingResult, RerankResult, SparseEmbedding
 
 Role = Literal["query", "document"]
 
@@ -142,8 +150,9 @@ class AdapterBase(ClientSettings):
         return {k: v for k, v in data.items() if k not in _FRAMEWORK_KEYS}
 
     # ----------------------------------------------------------------- configuration
-    def _model_ref(self) -> str | ModelSpec:
-        """The model this class embeds with; each adapter maps its own field here."""
+    def _model_ref(self) -> Any:
+        """The model this class uses (a name or a spec); each adapter maps its own field
+        here."""
         raise NotImplementedError
 
     @property
@@ -354,3 +363,30 @@ class MultimodalAdapter(AdapterBase, MultimodalEmbeddingOptions):
             contents, model=self._model_ref(), **self.role_options(role)
         )
         return result.require_dense()
+
+
+class RerankAdapter(AdapterBase, RerankOptions):
+    """The rerank family of framework classes: one ranking per call, split and merged
+    past the model's limits by the core."""
+
+    model_config = ConfigDict(frozen=False)
+    OPTIONS: ClassVar[type[CallOptions]] = RerankOptions
+
+    @property
+    def rerank_spec(self) -> RerankSpec:
+        return resolve_rerank_model(self._model_ref())
+
+    def _check_model(self) -> None:
+        rerank_params(self.rerank_spec, "?", RerankOptions.from_call(self.role_options("query")))
+
+    def rank(self, query: str, documents: Sequence[Any], model: Any = None) -> RerankResult:
+        """Every document ranked for ``query`` (the ``top_n`` first, if set)."""
+        return self.client.rerank(
+            query, documents, model=model or self._model_ref(), **self.role_options("query")
+        )
+
+    async def arank(self, query: str, documents: Sequence[Any], model: Any = None) -> RerankResult:
+        """Async twin of :meth:`rank`."""
+        return await self.client.arerank(
+            query, documents, model=model or self._model_ref(), **self.role_options("query")
+        )

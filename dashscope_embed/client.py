@@ -8,7 +8,16 @@ sends, sync or async, with one algorithm.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Sequence
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -17,20 +26,48 @@ from pydantic import SecretStr, ValidationError
 
 from dashscope_embed.config import ClientSettings
 from dashscope_embed.engine import Engine, Jobs, Outcome
-from dashscope_embed.errors import ConfigurationError, InvalidInputError, PartialEmbeddingError
+from dashscope_embed.errors import (
+    ConfigurationError,
+    InputProblem,
+    InvalidInputError,
+    PartialEmbeddingError,
+    PartialRerankError,
+)
 from dashscope_embed.forksafe import renew_after_fork
 from dashscope_embed.limits import AdaptivePace, ConcurrencyGate, CpuMonitor, RateBudget
-from dashscope_embed.models import DEFAULT_MODEL, ModelSpec, TextType, resolve_model
+from dashscope_embed.models import (
+    DEFAULT_MODEL,
+    DEFAULT_RERANK_MODEL,
+    ModelSpec,
+    RerankSpec,
+    TextType,
+    resolve_model,
+    resolve_rerank_model,
+)
 from dashscope_embed.multimodal import Content
 from dashscope_embed.options import (
     MultimodalEmbeddingOptions,
+    RerankOptions,
+    RerankParams,
     TextEmbeddingOptions,
     TextParams,
     multimodal_params,
+    rerank_params,
     text_params,
 )
-from dashscope_embed.planner import Plan, ResultParams, assemble, plan, regroup, validate_texts
+from dashscope_embed.planner import (
+    NON_TEXT_TOKENS,
+    Plan,
+    ResultParams,
+    assemble,
+    plan,
+    regroup,
+    split_rerank,
+    text_problem,
+    validate_texts,
+)
 from dashscope_embed.protocol import Endpoint, HttpRequest, ParsedBatch, endpoint_for
+from dashscope_embed.protocol.rerank import ParsedScores
 from dashscope_embed.stream import EmbeddingChunk, float32_array, stream_async, stream_sync
 from dashscope_embed.tokens import (
     LongTextPlan,
@@ -40,7 +77,13 @@ from dashscope_embed.tokens import (
     default_token_counter,
 )
 from dashscope_embed.transport import Transport
-from dashscope_embed.types import EmbeddingResult, PartialResult
+from dashscope_embed.types import (
+    EmbeddingResult,
+    PartialResult,
+    RerankHit,
+    RerankResult,
+    Usage,
+)
 
 # Slices a stream keeps open per request slot. Measured with 10% 500s and 10% dropped
 # replies: 2 per slot ran at 0.75 of embed()'s speed, 8 per slot at 0.9-0.95; more
@@ -292,6 +335,148 @@ class DashScopeClient:
         # Identical contents (same text, same image reference or bytes) are sent once.
         return _Call(endpoint, params, self.settings, plan(list(contents), spec.max_rows), None)
 
+    # ------------------------------------------------------------------ rerank
+    def rerank(
+        self,
+        query: str,
+        documents: Sequence[str | Content],
+        *,
+        model: str | RerankSpec = DEFAULT_RERANK_MODEL,
+        long_text: LongTextPolicy | None = None,
+        **options: Any,
+    ) -> RerankResult:
+        """Rank ``documents`` by relevance to ``query``, most relevant first.
+
+        A list past the model's limits (documents or tokens per request) is split into
+        requests sent concurrently, and their scores merged into one ranking whose
+        indices are positions in ``documents``; ``top_n`` is applied after the merge.
+        Identical documents are scored once. A document over the model's per-document
+        token limit is refused by position (``long_text="error"``) or truncated
+        (``"truncate"``).
+
+        Args:
+            query: what the documents are ranked for.
+            documents: texts (or, for ``qwen3-vl-rerank``, ``Content`` images and
+                videos), in a list or any ordered iterable.
+            model: ``qwen3-rerank`` (default), ``gte-rerank-v2``, ``qwen3-vl-rerank``, or
+                a :class:`RerankSpec`.
+            **options: the fields of :class:`~dashscope_embed.options.RerankOptions`:
+                ``top_n``, ``instruct`` or ``task``, ``extra_parameters``.
+
+        Raises:
+            InvalidInputError: a bad query, document or option (nothing was sent).
+            APIError subclasses: every request failed; the first error is raised.
+            PartialRerankError: some requests failed for good; the rest is ranked.
+        """
+        call = self._rerank_call(query, documents, model, long_text, options)
+        return call.finish(self._engine.run(call.jobs(self), self._transport.send))
+
+    async def arerank(
+        self,
+        query: str,
+        documents: Sequence[str | Content],
+        *,
+        model: str | RerankSpec = DEFAULT_RERANK_MODEL,
+        long_text: LongTextPolicy | None = None,
+        **options: Any,
+    ) -> RerankResult:
+        """Async twin of :meth:`rerank`."""
+        call = self._rerank_call(query, documents, model, long_text, options)
+        return call.finish(await self._engine.arun(call.jobs(self), self._transport.asend))
+
+    def _rerank_call(
+        self,
+        query: str,
+        documents: Sequence[str | Content],
+        model: str | RerankSpec,
+        long_text: LongTextPolicy | None,
+        options: dict[str, Any],
+    ) -> _RerankCall:
+        spec = resolve_rerank_model(model)
+        params = rerank_params(spec, query, RerankOptions.from_call(options))
+        endpoint: Endpoint[Any, RerankParams] = endpoint_for(
+            spec.family, self.settings.protocol, spec.name
+        )
+        endpoint.check(params)
+        given = validate_documents(documents, spec.modalities)
+        policy = long_text or self.settings.long_text
+        if policy == "chunk":
+            raise ConfigurationError(
+                "long_text='chunk' does not apply to reranking (a document is scored whole): "
+                "use 'error' or 'truncate'"
+            )
+        counter = self.token_counter()
+        query_tokens = counter.count(query) + RESERVED_TOKENS
+        if query_tokens > spec.max_tokens_per_document:
+            raise InvalidInputError(
+                f"the query has about {query_tokens} tokens; {spec.name} takes at most "
+                f"{spec.max_tokens_per_document}"
+            )
+        docs, tokens = self._fit_documents(given, spec, query_tokens, policy, counter)
+        the_plan = plan(docs, spec.max_documents)
+        unique_tokens = [0] * len(the_plan.unique)
+        for position, slot in enumerate(the_plan.slot_of):
+            unique_tokens[slot] = tokens[position]
+        batches = split_rerank(
+            the_plan.unique,
+            unique_tokens,
+            query_tokens,
+            spec.max_documents,
+            spec.max_tokens_per_request,
+            spec.max_per_modality,
+        )
+        the_plan = Plan(the_plan.unique, the_plan.slot_of, batches)
+        self.settings.resolve_api_key()
+        return _RerankCall(
+            endpoint, params, self.settings, the_plan, given, unique_tokens, query_tokens
+        )
+
+    def _fit_documents(
+        self,
+        documents: list[str | Content],
+        spec: RerankSpec,
+        query_tokens: int,
+        policy: LongTextPolicy,
+        counter: TokenCounter,
+    ) -> tuple[list[str | Content], list[int]]:
+        """Each document as it will be sent, with its token count: a text over the
+        per-document limit (or too long to share a request with the query) is refused by
+        position, or truncated under ``long_text="truncate"``."""
+        limit = min(spec.max_tokens_per_document, spec.max_tokens_per_request - query_tokens)
+        fitted: list[str | Content] = []
+        counts: list[int] = []
+        problems: list[InputProblem] = []
+        for position, document in enumerate(documents):
+            text = document if isinstance(document, str) else None
+            if isinstance(document, Content) and document.modality == "text":
+                text = document.value
+            if text is None:
+                fitted.append(document)
+                counts.append(NON_TEXT_TOKENS)
+                continue
+            # Counted even when short: the counts also pack documents into requests, where
+            # a byte-length bound would cost several times the requests.
+            count = counter.count(text)
+            if count > limit:
+                if policy == "truncate":
+                    text = counter.truncate(text, limit)
+                    document = text if isinstance(document, str) else Content.text(text)
+                    count = limit
+                else:
+                    problems.append(
+                        InputProblem(
+                            position,
+                            f"has about {count} tokens; {spec.name} scores at most {limit} "
+                            "per document (pass long_text='truncate' to cut it)",
+                            "documents",
+                        )
+                    )
+            fitted.append(document)
+            counts.append(count)
+        if problems:
+            raise InvalidInputError(problems)
+        return fitted, counts
+
     # ------------------------------------------------------------------ streams
     def embed_stream(
         self,
@@ -437,7 +622,8 @@ class _Call(Generic[Item, Params]):
         return self.endpoint.request(self.settings, self.plan.batch_items(batch), self.params)
 
     def decode(self, batch: range, content: bytes) -> ParsedBatch:
-        return self.endpoint.parse(content, len(batch), self.params)
+        parsed: ParsedBatch = self.endpoint.parse(content, len(batch), self.params)
+        return parsed
 
     def _cost(self, client: DashScopeClient) -> Callable[[range], int] | None:
         """Tokens a request will bill, for the tokens-per-minute budget (if one is set)."""
@@ -481,6 +667,98 @@ def check_text_call(
     endpoint: Endpoint[str, TextParams] = endpoint_for(spec.family, settings.protocol, spec.name)
     endpoint.check(params)
     return spec, endpoint, params
+
+
+@dataclass(frozen=True)
+class _RerankCall:
+    """One ranking's requests and how their scores merge."""
+
+    endpoint: Endpoint[Any, RerankParams]
+    params: RerankParams
+    settings: ClientSettings
+    plan: Plan[Any]
+    documents: list[Any]  # as the caller gave them, for the hits
+    tokens: list[int]  # per unique document
+    query_tokens: int
+
+    def jobs(self, client: DashScopeClient) -> Jobs[range, ParsedScores]:
+        cost = None
+        if client.budget.tokens_per_minute is not None:
+            cost = self._cost
+        return Jobs(items=self.plan.batches, request=self.request, decode=self.decode, cost=cost)
+
+    def _cost(self, batch: range) -> int:
+        return sum(self.tokens[slot] + self.query_tokens for slot in batch)
+
+    def request(self, batch: range) -> HttpRequest:
+        return self.endpoint.request(self.settings, self.plan.batch_items(batch), self.params)
+
+    def decode(self, batch: range, content: bytes) -> ParsedScores:
+        parsed: ParsedScores = self.endpoint.parse(content, len(batch), self.params)
+        return parsed
+
+    def finish(self, outcome: Outcome) -> RerankResult:
+        scores: list[float | None] = [None] * len(self.plan.unique)
+        tokens = 0
+        request_ids: list[str] = []
+        for batch, reply in zip(self.plan.batches, outcome.replies, strict=True):
+            if isinstance(reply, ParsedScores):
+                scores[batch.start : batch.stop] = reply.scores
+                tokens += reply.total_tokens
+                if reply.request_id:
+                    request_ids.append(reply.request_id)
+        hits = [
+            RerankHit(position, score, self.documents[position])
+            for position, slot in enumerate(self.plan.slot_of)
+            if (score := scores[slot]) is not None
+        ]
+        hits.sort(key=lambda hit: (-hit.relevance_score, hit.index))
+        top_n = self.params.options.top_n
+        result = RerankResult(
+            hits=hits[:top_n] if top_n is not None else hits,
+            usage=Usage(tokens),
+            request_ids=tuple(request_ids),
+            model=self.params.spec.name,
+            count=len(hits),
+        )
+        if len(hits) == len(self.plan.slot_of):
+            return result
+        errors = [error for _, error in outcome.errors]
+        if not hits and errors:
+            raise errors[0]
+        failed = [p for p, slot in enumerate(self.plan.slot_of) if scores[slot] is None]
+        raise PartialRerankError(result, failed, errors) from (errors[0] if errors else None)
+
+
+def validate_documents(documents: Any, modalities: Sequence[str]) -> list[str | Content]:
+    """Documents as a list: texts, or ``Content`` of a modality the model ranks; every
+    bad one reported by position."""
+    if isinstance(documents, (str, bytes, Mapping, AbstractSet)):
+        validate_texts(documents, "documents")  # the same clear refusals as for texts
+    try:
+        items = list(documents)
+    except TypeError:
+        raise InvalidInputError(
+            f"documents must be a list of texts, got {type(documents).__name__}"
+        ) from None
+    if not items:
+        raise InvalidInputError("documents is empty: there is nothing to rank")
+    problems: list[InputProblem] = []
+    for position, item in enumerate(items):
+        if isinstance(item, Content):
+            if item.modality not in modalities:
+                problems.append(
+                    InputProblem(
+                        position,
+                        f"a {item.modality} document, which this model does not rank",
+                        "documents",
+                    )
+                )
+        elif (reason := text_problem(item)) is not None:
+            problems.append(InputProblem(position, reason, "documents"))
+    if problems:
+        raise InvalidInputError(problems)
+    return list(items)
 
 
 def _raise_or_return(result: EmbeddingResult | PartialResult, outcome: Outcome) -> EmbeddingResult:

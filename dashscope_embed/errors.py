@@ -18,7 +18,8 @@ Hierarchy::
     │   ├── BadResponseError          a response that is not what the protocol promises
     │   └── APIConnectionError        no response at all
     │       └── APITimeoutError
-    └── PartialEmbeddingError         some requests failed for good; finished work attached
+    ├── PartialEmbeddingError         some requests failed for good; finished work attached
+    └── PartialRerankError            the same, for a ranking
 
 Whether an error is worth retrying is decided in one place, :func:`is_retryable`.
 No error ever contains the API key: messages are built from the service's reply and the
@@ -79,13 +80,20 @@ class MissingApiKeyError(ConfigurationError):
 
 @dataclass(frozen=True)
 class InputProblem:
-    """One thing wrong with one input: its position in the caller's list and why."""
+    """One thing wrong with one input: its position in the caller's list and why.
+
+    ``subject`` names the caller's list in the message (``texts`` for embeddings,
+    ``documents`` for rerank), so the position reads as the caller wrote it.
+    """
 
     index: int | None
     reason: str
+    subject: str = "texts"
 
     def __str__(self) -> str:
-        return self.reason if self.index is None else f"texts[{self.index}]: {self.reason}"
+        if self.index is None:
+            return self.reason
+        return f"{self.subject}[{self.index}]: {self.reason}"
 
 
 class InvalidInputError(DashScopeError, ValueError):
@@ -120,18 +128,26 @@ class InvalidInputError(DashScopeError, ValueError):
 class UnknownModelError(InvalidInputError):
     """The model name is not in the table and no :class:`ModelSpec` describes it."""
 
-    def __init__(self, model: str, known: Sequence[str] = ()) -> None:
+    def __init__(
+        self, model: str, known: Sequence[str] = (), spec_class: str = "ModelSpec"
+    ) -> None:
         self.model = model
         self.known = tuple(known)
+        self.spec_class = spec_class
+        fields = (
+            "max_rows=..., max_tokens_per_row=..., dimensions=(...), default_dimension=..."
+            if spec_class == "ModelSpec"
+            else "family=..., max_documents=..., max_tokens_per_document=..., "
+            "max_tokens_per_request=..."
+        )
         super().__init__(
             f"unknown model {model!r}: the client does not know its limits. Pass "
-            f"model=ModelSpec(name={model!r}, max_rows=..., max_tokens_per_row=..., "
-            f"dimensions=(...), default_dimension=...) to use it"
+            f"model={spec_class}(name={model!r}, {fields}) to use it"
             + (f"; known models: {', '.join(self.known)}" if self.known else "")
         )
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.model, self.known))
+        return (type(self), (self.model, self.known, self.spec_class))
 
 
 class APIError(DashScopeError):
@@ -355,6 +371,36 @@ class PartialEmbeddingError(DashScopeError):
         """Input positions that were embedded."""
         failed = set(self.failed_positions)
         return [i for i in range(len(self.partial)) if i not in failed]
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.partial, self.failed_positions, self.errors))
+
+
+class PartialRerankError(DashScopeError):
+    """Some of a ranking's requests failed for good; the rest is ranked and attached.
+
+    Attributes:
+        partial: the documents that were scored, ranked (scores from one model and one
+            query compare across requests, so this ranking is sound for them).
+        failed_positions: the documents that were not scored, by position.
+        errors: the final error of each failed request.
+    """
+
+    def __init__(
+        self, partial: Any, failed_positions: Sequence[int], errors: Sequence[BaseException]
+    ) -> None:
+        self.partial = partial
+        self.failed_positions = list(failed_positions)
+        self.errors = list(errors)
+        first = self.errors[0] if self.errors else None
+        preview = ", ".join(str(i) for i in self.failed_positions[:10])
+        if len(self.failed_positions) > 10:
+            preview += ", ..."
+        super().__init__(
+            f"{len(self.failed_positions)} documents not scored (positions {preview}) after "
+            f"{len(self.errors)} failed request(s); the others are ranked and attached; "
+            f"first error: {first}"
+        )
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.partial, self.failed_positions, self.errors))

@@ -231,6 +231,99 @@ MODELS: Mapping[str, ModelSpec] = MappingProxyType({spec.name: spec for spec in 
 
 DEFAULT_MODEL = "text-embedding-v4"
 
+RerankFamily = Literal["rerank-openai", "rerank-native"]
+
+
+@dataclass(frozen=True)
+class RerankSpec:
+    """Limits and capabilities of one rerank model.
+
+    Attributes:
+        name: The model id sent on the wire, e.g. ``"qwen3-rerank"``.
+        family: Which endpoint serves it: ``"rerank-openai"``
+            (``POST /compatible-api/v1/reranks``, flat body) or ``"rerank-native"``
+            (``POST /api/v1/services/rerank/text-rerank/text-rerank``).
+        max_documents: Most documents one request may carry.
+        max_tokens_per_document: Most tokens one document (and the query) may have.
+        max_tokens_per_request: Most tokens one request may bill: the query's tokens
+            times the number of documents, plus every document's tokens.
+        supports_instruct: Whether an ``instruct`` task instruction is accepted.
+        modalities: What a document may be: ``"text"``, ``"image"``, ``"video"``.
+        max_per_modality: Most documents of one modality a request may carry, where the
+            model has such limits (qwen3-vl-rerank: 100 texts, 40 images, 4 videos).
+        price_usd_per_1m_tokens: List price (international), ``None`` if unknown.
+    """
+
+    name: str
+    family: RerankFamily
+    max_documents: int
+    max_tokens_per_document: int
+    max_tokens_per_request: int
+    supports_instruct: bool = False
+    modalities: tuple[str, ...] = ("text",)
+    max_per_modality: Mapping[str, int] = field(default_factory=dict, compare=False)
+    price_usd_per_1m_tokens: float | None = None
+    notes: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        if self.family not in ("rerank-openai", "rerank-native"):
+            raise ValueError(f"RerankSpec {self.name!r}: unknown family {self.family!r}")
+        for name in ("max_documents", "max_tokens_per_document", "max_tokens_per_request"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"RerankSpec {self.name!r}: {name} must be >= 1")
+
+
+_RERANK_BUILTIN: tuple[RerankSpec, ...] = (
+    RerankSpec(
+        name="qwen3-rerank",
+        family="rerank-openai",
+        max_documents=500,
+        max_tokens_per_document=4000,
+        max_tokens_per_request=120_000,
+        supports_instruct=True,
+        price_usd_per_1m_tokens=0.1,
+        notes="Qwen3 reranker; 100+ languages.",
+    ),
+    RerankSpec(
+        name="gte-rerank-v2",
+        family="rerank-native",
+        max_documents=500,
+        max_tokens_per_document=4000,
+        max_tokens_per_request=30_000,
+        price_usd_per_1m_tokens=0.115,
+        notes="GTE reranker (gte-rerank was retired on 2026-05-30).",
+    ),
+    RerankSpec(
+        name="qwen3-vl-rerank",
+        family="rerank-native",
+        max_documents=100,
+        max_tokens_per_document=8000,
+        max_tokens_per_request=120_000,
+        supports_instruct=True,
+        modalities=("text", "image", "video"),
+        max_per_modality=MappingProxyType({"text": 100, "image": 40, "video": 4}),
+        price_usd_per_1m_tokens=0.1,
+        notes="Texts, images and videos ranked for one query.",
+    ),
+)
+
+RERANK_MODELS: Mapping[str, RerankSpec] = MappingProxyType(
+    {spec.name: spec for spec in _RERANK_BUILTIN}
+)
+"""Every built-in rerank model, by name. Pass a :class:`RerankSpec` for others."""
+
+DEFAULT_RERANK_MODEL = "qwen3-rerank"
+
+
+def resolve_rerank_model(model: str | RerankSpec) -> RerankSpec:
+    """Return the spec for a rerank ``model``: a known name or a :class:`RerankSpec`."""
+    if isinstance(model, RerankSpec):
+        return model
+    spec = RERANK_MODELS.get(model)
+    if spec is None:
+        raise UnknownModelError(model, known=tuple(RERANK_MODELS), spec_class="RerankSpec")
+    return spec
+
 
 def resolve_model(model: str | ModelSpec) -> ModelSpec:
     """Return the spec for ``model``: a known name or a caller-supplied :class:`ModelSpec`.

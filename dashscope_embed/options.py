@@ -21,7 +21,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.config import JsonDict
 
 from dashscope_embed.errors import InputProblem, InvalidInputError
-from dashscope_embed.models import OUTPUT_TYPES, TEXT_TYPES, ModelSpec, OutputType, TextType
+from dashscope_embed.models import (
+    OUTPUT_TYPES,
+    TEXT_TYPES,
+    ModelSpec,
+    OutputType,
+    RerankSpec,
+    TextType,
+)
 from dashscope_embed.tasks import resolve_instruct
 
 QUERIES_ONLY: JsonDict = {"queries_only": True}
@@ -271,14 +278,75 @@ def multimodal_params(spec: ModelSpec, options: MultimodalEmbeddingOptions) -> M
     return MultimodalParams(spec, options)
 
 
+class RerankOptions(CallOptions):
+    """What a rerank call may set besides the model."""
+
+    top_n: int | None = Field(
+        default=None, ge=1, strict=True, description="Keep the n most relevant; all by default."
+    )
+    instruct: str | None = Field(
+        default=None,
+        description="Task instruction (qwen3-rerank, qwen3-vl-rerank); wins over task.",
+    )
+    task: str | None = Field(
+        default=None,
+        description="Named instruction preset: web_search, question_answering, code_search, "
+        "... (see dashscope_embed.tasks.TASKS).",
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class RerankParams:
+    """One rerank call's parameters, checked against its model."""
+
+    spec: RerankSpec
+    query: str
+    options: RerankOptions
+    instruct: str | None
+
+    @property
+    def extra_parameters(self) -> dict[str, Any] | None:
+        return self.options.extra_parameters
+
+
+def rerank_params(spec: RerankSpec, query: Any, options: RerankOptions) -> RerankParams:
+    """Check a rerank call's query and options against the model; all problems at once."""
+    problems: list[InputProblem] = []
+    if not isinstance(query, str):
+        problems.append(InputProblem(None, f"query must be a str, got {type(query).__name__}"))
+    elif not query.strip():
+        problems.append(InputProblem(None, "query is empty"))
+    instruct: str | None = None
+    try:
+        instruct = resolve_instruct(options.instruct, options.task)
+    except InvalidInputError as exc:
+        problems += exc.problems
+    if instruct is not None:
+        if not instruct.strip():
+            problems.append(InputProblem(None, "instruct must be a non-empty string"))
+        elif not spec.supports_instruct:
+            problems.append(
+                InputProblem(
+                    None,
+                    f"{spec.name} does not take an instruct (qwen3-rerank and qwen3-vl-rerank do)",
+                )
+            )
+    if problems:
+        raise InvalidInputError(problems)
+    return RerankParams(spec, query, options, instruct)
+
+
 __all__ = [
     "OUTPUT_TYPES",
     "QUERIES_ONLY",
     "CallOptions",
     "MultimodalEmbeddingOptions",
     "MultimodalParams",
+    "RerankOptions",
+    "RerankParams",
     "TextEmbeddingOptions",
     "TextParams",
     "multimodal_params",
+    "rerank_params",
     "text_params",
 ]

@@ -36,38 +36,38 @@ def text_problem(text: Any) -> str | None:
     return None
 
 
-def validate_texts(texts: Any) -> list[str]:
+def validate_texts(texts: Any, subject: str = "texts") -> list[str]:
     """Return ``texts`` as a list, or raise naming every bad position and why.
 
     Any ordered collection or iterable of strings is taken. A mapping is refused (its
     keys would be embedded, not its texts), and so is a set (it has no order, so results
-    could not be matched to inputs).
+    could not be matched to inputs). ``subject`` is the list's name in messages.
     """
     if isinstance(texts, (str, bytes)):
         raise InvalidInputError(
-            f"texts must be a list of strings, got a single {type(texts).__name__}; "
+            f"{subject} must be a list of strings, got a single {type(texts).__name__}; "
             "wrap it in a list: [text]"
         )
     if isinstance(texts, Mapping):
         raise InvalidInputError(
-            f"texts must be a list of strings, got a {type(texts).__name__}, whose keys "
-            "would be embedded: pass list(d.values()) for the texts (and keep list(d) to "
-            "match the vectors back to their keys)"
+            f"{subject} must be a list of strings, got a {type(texts).__name__}, whose keys "
+            "would be used instead of its values: pass list(d.values()) (and keep list(d) "
+            "to match the results back to their keys)"
         )
     if isinstance(texts, AbstractSet):
         raise InvalidInputError(
-            f"texts must be a list of strings, got a {type(texts).__name__}, which has no "
-            "order, so vectors could not be matched to texts: pass a list (e.g. sorted(s))"
+            f"{subject} must be a list of strings, got a {type(texts).__name__}, which has no "
+            "order, so results could not be matched to inputs: pass a list (e.g. sorted(s))"
         )
     if not isinstance(texts, Sequence):
         try:
             texts = list(texts)
         except TypeError:
             raise InvalidInputError(
-                f"texts must be a list of strings, got {type(texts).__name__}"
+                f"{subject} must be a list of strings, got {type(texts).__name__}"
             ) from None
     problems = [
-        InputProblem(i, reason)
+        InputProblem(i, reason, subject)
         for i, text in enumerate(texts)
         if (reason := text_problem(text)) is not None
     ]
@@ -256,3 +256,41 @@ def regroup(
         sparse=rebuild(result.sparse, combine_sparse),
         missing_positions=missing_inputs,
     )
+
+
+# A document that is not text bills tokens the client cannot count; this is what an
+# image costs on the multimodal models (the emulator bills the same).
+NON_TEXT_TOKENS = 1024
+
+
+def split_rerank(
+    documents: Sequence[Any],
+    tokens: Sequence[int],
+    query_tokens: int,
+    max_documents: int,
+    max_tokens_per_request: int,
+    max_per_modality: Mapping[str, int],
+) -> list[range]:
+    """Consecutive slices of ``documents`` that each fit one rerank request: at most
+    ``max_documents`` (and ``max_per_modality`` of a kind), and at most
+    ``max_tokens_per_request`` tokens counted as the service counts them (the query's
+    tokens once per document, plus each document's). Every document must fit alone."""
+    batches: list[range] = []
+    start = used = 0
+    kinds: dict[str, int] = {}
+    for position, document in enumerate(documents):
+        cost = tokens[position] + query_tokens
+        kind = getattr(document, "modality", "text")
+        fits = (
+            position - start < max_documents
+            and used + cost <= max_tokens_per_request
+            and kinds.get(kind, 0) < max_per_modality.get(kind, max_documents)
+        )
+        if position > start and not fits:
+            batches.append(range(start, position))
+            start, used, kinds = position, 0, {}
+        used += cost
+        kinds[kind] = kinds.get(kind, 0) + 1
+    if start < len(documents):
+        batches.append(range(start, len(documents)))
+    return batches

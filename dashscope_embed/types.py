@@ -193,3 +193,60 @@ def _fill(
     if holes:
         raise InvalidInputError(f"complete_with: positions {holes[:10]} are still missing")
     return filled  # type: ignore[return-value]
+
+
+@dataclass(frozen=True, slots=True)
+class RerankHit:
+    """One document's place in a ranking.
+
+    Attributes:
+        index: its position in the caller's list of documents.
+        relevance_score: the model's score for it against the query (higher: more
+            relevant); scores from one model and one query compare across requests.
+        document: the document as the caller gave it.
+    """
+
+    index: int
+    relevance_score: float
+    document: object
+
+
+@dataclass(frozen=True, slots=True)
+class RerankResult:
+    """Documents in descending order of relevance (the ``top_n`` first, if one was set).
+
+    Every document is ranked (or the call raised): a list longer than one request can
+    carry was split, scored concurrently and merged into this one ranking.
+    """
+
+    hits: list[RerankHit]
+    usage: Usage
+    request_ids: tuple[str, ...]
+    model: str
+    count: int  # documents ranked, before top_n
+
+    def __iter__(self) -> Iterator[RerankHit]:
+        return iter(self.hits)
+
+    def __len__(self) -> int:
+        return len(self.hits)
+
+    def __getitem__(self, position: int) -> RerankHit:
+        return self.hits[position]
+
+    @property
+    def indices(self) -> list[int]:
+        """The documents' positions in the caller's list, most relevant first."""
+        return [hit.index for hit in self.hits]
+
+    @property
+    def scores(self) -> list[float]:
+        return [hit.relevance_score for hit in self.hits]
+
+    def __repr__(self) -> str:
+        top = ", ".join(f"{h.index}:{h.relevance_score:.3f}" for h in self.hits[:5])
+        more = ", ..." if len(self.hits) > 5 else ""
+        return (
+            f"RerankResult(model={self.model!r}, ranked={self.count}, returned={len(self)}, "
+            f"top=[{top}{more}], total_tokens={self.usage.total_tokens})"
+        )

@@ -1,4 +1,5 @@
-"""Hybrid (dense + sparse) RAG retrieval with DashScope embeddings, LlamaIndex and Qdrant.
+"""Hybrid (dense + sparse) RAG retrieval with DashScope embeddings, LlamaIndex and Qdrant,
+then a rerank stage that puts the best of the candidates first.
 
 Run it with ``bash scripts/demo.sh`` (or ``python examples/quickstart.py`` inside the
 project's environment). With ``DASHSCOPE_API_KEY`` set it uses the real service;
@@ -7,7 +8,9 @@ like embeddings, so the ranking logic is real but the semantics are approximate)
 
 One request per batch of documents feeds both halves of the hybrid index:
 ``output_type="dense&sparse"`` returns both vectors, and the sparse half is handed to
-Qdrant without asking the service again.
+Qdrant without asking the service again. The retriever fetches a wide candidate list
+(hybrid, 10 per question); ``DashScopeRerank`` (``qwen3-rerank``, a cross-encoder that
+reads the question and each candidate together) scores them and keeps the best 3.
 """
 
 from __future__ import annotations
@@ -19,18 +22,20 @@ import warnings
 from pathlib import Path
 
 from llama_index.core import StorageContext, VectorStoreIndex
-from llama_index.core.schema import TextNode
+from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
 from llama_index.core.vector_stores.types import VectorStoreQueryMode
 from llama_index.vector_stores.qdrant import QdrantVectorStore
 from qdrant_client import QdrantClient
 
 from dashscope_embed.emulator import service_or_emulator
-from llama_index_ext import DashScopeEmbedding
+from llama_index_ext import DashScopeEmbedding, DashScopeRerank
 
 # Local-mode Qdrant says payload indexes need a server; irrelevant for this demo.
 warnings.filterwarnings("ignore", message="Payload indexes have no effect")
 
 CORPUS = Path(__file__).parent / "data" / "corpus.jsonl"
+CANDIDATES = 10  # retrieved wide by the hybrid index
+KEPT = 3  # kept by the reranker
 QUESTIONS = [
     "How do I combine keyword matching with semantic search?",
     "What does parse_retry_after do?",
@@ -46,6 +51,13 @@ def load_nodes() -> list[TextNode]:
     return [
         TextNode(text=row["text"], metadata={"doc": row["id"], "lang": row["lang"]}) for row in rows
     ]
+
+
+def show(hits: list[NodeWithScore]) -> None:
+    for rank, hit in enumerate(hits, start=1):
+        text = hit.node.get_content()
+        short = text if len(text) <= 80 else text[:77] + "..."
+        print(f"    {rank}. [{hit.node.metadata['doc']}] score={hit.score:.3f}  {short}")
 
 
 def main() -> int:
@@ -74,15 +86,18 @@ def main() -> int:
         print(f"Indexed {len(nodes)} documents (dense + sparse, 512 dimensions).")
         retriever = index.as_retriever(
             vector_store_query_mode=VectorStoreQueryMode.HYBRID,
-            similarity_top_k=3,
-            sparse_top_k=6,
+            similarity_top_k=CANDIDATES,
+            sparse_top_k=2 * CANDIDATES,
         )
+        reranker = DashScopeRerank(**connection, top_n=KEPT, task="web_search")
         for question in QUESTIONS:
+            candidates = retriever.retrieve(question)
+            best = reranker.postprocess_nodes(candidates, QueryBundle(question))
             print(f"\nQ: {question}")
-            for rank, hit in enumerate(retriever.retrieve(question), start=1):
-                text = hit.node.get_content()
-                short = text if len(text) <= 90 else text[:87] + "..."
-                print(f"  {rank}. [{hit.node.metadata['doc']}] score={hit.score:.3f}  {short}")
+            print(f"  hybrid retrieval, top {KEPT} of {len(candidates)}:")
+            show(candidates[:KEPT])
+            print(f"  after {reranker.model}:")
+            show(best)
         qdrant.close()
     return 0
 

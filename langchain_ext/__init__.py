@@ -7,6 +7,7 @@
 * :class:`DashScopeMilvusSparseEmbedding`: ``langchain_milvus`` sparse embeddings (needs
   ``langchain-milvus`` only); ``DashScopeEmbeddings.milvus_sparse()`` reuses replies.
 * :class:`DashScopeMultimodalEmbeddings`: texts and images in one space.
+* :class:`DashScopeRerank`: a document compressor that reranks retrieved documents.
 * :func:`cached_embeddings`: ``CacheBackedEmbeddings`` with a settings-aware namespace.
 """
 
@@ -16,11 +17,13 @@ from typing import Any
 
 from langchain_ext.embeddings import DashScopeEmbeddings, cached_embeddings
 from langchain_ext.multimodal import DashScopeMultimodalEmbeddings
+from langchain_ext.rerank import DashScopeRerank
 
 __all__ = [
     "DashScopeEmbeddings",
     "DashScopeMilvusSparseEmbedding",
     "DashScopeMultimodalEmbeddings",
+    "DashScopeRerank",
     "DashScopeSparseEmbeddings",
     "cached_embeddings",
 ]

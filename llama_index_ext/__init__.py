@@ -3,12 +3,20 @@
 * :class:`DashScopeEmbedding`: dense text embeddings; with ``output_type="dense&sparse"``
   it also feeds the sparse half of a hybrid index from the same requests.
 * :class:`DashScopeSparseEmbedding`: sparse (lexical) embeddings, ``{token_id: weight}``.
-* :class:`DashScopeMultiModalEmbedding`: images and text (``multimodal-embedding-v1``).
+* :class:`DashScopeMultiModalEmbedding`: images and text (``multimodal-embedding-v1``,
+  ``qwen3-vl-embedding``).
+* :class:`DashScopeRerank`: a node postprocessor that reranks retrieved nodes.
 """
 
 from __future__ import annotations
 
 from llama_index_ext.embeddings import DashScopeEmbedding, DashScopeSparseEmbedding
 from llama_index_ext.multimodal import DashScopeMultiModalEmbedding
+from llama_index_ext.rerank import DashScopeRerank
 
-__all__ = ["DashScopeEmbedding", "DashScopeMultiModalEmbedding", "DashScopeSparseEmbedding"]
+__all__ = [
+    "DashScopeEmbedding",
+    "DashScopeMultiModalEmbedding",
+    "DashScopeRerank",
+    "DashScopeSparseEmbedding",
+]

@@ -9,6 +9,8 @@ any other path is 404, as on the service):
   ``POST /api/v1/tasks/{id}/cancel``, ``GET /api/v1/tasks``
 * OpenAI-compatible: ``POST /compatible-mode/v1/embeddings``, ``/files`` and
   ``/batches`` (the Batch API)
+* rerank: ``POST /compatible-api/v1/reranks`` (qwen3-rerank) and ``POST /api/v1/services/
+  rerank/text-rerank/text-rerank`` (gte-rerank-v2, qwen3-vl-rerank)
 * the emulator's own: ``GET /emulator/stats``, ``POST /emulator/reset``,
   ``PUT /emulator/files/{name}`` (store an input file), ``GET /emulator/files/{name}``
 """
@@ -31,14 +33,17 @@ from dashscope_embed.emulator.http import (
 )
 from dashscope_embed.emulator.jobs import JobStore
 from dashscope_embed.emulator.multimodal import embed_multimodal
+from dashscope_embed.emulator.rerank import rerank_native, rerank_openai
 from dashscope_embed.emulator.service import Reply, Service, ServiceError, parse_json_object
 from dashscope_embed.emulator.state import EmulatorSettings
 
 NATIVE_PREFIX = "/api/v1"
 COMPATIBLE_PREFIX = "/compatible-mode/v1"
+COMPATIBLE_API_PREFIX = "/compatible-api/v1"
 EMULATOR_PREFIX = "/emulator"
 TEXT_EMBEDDING = "/services/embeddings/text-embedding/text-embedding"
 MULTIMODAL_EMBEDDING = "/services/embeddings/multimodal-embedding/multimodal-embedding"
+TEXT_RERANK = "/services/rerank/text-rerank/text-rerank"
 
 
 class EmulatorApp(Service):
@@ -104,12 +109,16 @@ class EmulatorApp(Service):
             self._authenticate(request, protocol)
             if protocol == NATIVE_PREFIX:
                 return await self._route_native(request, rest)
+            if protocol == COMPATIBLE_API_PREFIX:
+                if rest == "/reranks" and request.method == "POST":
+                    return await rerank_openai(self, request)
+                raise ServiceError(404, "NotFound", f"No route for {request.method} {path}")
             return await self._route_compatible(request, rest)
         except ServiceError as error:
             return Reply(self._render_error(error, protocol, request.request_id))
 
     def _render_error(self, error: ServiceError, protocol: str | None, request_id: str) -> Response:
-        if protocol == COMPATIBLE_PREFIX:
+        if protocol in (COMPATIBLE_PREFIX, COMPATIBLE_API_PREFIX):
             message = error.message
             if error.code == "InvalidParameter":
                 message = f"<400> InternalError.Algo.InvalidParameter: Value error, {message}"
@@ -139,7 +148,7 @@ class EmulatorApp(Service):
         if not key.startswith("sk-") or (expected is not None and key != expected):
             message = (
                 "Incorrect API key provided. "
-                if protocol == COMPATIBLE_PREFIX
+                if protocol in (COMPATIBLE_PREFIX, COMPATIBLE_API_PREFIX)
                 else "Invalid API-key provided."
             )
             raise ServiceError(
@@ -159,6 +168,8 @@ class EmulatorApp(Service):
             )
         if rest == MULTIMODAL_EMBEDDING and request.method == "POST":
             return await embed_multimodal(self, request)
+        if rest == TEXT_RERANK and request.method == "POST":
+            return await rerank_native(self, request)
         if rest == "/tasks" or rest.startswith("/tasks/"):
             return await self.jobs.route_tasks(request, rest)
         raise ServiceError(404, "NotFound", f"No route for {request.method} {NATIVE_PREFIX}{rest}")
@@ -216,7 +227,7 @@ def _split_path(path: str, prefix: str = "") -> tuple[str | None, str]:
     is not found, so a mistyped base URL fails offline as it would online. The
     emulator's own ``/emulator/...`` is always at the root.
     """
-    for marker in (NATIVE_PREFIX, COMPATIBLE_PREFIX, EMULATOR_PREFIX):
+    for marker in (NATIVE_PREFIX, COMPATIBLE_PREFIX, COMPATIBLE_API_PREFIX, EMULATOR_PREFIX):
         base = marker if marker == EMULATOR_PREFIX else prefix + marker
         if path == base or path == base + "/":
             return marker, "/"

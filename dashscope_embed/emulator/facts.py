@@ -169,3 +169,41 @@ SERVICE_MODELS: Mapping[str, ServiceModel] = MappingProxyType(
     {model.name: model for model in _SERVICE_MODELS}
 )
 """Every model the emulator serves, by name."""
+
+
+@dataclass(frozen=True)
+class ServiceRerankModel:
+    """One rerank model as the service serves it."""
+
+    name: str
+    endpoint: str  # "openai" (/compatible-api/v1/reranks) or "native"
+    max_documents: int
+    max_tokens_per_document: int
+    max_tokens_per_request: int
+    instruct: bool = False
+    max_per_modality: tuple[tuple[str, int], ...] = (("text", 500),)
+    source: str = ""
+
+
+SERVICE_RERANK_MODELS: Mapping[str, ServiceRerankModel] = MappingProxyType(
+    {
+        model.name: model
+        for model in (
+            ServiceRerankModel(
+                "qwen3-rerank", "openai", 500, 4000, 120_000, instruct=True, source="§12.1"
+            ),
+            ServiceRerankModel("gte-rerank-v2", "native", 500, 4000, 30_000, source="§12.1"),
+            ServiceRerankModel(
+                "qwen3-vl-rerank",
+                "native",
+                100,
+                8000,
+                120_000,
+                instruct=True,
+                max_per_modality=(("text", 100), ("image", 40), ("video", 4)),
+                source="§12.1",
+            ),
+        )
+    }
+)
+"""Every rerank model the emulator serves (gte-rerank is retired: 'Model not exist')."""

@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 import re
 from collections import Counter
@@ -208,3 +209,52 @@ def content_vector(model: str, key: str, hint_words: str, size: int) -> np.ndarr
     vector = _normalise(vector)
     vector = vector + np.float32(0.5) * _normalise(direction(model, "content:" + key, size))
     return _normalise(vector)
+
+
+def _stem(word: str) -> str:
+    """A light English stemmer: matches, matching, matched -> match; keywords ->
+    keyword; combine, combined, combining -> combin."""
+    for suffix in ("ing", "ed", "es", "s"):
+        if word.endswith(suffix) and len(word) - len(suffix) >= 3 and not word.endswith("ss"):
+            word = word[: -len(suffix)]
+            break
+    return word[:-1] if word.endswith("e") and len(word) > 3 else word
+
+
+def _terms(text: str) -> dict[str, float]:
+    """Content terms and their weights: stemmed words (stop words left out), and pairs
+    of adjacent CJK characters (a Chinese word is usually two of them)."""
+    terms: dict[str, float] = {}
+    tokens = tokenize(text)
+    for token, weight in token_weights(text).items():
+        if _WORD_RE.match(token) and token not in _STOP_WORDS:
+            stem = _stem(token)
+            terms[stem] = max(terms.get(stem, 0.0), weight)
+    for first, second in itertools.pairwise(tokens):
+        if _CJK_RE.match(first) and _CJK_RE.match(second):
+            pair = first + second
+            if first not in _STOP_WORDS and second not in _STOP_WORDS:
+                terms[pair] = 1.5
+    return terms
+
+
+def rerank_score(model: str, query: str, document: str, instruct: str | None = None) -> float:
+    """A relevance score in (0, 1) that behaves like a cross-encoder's.
+
+    A reranker reads query and document together and rewards a document that answers
+    *all* of the question: here, the weighted share of the query's terms the document
+    covers (a document that repeats one shared word covers little), with the embedding
+    similarity of the two as a smaller second signal. The ``instruct`` conditions the
+    query as it does for embeddings (so scores change with it), but its words are not
+    terms the documents must cover. Deterministic, so identical inputs score
+    identically, in any request.
+    """
+    wanted = _terms(query)
+    offered = _terms(document)
+    total = sum(wanted.values())
+    coverage = sum(w for term, w in wanted.items() if term in offered) / total if total else 0.0
+    q = text_vector(model, query, 256, text_type="query", instruct=instruct)
+    d = text_vector(model, document, 256, text_type="document")
+    similarity = float(q @ d)
+    logit = 6.0 * (coverage - 0.5) + 3.0 * similarity
+    return round(1.0 / (1.0 + math.exp(-logit)), 6)

@@ -14,7 +14,6 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 from dashscope_embed.config import Api, ClientSettings
 from dashscope_embed.errors import InvalidInputError
-from dashscope_embed.protocol.common import ParsedBatch
 
 Params = TypeVar("Params")
 Item = TypeVar("Item")
@@ -76,7 +75,9 @@ class Endpoint(Generic[Item, Params]):
         """The most bytes a correct reply can have; a longer one is not read."""
         raise NotImplementedError
 
-    def parse(self, content: bytes, count: int, params: Params) -> ParsedBatch:
+    def parse(self, content: bytes, count: int, params: Params) -> Any:
+        """The reply's results for ``count`` items, checked complete (embedding
+        endpoints return a :class:`ParsedBatch`)."""
         raise NotImplementedError
 
     def request(
@@ -102,9 +103,13 @@ class Endpoint(Generic[Item, Params]):
 _REGISTRY: dict[tuple[str, str], Endpoint[Any, Any]] = {}
 
 
-def register(endpoint: Endpoint[Any, Any]) -> Endpoint[Any, Any]:
-    """Make ``endpoint`` the codec for its family and protocol."""
-    _REGISTRY[(endpoint.family, endpoint.protocol)] = endpoint
+def register(
+    endpoint: Endpoint[Any, Any], *, protocols: Sequence[str] | None = None
+) -> Endpoint[Any, Any]:
+    """Make ``endpoint`` the codec for its family and protocol (or each of
+    ``protocols``: an endpoint a model always uses, whatever the client's protocol)."""
+    for protocol in protocols or (endpoint.protocol,):
+        _REGISTRY[(endpoint.family, protocol)] = endpoint
     return endpoint
 
 

@@ -28,7 +28,7 @@ from dashscope_embed import (
 )
 from dashscope_embed.errors import InputProblem
 from dashscope_embed.stream import EmbeddingChunk
-from dashscope_embed.types import PartialResult
+from dashscope_embed.types import PartialResult, RerankHit, RerankResult
 from langchain_ext import DashScopeEmbeddings
 from llama_index_ext import (
     DashScopeEmbedding,
@@ -142,7 +142,7 @@ def test_a_name_is_loopback_only_if_everything_it_resolves_to_is(
 @pytest.mark.parametrize(
     ("texts", "complaint"),
     [
-        ({"doc-1": "text one", "doc-2": "text two"}, "keys would be embedded"),
+        ({"doc-1": "text one", "doc-2": "text two"}, "keys would be used"),
         ({"text one", "text two"}, "no order"),
         (frozenset({"a"}), "no order"),
         ("just one text", "wrap it in a list"),
@@ -185,6 +185,11 @@ def _sample(cls: type[BaseException]) -> BaseException:
         "InvalidInputError": lambda: cls([InputProblem(3, "empty text")]),
         "UnknownModelError": lambda: cls("no-such-model", ("text-embedding-v4",)),
         "PartialEmbeddingError": lambda: cls(partial, [1], [RuntimeError("x")]),
+        "PartialRerankError": lambda: cls(
+            RerankResult([RerankHit(0, 0.5, "a")], Usage(3), ("r",), "qwen3-rerank", 1),
+            [1],
+            [RuntimeError("x")],
+        ),
         "EmbedStreamError": lambda: cls(
             10, RuntimeError("x"), [EmbeddingChunk(20, _sample_result())]
         ),
