@@ -1,11 +1,13 @@
-"""Render the README's models table from the model table (kept in sync by a test)."""
+"""Render the README's model tables from the model tables (kept in sync by a test)."""
 
 from __future__ import annotations
 
-from dashscope_embed.models import MODELS
+from dashscope_embed.models import MODELS, RERANK_MODELS
 
 BEGIN = "<!-- models-table:begin -->"
 END = "<!-- models-table:end -->"
+RERANK_BEGIN = "<!-- rerank-models-table:begin -->"
+RERANK_END = "<!-- rerank-models-table:end -->"
 
 
 def models_table() -> str:
@@ -29,5 +31,33 @@ def models_table() -> str:
     return "\n".join(rows)
 
 
+def rerank_models_table() -> str:
+    """A Markdown table of every built-in rerank model's endpoint and limits."""
+    rows = [
+        "| model | endpoint | documents / request | tokens / document | tokens / request "
+        "| instruct | documents may be | USD / 1M tokens |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for spec in RERANK_MODELS.values():
+        endpoint = (
+            "`/compatible-api/v1/reranks`"
+            if spec.family == "rerank-openai"
+            else "`/api/v1/services/rerank/text-rerank/text-rerank`"
+        )
+        kinds = ", ".join(
+            f"{kind} ({spec.max_per_modality[kind]})" if kind in spec.max_per_modality else kind
+            for kind in spec.modalities
+        )
+        price = "-" if spec.price_usd_per_1m_tokens is None else spec.price_usd_per_1m_tokens
+        rows.append(
+            f"| `{spec.name}` | {endpoint} | {spec.max_documents:,} "
+            f"| {spec.max_tokens_per_document:,} | {spec.max_tokens_per_request:,} "
+            f"| {'yes' if spec.supports_instruct else '-'} | {kinds} | {price} |"
+        )
+    return "\n".join(rows)
+
+
 if __name__ == "__main__":
     print(models_table())
+    print()
+    print(rerank_models_table())

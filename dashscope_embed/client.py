@@ -456,10 +456,11 @@ class DashScopeClient:
                 continue
             # Counted even when short: the counts also pack documents into requests, where
             # a byte-length bound would cost several times the requests.
-            count = counter.count(text)
+            # The service bills each document's end-of-text token too, as for the query.
+            count = counter.count(text) + RESERVED_TOKENS
             if count > limit:
                 if policy == "truncate":
-                    text = counter.truncate(text, limit)
+                    text = counter.truncate(text, limit - RESERVED_TOKENS)
                     document = text if isinstance(document, str) else Content.text(text)
                     count = limit
                 else:

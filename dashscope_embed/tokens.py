@@ -19,6 +19,7 @@ import itertools
 import math
 import re
 import threading
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -52,9 +53,17 @@ class QwenTokenCounter:
         from dashscope.tokenizers import get_tokenizer  # optional dependency
 
         self._tokenizer: Any = get_tokenizer("qwen-turbo")
+        # The SDK's encode also looks for special-token strings in every text, which
+        # more than doubles the cost; counting them as ordinary text can only count
+        # higher, never lower, so plain BPE (the tiktoken encoding inside) is used when
+        # the SDK exposes it.
+        encoding = getattr(self._tokenizer, "_tokenizer", None)
+        self._plain: Any = getattr(encoding, "encode_ordinary", None)
 
     def count(self, text: str) -> int:
-        return len(self._tokenizer.encode(text))
+        if self._plain is None:
+            return len(self._tokenizer.encode(text))
+        return len(self._plain(unicodedata.normalize("NFC", text)))
 
     def truncate(self, text: str, max_tokens: int) -> str:
         ids = self._tokenizer.encode(text)

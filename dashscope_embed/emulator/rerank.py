@@ -5,6 +5,7 @@ does, with scores that behave like a cross-encoder's (see ``vectors.rerank_score
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from dashscope_embed.emulator import vectors
@@ -44,6 +45,32 @@ def _document(value: Any, position: int, spec: ServiceRerankModel) -> tuple[str,
     return kind, content, content
 
 
+def _count_tokens(spec: ServiceRerankModel, query: str, items: list[tuple[str, str, str]]) -> int:
+    """The request's tokens as the service bills them (the query's once per document,
+    plus each document's), refusing a query or document over the per-document limit
+    and a request over the per-request one."""
+    query_tokens = vectors.count_tokens(query, end_of_text=True)
+    if query_tokens > spec.max_tokens_per_document:
+        raise invalid(f"Query is too long: {query_tokens} tokens.", "input.query")
+    tokens = 0
+    for position, (kind, text, _) in enumerate(items):
+        own = vectors.count_tokens(text, end_of_text=True) if kind == "text" else 1024
+        if own > spec.max_tokens_per_document:
+            raise invalid(
+                f"Range of input length should be [1, {spec.max_tokens_per_document}], got "
+                f"{own} tokens: input.documents[{position}]",
+                "input.documents",
+            )
+        tokens += own + query_tokens
+    if tokens > spec.max_tokens_per_request:
+        raise invalid(
+            f"The total tokens of the request ({tokens}) exceed the limit of "
+            f"{spec.max_tokens_per_request}.",
+            "input.documents",
+        )
+    return tokens
+
+
 async def _serve(
     service: Service, request: Request, spec: ServiceRerankModel, fields: dict[str, Any]
 ) -> Reply:
@@ -65,31 +92,15 @@ async def _serve(
     instruct = fields.get("instruct") if spec.instruct else None
     if instruct is not None and not isinstance(instruct, str):
         raise invalid("instruct should be a string.", "instruct")
-    query_tokens = vectors.count_tokens(query, end_of_text=True)
-    if query_tokens > spec.max_tokens_per_document:
-        raise invalid(f"Query is too long: {query_tokens} tokens.", "input.query")
-    tokens = 0
-    for position, (kind, text, _) in enumerate(items):
-        own = vectors.count_tokens(text, end_of_text=True) if kind == "text" else 1024
-        if own > spec.max_tokens_per_document:
-            raise invalid(
-                f"Range of input length should be [1, {spec.max_tokens_per_document}], got "
-                f"{own} tokens: input.documents[{position}]",
-                "input.documents",
-            )
-        tokens += own + query_tokens
-    if tokens > spec.max_tokens_per_request:
-        raise invalid(
-            f"The total tokens of the request ({tokens}) exceed the limit of "
-            f"{spec.max_tokens_per_request}.",
-            "input.documents",
-        )
+    # Counting hundreds of documents takes a while: off the loop (see serve_work).
+    tokens = await asyncio.to_thread(_count_tokens, spec, query, items)
 
     def produce() -> Response:
+        scores = vectors.rerank_scores(spec.name, query, [text for _, text, _ in items], instruct)
         ranked = sorted(
             (
-                (vectors.rerank_score(spec.name, query, text, instruct), index, sent)
-                for index, (_, text, sent) in enumerate(items)
+                (score, index, sent)
+                for index, (score, (_, _, sent)) in enumerate(zip(scores, items, strict=True))
             ),
             key=lambda row: (-row[0], row[1]),
         )
@@ -117,6 +128,7 @@ async def _serve(
             embedding_key("rerank", spec.name, f"{instruct}\n{query}", s) for _, _, s in items
         ],
         compatible=spec.endpoint == "openai",
+        offload=True,
     )
 
 

@@ -96,16 +96,22 @@ class Service:
         keys: Callable[[], list[bytes]],
         *,
         compatible: bool,
+        offload: bool = False,
     ) -> Reply:
         """Admission (concurrency, RPM, TPM), injected faults, latency, then the work.
 
         With ``queue_excess``, a request over ``max_concurrency`` waits for a free slot
-        (its round trip grows, as with a service that queues) instead of a 429."""
+        (its round trip grows, as with a service that queues) instead of a 429. With
+        ``offload``, ``produce`` runs in a worker thread: heavy work (ranking hundreds
+        of documents) must not stall the loop, or the requests arriving meanwhile would
+        be read late and their latency would include this one's work."""
         cap = self.settings.max_concurrency
         if self.settings.queue_excess and cap is not None:
             async with self._queue(cap):
-                return await self._admitted(request, rows, tokens, produce, keys, compatible)
-        return await self._admitted(request, rows, tokens, produce, keys, compatible)
+                return await self._admitted(
+                    request, rows, tokens, produce, keys, compatible, offload
+                )
+        return await self._admitted(request, rows, tokens, produce, keys, compatible, offload)
 
     def _queue(self, cap: int) -> asyncio.Semaphore:
         # One per cap, made on the server's loop at first use.
@@ -121,6 +127,7 @@ class Service:
         produce: Callable[[], Response],
         keys: Callable[[], list[bytes]],
         compatible: bool,
+        offload: bool,
     ) -> Reply:
         state = self.state
         admitted_at = time.monotonic()
@@ -157,7 +164,7 @@ class Service:
                 raise ServiceError(
                     500, "InternalError", "An internal error has occured, please try again later."
                 )
-            response = produce()
+            response = await asyncio.to_thread(produce) if offload else produce()
             service_time = (
                 self.settings.latency
                 + self.settings.latency_per_text * rows

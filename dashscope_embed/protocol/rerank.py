@@ -52,6 +52,13 @@ def wire_document(document: Document) -> Any:
     return document
 
 
+def echo_limit(items: Sequence[Document]) -> int:
+    """The most a reply may hold: a score per document and the document echoed back
+    (6 bytes a character covers JSON's ``\\uXXXX`` escapes)."""
+    echoed = sum(len(str(wire_document(d))) for d in items)
+    return 64 * 1024 + 256 * len(items) + 6 * echoed
+
+
 def parse_results(results: Any, count: int, request_id: str | None) -> list[float]:
     """Every document's score, placed by ``index``; a missing, repeated or non-finite
     one is a :class:`BadResponseError` (the merged ranking would be wrong)."""
@@ -92,7 +99,7 @@ class OpenAIRerank(Endpoint[Document, RerankParams]):
         return body
 
     def reply_limit(self, items: Sequence[Document], params: RerankParams) -> int:
-        return 64 * 1024 + 256 * len(items)  # scores only: documents are not asked back
+        return echo_limit(items)  # this endpoint echoes each document back
 
     def parse(self, content: bytes, count: int, params: RerankParams) -> ParsedScores:
         body, request_id = reply_object(content)
@@ -119,7 +126,7 @@ class NativeRerank(Endpoint[Document, RerankParams]):
         }
 
     def reply_limit(self, items: Sequence[Document], params: RerankParams) -> int:
-        return 64 * 1024 + 256 * len(items)
+        return echo_limit(items)  # return_documents is false, but a server may echo anyway
 
     def parse(self, content: bytes, count: int, params: RerankParams) -> ParsedScores:
         body, request_id = reply_object(content)

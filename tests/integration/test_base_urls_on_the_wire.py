@@ -77,3 +77,36 @@ def test_the_workspace_gateway_is_where_requests_go(dashscope_emulator: Emulator
     assert headers["x-dashscope-workspace"] == "llm-ab12"
     sent: list[dict[str, Any]] = dashscope_emulator.requests("text-embedding")
     assert sent[0]["json"]["input"]["texts"] == ["to the workspace's own host"]
+
+
+def test_rerank_goes_to_the_workspace_gateway_too(dashscope_emulator: Emulator) -> None:
+    """qwen3-rerank is served at {workspace}.{region}.maas.aliyuncs.com/compatible-api/v1."""
+    forward = Forward(dashscope_emulator.base_url)
+    client = DashScopeClient(
+        api_key=dashscope_emulator.api_key,
+        workspace="llm-ab12",
+        workspace_gateway=True,
+        region="ap-southeast-1",
+        http_client=httpx.Client(transport=forward),
+    )
+    result = client.rerank("gateway", ["the workspace gateway", "something else"])
+    assert result.indices == [0, 1]
+    url, headers = forward.seen[0]
+    assert url == "https://llm-ab12.ap-southeast-1.maas.aliyuncs.com/compatible-api/v1/reranks"
+    assert headers["x-dashscope-workspace"] == "llm-ab12"
+
+
+def test_rerank_through_a_versioned_proxy_keeps_the_model_endpoint() -> None:
+    """A proxy base URL that names its API (``.../v1``) is used as given: rerank then
+    goes to ``{base}/reranks``, the compatible-api path, with the flat body."""
+
+    def rerank_reply(request: RawRequest, conn: Conn) -> None:
+        docs = json.loads(request.body)["documents"]
+        results = [{"index": i, "relevance_score": 1.0 / (i + 1)} for i in range(len(docs))]
+        body = {"results": results, "usage": {"total_tokens": 5}}
+        conn.send(response_bytes(200, json.dumps(body).encode()))
+
+    with hostile(rerank_reply) as proxy:
+        client = DashScopeClient(api_key="sk-proxy", base_url=proxy.base_url + "/v1")
+        assert client.rerank("q", ["a", "b"]).indices == [0, 1]
+        assert [r.path for r in proxy.requests] == ["/v1/reranks"]

@@ -188,6 +188,38 @@ def test_dashscope_v2_client_and_its_typed_errors(dashscope_emulator: Emulator) 
         client.embeddings.create(model="text-embedding-v4", input=["x"])
 
 
+def test_dashscope_rerank_native_endpoint_and_its_refusals(sdk: Emulator) -> None:
+    """The SDKs' rerank (1.x TextReRank, v2 client.rerank) on the native endpoint: the
+    reply shape they parse, and the service's refusals as they surface them."""
+    docs = ["hybrid search fuses keyword and semantic matching", "billing per token", "x y"]
+    response = dashscope.TextReRank.call(
+        model="gte-rerank-v2",
+        query="keyword and semantic search",
+        documents=docs,
+        top_n=2,
+        return_documents=True,
+    )
+    assert response.status_code == 200, response.message
+    results = response.output.results
+    assert len(results) == 2 and results[0].index == 0  # the passage that answers
+    assert results[0].relevance_score >= results[1].relevance_score
+    assert results[0]["document"]["text"] == docs[results[0].index]  # (key access: SDK quirk)
+    assert response.usage.total_tokens > 0 and response.request_id
+    too_many = dashscope.TextReRank.call(model="gte-rerank-v2", query="q", documents=["d"] * 501)
+    assert (too_many.status_code, too_many.code) == (400, "InvalidParameter")
+    assert "larger than 500" in too_many.message
+    retired = dashscope.TextReRank.call(model="gte-rerank", query="q", documents=["d"])
+    assert retired.status_code == 400 and retired.output is None  # what the anchors trip on
+
+    client = DashScopeV2(api_key=sdk.api_key, max_retries=0, base_url=sdk.native_base_url)
+    v2 = client.rerank.create(
+        model="qwen3-vl-rerank", query="red car", documents=docs, instruct="Find the passage."
+    )
+    assert sorted(r.index for r in v2.results) == [0, 1, 2] and v2.request_id
+    with pytest.raises(v2_errors.BadRequestError):
+        client.rerank.create(model="qwen3-rerank", query="q", documents=["d"])  # not native
+
+
 # ------------------------------------------------------------------ openai
 def test_openai_embeddings_in_both_encodings(oai: openai.OpenAI) -> None:
     default = oai.embeddings.create(

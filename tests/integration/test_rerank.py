@@ -115,6 +115,16 @@ def test_the_token_limit_per_request_splits_too(
     assert result.indices == expected_order("gte-rerank-v2", QUERY, long_docs)
 
 
+def test_a_reply_echoing_long_documents_back_is_read(
+    client: DashScopeClient, dashscope_emulator: Emulator
+) -> None:
+    # The compatible endpoint returns each document's text with its score: the reply
+    # grows with the documents, and the client's reply-size guard must allow for it.
+    docs = [f"{i} " + "混合检索同时使用稠密向量和稀疏向量。" * 20 for i in range(300)]
+    result = client.rerank(QUERY, docs, top_n=3)
+    assert result.count == 300 and len(dashscope_emulator.requests("/reranks")) == 1
+
+
 def test_identical_documents_are_scored_once_and_each_ranked(
     client: DashScopeClient, dashscope_emulator: Emulator
 ) -> None:
