@@ -361,7 +361,8 @@ class DashScopeClient:
             model: ``qwen3-rerank`` (default), ``gte-rerank-v2``, ``qwen3-vl-rerank``, or
                 a :class:`RerankSpec`.
             **options: the fields of :class:`~dashscope_embed.options.RerankOptions`:
-                ``top_n``, ``instruct`` or ``task``, ``extra_parameters``.
+                ``top_n``, ``instruct`` or ``task``, ``return_documents`` (default True:
+                each hit carries your document), ``extra_parameters``.
 
         Raises:
             InvalidInputError: a bad query, document or option (nothing was sent).
@@ -708,8 +709,9 @@ class _RerankCall:
                 tokens += reply.total_tokens
                 if reply.request_id:
                     request_ids.append(reply.request_id)
+        keep = self.params.options.return_documents
         hits = [
-            RerankHit(position, score, self.documents[position])
+            RerankHit(position, score, self.documents[position] if keep else None)
             for position, slot in enumerate(self.plan.slot_of)
             if (score := scores[slot]) is not None
         ]

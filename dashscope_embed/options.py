@@ -293,6 +293,12 @@ class RerankOptions(CallOptions):
         description="Named instruction preset: web_search, question_answering, code_search, "
         "... (see dashscope_embed.tasks.TASKS).",
     )
+    return_documents: bool = Field(
+        default=True,
+        strict=True,
+        description="Whether each hit carries its document (taken from your list, never "
+        "sent back over the wire); False leaves RerankHit.document None.",
+    )
 
 
 @dataclass(frozen=True, slots=True)

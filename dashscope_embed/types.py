@@ -203,7 +203,8 @@ class RerankHit:
         index: its position in the caller's list of documents.
         relevance_score: the model's score for it against the query (higher: more
             relevant); scores from one model and one query compare across requests.
-        document: the document as the caller gave it.
+        document: the document as the caller gave it (``None`` only when the call
+            passed ``return_documents=False``).
     """
 
     index: int

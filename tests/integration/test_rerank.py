@@ -125,6 +125,16 @@ def test_a_reply_echoing_long_documents_back_is_read(
     assert result.count == 300 and len(dashscope_emulator.requests("/reranks")) == 1
 
 
+def test_hits_carry_the_callers_documents_unless_told_not_to(
+    client: DashScopeClient, dashscope_emulator: Emulator
+) -> None:
+    docs = documents(6)
+    kept = client.rerank(QUERY, docs)
+    assert [h.document for h in kept] == [docs[i] for i in kept.indices]
+    bare = client.rerank(QUERY, docs, return_documents=False)
+    assert bare.indices == kept.indices and all(h.document is None for h in bare)
+
+
 def test_identical_documents_are_scored_once_and_each_ranked(
     client: DashScopeClient, dashscope_emulator: Emulator
 ) -> None:
@@ -161,6 +171,7 @@ def test_under_500s_drops_and_429s_nothing_is_lost_or_paid_twice(
         (QUERY, {"a", "b"}, {}, "no order"),
         (QUERY, ["a"], {"top_n": 0}, "top_n"),
         (QUERY, ["a"], {"top_k": 3}, "did you mean 'top_n'"),
+        (QUERY, ["a"], {"return_documents": "yes"}, "return_documents"),
         (QUERY, ["a"], {"model": "gte-rerank-v2", "instruct": "x"}, "does not take an instruct"),
         (QUERY, ["a"], {"model": "gte-rerank"}, "unknown model 'gte-rerank'"),
         (QUERY, ["word " * 5000], {}, "documents[0]"),
