@@ -14,7 +14,7 @@ import pickle
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import ConfigDict, PrivateAttr, model_validator
 
@@ -47,6 +47,9 @@ Role = Literal["query", "document"]
 # Keys a framework puts into its own serialised form and hands back (LlamaIndex's
 # ``to_dict`` adds ``class_name``): accepted and dropped, never an unknown setting.
 _FRAMEWORK_KEYS = frozenset({"class_name"})
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 
 class SparseCache:
@@ -176,6 +179,36 @@ class AdapterBase(ClientSettings):
             if self._client is None:
                 self._client = DashScopeClient(self.settings_only())
             return self._client
+
+    # ----------------------------------------------------------------- lifetime
+    def close(self) -> None:
+        """Close this object's pooled connections. It stays usable: a later call
+        reconnects. ``with DashScopeEmbedding(...) as embed_model:`` closes on exit."""
+        with self._client_lock:
+            client = self._client
+        if client is not None:
+            client.close()
+
+    async def aclose(self) -> None:
+        """Close this object's connections: the sync pool, and the async pool of the
+        running event loop. ``async with`` closes on exit."""
+        with self._client_lock:
+            client = self._client
+        if client is not None:
+            client.close()
+            await client.aclose()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
 
     def role_options(self, role: Role) -> dict[str, Any]:
         """This object's options for one call in ``role`` (query-only ones for queries)."""

@@ -23,6 +23,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from dashscope_embed._extras import MissingExtraError, needs_extra
 from dashscope_embed.client import DashScopeClient
 from dashscope_embed.errors import DashScopeError
 from dashscope_embed.models import resolve_model
@@ -240,6 +241,7 @@ class Output:
         self._parts: Path | None = None
         self._buffer: list[dict[str, Any]] = []
         self._closed = False
+        _check_output_modules(suffix)
         if suffix == ".jsonl":
             self._open_jsonl()
         elif suffix == ".npy":
@@ -253,10 +255,8 @@ class Output:
     PART_ROWS = 1000  # Parquet rows buffered per part file
 
     def _open_parquet(self) -> None:
-        try:
-            import pyarrow.parquet as pq
-        except ImportError:
-            raise SystemExit("Parquet output needs pyarrow: pip install pyarrow") from None
+        import pyarrow.parquet as pq
+
         self._parts = self.path.with_name(self.path.name + ".parts")
         self._parts.mkdir(exist_ok=True)
         self.done = sum(pq.ParquetFile(p).metadata.num_rows for p in self._parts.glob("*.parquet"))
@@ -390,6 +390,20 @@ class Output:
             if self.done == self.total:
                 self._progress.unlink(missing_ok=True)
         self.saved = self.done
+
+
+def _check_output_modules(suffix: str) -> None:
+    """Before anything is sent: .npy and .parquet output need the ``bulk`` extra."""
+    try:
+        if suffix == ".npy":
+            with needs_extra("--out *.npy", "bulk"):
+                import numpy
+        elif suffix == ".parquet":
+            with needs_extra("--out *.parquet", "bulk"):
+                import numpy  # noqa: F401
+                import pyarrow.parquet  # noqa: F401
+    except MissingExtraError as error:
+        raise SystemExit(str(error)) from None
 
 
 def _parquet_columns(rows: list[dict[str, Any]]) -> dict[str, Any]:

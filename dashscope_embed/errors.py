@@ -357,9 +357,7 @@ class PartialEmbeddingError(DashScopeError):
         total = len(partial)
         done = total - len(self.failed_positions)
         first = self.errors[0] if self.errors else None
-        preview = ", ".join(str(i) for i in self.failed_positions[:10])
-        if len(self.failed_positions) > 10:
-            preview += ", ..."
+        preview = _positions_preview(self.failed_positions)
         super().__init__(
             f"{done} of {total} inputs embedded; {len(self.failed_positions)} failed "
             f"(positions {preview}) after {len(self.errors)} failed request(s); first error: "
@@ -374,6 +372,11 @@ class PartialEmbeddingError(DashScopeError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.partial, self.failed_positions, self.errors))
+
+
+def _positions_preview(positions: Sequence[int], shown: int = 10) -> str:
+    preview = ", ".join(str(i) for i in positions[:shown])
+    return preview + (", ..." if len(positions) > shown else "")
 
 
 class PartialRerankError(DashScopeError):
@@ -393,9 +396,7 @@ class PartialRerankError(DashScopeError):
         self.failed_positions = list(failed_positions)
         self.errors = list(errors)
         first = self.errors[0] if self.errors else None
-        preview = ", ".join(str(i) for i in self.failed_positions[:10])
-        if len(self.failed_positions) > 10:
-            preview += ", ..."
+        preview = _positions_preview(self.failed_positions)
         super().__init__(
             f"{len(self.failed_positions)} documents not scored (positions {preview}) after "
             f"{len(self.errors)} failed request(s); the others are ranked and attached; "

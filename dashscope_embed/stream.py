@@ -16,6 +16,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from dashscope_embed._extras import needs_extra
 from dashscope_embed.errors import DashScopeError, InputProblem, InvalidInputError
 from dashscope_embed.types import EmbeddingResult
 
@@ -264,10 +265,6 @@ async def _aslices(
 
 def float32_array(result: EmbeddingResult) -> Any:
     """Dense vectors as a float32 ``numpy`` array (needs numpy)."""
-    try:
+    with needs_extra("as_numpy=True", "bulk"):
         import numpy as np
-    except ImportError:  # pragma: no cover - depends on the environment
-        raise InvalidInputError(
-            "as_numpy=True needs numpy: pip install numpy (or dashscope-embed[emulator])"
-        ) from None
     return np.asarray(result.require_dense(), dtype=np.float32)

@@ -33,6 +33,7 @@ import platform
 import ssl
 import threading
 import time
+import weakref
 import zlib
 from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator
 from typing import Any
@@ -480,6 +481,10 @@ class Transport:
                 )
                 _install_deadlines(client)
                 self._client = client
+                # Closed with this transport if nobody calls close(): most users never
+                # do (an embed model lives as long as the app), and an abandoned pool
+                # leaves its sockets to the garbage collector.
+                weakref.finalize(self, _close_in_process, client, os.getpid())
             return self._client
 
     async def async_client(self) -> httpx.AsyncClient:
@@ -687,6 +692,11 @@ class Transport:
         entry = self._async_clients.pop(asyncio.get_running_loop(), None)
         if entry is not None:
             await entry[1].aclose()  # closes the client
+
+
+def _close_in_process(client: httpx.Client, pid: int) -> None:
+    if os.getpid() == pid:  # a forked child must not close its parent's sockets
+        client.close()
 
 
 # ---------------------------------------------------------------------- the drivers

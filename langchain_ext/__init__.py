@@ -15,9 +15,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from langchain_ext.embeddings import DashScopeEmbeddings, cached_embeddings
-from langchain_ext.multimodal import DashScopeMultimodalEmbeddings
-from langchain_ext.rerank import DashScopeRerank
+from dashscope_embed._extras import needs_extra
+
+with needs_extra("langchain_ext", "langchain"):
+    from langchain_ext.embeddings import DashScopeEmbeddings, cached_embeddings
+    from langchain_ext.multimodal import DashScopeMultimodalEmbeddings
+    from langchain_ext.rerank import DashScopeRerank
 
 __all__ = [
     "DashScopeEmbeddings",

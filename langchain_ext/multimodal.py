@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from langchain_core.embeddings import Embeddings
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 from dashscope_embed.adapter import MultimodalAdapter
 from dashscope_embed.models import ModelSpec
@@ -25,6 +25,10 @@ class DashScopeMultimodalEmbeddings(MultimodalAdapter, Embeddings):
         images = embeddings.embed_image(["cat.png", "https://example.com/dog.jpg"])
         query = embeddings.embed_query("a cat asleep on a sofa")
     """
+
+    # model_name / model_spec are ours, not pydantic's: no protected-namespace warning
+    # on pydantic < 2.10, whatever the framework base class configures.
+    model_config = ConfigDict(protected_namespaces=())
 
     model: str = Field(default="multimodal-embedding-v1", description="DashScope model id.")
     model_spec: ModelSpec | None = Field(

@@ -7,7 +7,7 @@ from typing import Any
 
 from langchain_core.callbacks import Callbacks
 from langchain_core.documents import BaseDocumentCompressor, Document
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 from dashscope_embed.adapter import RerankAdapter
 from dashscope_embed.models import DEFAULT_RERANK_MODEL, RerankSpec
@@ -29,6 +29,10 @@ class DashScopeRerank(RerankAdapter, BaseDocumentCompressor):
         reranker = DashScopeRerank(top_n=5)
         best = reranker.compress_documents(candidates, "how do I combine ...")
     """
+
+    # model_name / model_spec are ours, not pydantic's: no protected-namespace warning
+    # on pydantic < 2.10, whatever the framework base class configures.
+    model_config = ConfigDict(protected_namespaces=())
 
     model: str = Field(default=DEFAULT_RERANK_MODEL, description="DashScope rerank model id.")
     model_spec: RerankSpec | None = Field(

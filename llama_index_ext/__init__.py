@@ -10,9 +10,12 @@
 
 from __future__ import annotations
 
-from llama_index_ext.embeddings import DashScopeEmbedding, DashScopeSparseEmbedding
-from llama_index_ext.multimodal import DashScopeMultiModalEmbedding
-from llama_index_ext.rerank import DashScopeRerank
+from dashscope_embed._extras import needs_extra
+
+with needs_extra("llama_index_ext", "llama-index"):
+    from llama_index_ext.embeddings import DashScopeEmbedding, DashScopeSparseEmbedding
+    from llama_index_ext.multimodal import DashScopeMultiModalEmbedding
+    from llama_index_ext.rerank import DashScopeRerank
 
 __all__ = [
     "DashScopeEmbedding",

@@ -16,7 +16,7 @@ from llama_index.core.instrumentation.events.embedding import (
     SparseEmbeddingEndEvent,
     SparseEmbeddingStartEvent,
 )
-from pydantic import Field, PrivateAttr, model_validator
+from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 
 from dashscope_embed.adapter import AdapterSettings, Role
 from dashscope_embed.models import DEFAULT_MODEL, ModelSpec, resolve_model
@@ -40,6 +40,10 @@ def _fill_batch_size(data: Any) -> Any:
 
 class _LlamaSettings(AdapterSettings):
     """The LlamaIndex naming of the shared settings."""
+
+    # model_name / model_spec are ours, not pydantic's: no protected-namespace warning
+    # on pydantic < 2.10, whatever the framework base class configures.
+    model_config = ConfigDict(protected_namespaces=())
 
     model_spec: ModelSpec | None = Field(
         default=None, description="Limits of a model the table does not know yet."
@@ -65,6 +69,10 @@ class DashScopeEmbedding(_LlamaSettings, BaseEmbedding):
         from llama_index.core import Settings
         Settings.embed_model = DashScopeEmbedding(dimension=1024, task="question_answering")
     """
+
+    # model_name / model_spec are ours, not pydantic's: no protected-namespace warning
+    # on pydantic < 2.10, whatever the framework base class configures.
+    model_config = ConfigDict(protected_namespaces=())
 
     model_name: str = Field(default=DEFAULT_MODEL, description="DashScope model id.")
 
@@ -202,6 +210,10 @@ class DashScopeSparseEmbedding(_LlamaSettings, BaseSparseEmbedding):
     :meth:`DashScopeEmbedding.sparse_embedding` to reuse a dense model's
     ``dense&sparse`` replies.
     """
+
+    # model_name / model_spec are ours, not pydantic's: no protected-namespace warning
+    # on pydantic < 2.10, whatever the framework base class configures.
+    model_config = ConfigDict(protected_namespaces=())
 
     model_name: str = Field(default=DEFAULT_MODEL, description="DashScope model id.")
     output_type: Any = Field(default="sparse", description="Always sparse for this class.")

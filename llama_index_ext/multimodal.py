@@ -7,7 +7,7 @@ from typing import Any
 from llama_index.core.base.embeddings.base import Embedding
 from llama_index.core.embeddings.multi_modal_base import MultiModalEmbedding
 from llama_index.core.schema import ImageType
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 from dashscope_embed.adapter import MultimodalAdapter, Role
 from dashscope_embed.models import ModelSpec
@@ -23,6 +23,10 @@ class DashScopeMultiModalEmbedding(MultimodalAdapter, MultiModalEmbedding):
     (``max_concurrency``). Queries (``get_query_embedding``) get the query-only options;
     texts and images embedded as documents do not.
     """
+
+    # model_name / model_spec are ours, not pydantic's: no protected-namespace warning
+    # on pydantic < 2.10, whatever the framework base class configures.
+    model_config = ConfigDict(protected_namespaces=())
 
     model_name: str = Field(default="multimodal-embedding-v1", description="DashScope model id.")
     model_spec: ModelSpec | None = Field(

@@ -9,7 +9,7 @@ from llama_index.core.instrumentation import get_dispatcher  # type: ignore[attr
 from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRankStartEvent
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import ImageNode, MetadataMode, NodeWithScore, QueryBundle
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 from dashscope_embed.adapter import RerankAdapter
 from dashscope_embed.models import DEFAULT_RERANK_MODEL, RerankSpec
@@ -36,6 +36,10 @@ class DashScopeRerank(RerankAdapter, BaseNodePostprocessor):
             similarity_top_k=50, node_postprocessors=[DashScopeRerank(top_n=5)]
         )
     """
+
+    # model_name / model_spec are ours, not pydantic's: no protected-namespace warning
+    # on pydantic < 2.10, whatever the framework base class configures.
+    model_config = ConfigDict(protected_namespaces=())
 
     model: str = Field(default=DEFAULT_RERANK_MODEL, description="DashScope rerank model id.")
     model_spec: RerankSpec | None = Field(

@@ -5,8 +5,18 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 from dataclasses import MISSING, fields
+from typing import Any
 
-from dashscope_embed.emulator.state import EmulatorSettings
+from dashscope_embed._extras import needs_extra
+
+
+def _settings_class() -> Any:
+    try:
+        with needs_extra("The dashscope-emulator command", "emulator"):
+            from dashscope_embed.emulator.state import EmulatorSettings
+    except ModuleNotFoundError as error:
+        raise SystemExit(str(error)) from None
+    return EmulatorSettings
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -17,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    for field in fields(EmulatorSettings):
+    for field in fields(_settings_class()):
         flag = "--" + field.name.replace("_", "-")
         default = None if field.default is MISSING else field.default
         if field.type in ("bool", bool):
@@ -37,14 +47,18 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> None:
     import logging
 
-    import uvicorn
+    try:
+        with needs_extra("The dashscope-emulator command", "emulator"):
+            import uvicorn
 
-    from dashscope_embed.emulator.app import EmulatorApp
-    from dashscope_embed.emulator.http import INJECTED_DROPS_FILTER
+            from dashscope_embed.emulator.app import EmulatorApp
+            from dashscope_embed.emulator.http import INJECTED_DROPS_FILTER
+    except ModuleNotFoundError as error:
+        raise SystemExit(str(error)) from None
 
     args = vars(build_parser().parse_args(argv))
     host, port = args.pop("host"), args.pop("port")
-    settings = EmulatorSettings(**args)
+    settings = _settings_class()(**args)
     print(
         f"DashScope emulator on http://{host}:{port} "
         f"(native: /api/v1, OpenAI-compatible: /compatible-mode/v1); "

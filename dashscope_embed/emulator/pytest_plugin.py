@@ -9,8 +9,9 @@ Use it in your own tests::
 
 One emulator serves the whole session; its counters are reset before each test. Change
 behaviour for a test with ``dashscope_emulator.configure(error_rate=0.1)``; settings are
-restored afterwards. Importing this module needs nothing beyond pytest: the emulator's
-own dependencies are imported only when the fixture is used.
+restored afterwards. Loading this plugin needs nothing beyond the core package and
+pytest: the emulator's own dependencies (the ``emulator`` extra) are imported only when
+the fixture is used, and their absence is then an error naming the extra.
 """
 
 from __future__ import annotations
@@ -28,9 +29,9 @@ if TYPE_CHECKING:
 @pytest.fixture(scope="session")
 def dashscope_emulator_session() -> Iterator[Emulator]:
     """One emulator for the whole test session."""
-    from dashscope_embed.emulator.server import Emulator
+    from dashscope_embed import emulator as package  # its message names the extra if missing
 
-    with Emulator() as emulator:
+    with package.Emulator() as emulator:
         yield emulator
 
 

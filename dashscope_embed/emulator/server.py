@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 
+from dashscope_embed._extras import needs_extra
 from dashscope_embed.emulator.app import EmulatorApp
 from dashscope_embed.emulator.http import INJECTED_DROPS_FILTER
 from dashscope_embed.emulator.state import EmulatorSettings
@@ -40,7 +41,8 @@ class Emulator:
     """
 
     def __init__(self, *, port: int = 0, host: str = "127.0.0.1", **settings: Any) -> None:
-        import uvicorn
+        with needs_extra("The DashScope emulator", "emulator"):
+            import uvicorn
 
         settings.setdefault("api_key", "sk-emulator")
         self.settings = EmulatorSettings(**settings)

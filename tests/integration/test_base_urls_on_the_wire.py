@@ -56,17 +56,21 @@ class Forward(httpx.BaseTransport):
         request.headers["host"] = f"{self.target.host}:{self.target.port}"
         return self.inner.handle_request(request)
 
+    def close(self) -> None:
+        self.inner.close()
+
 
 def test_the_workspace_gateway_is_where_requests_go(dashscope_emulator: Emulator) -> None:
     forward = Forward(dashscope_emulator.base_url)
-    client = DashScopeClient(
-        api_key=dashscope_emulator.api_key,
-        workspace="llm-ab12",
-        workspace_gateway=True,
-        region="ap-southeast-1",
-        http_client=httpx.Client(transport=forward),
-    )
-    result = client.embed(["to the workspace's own host"], dimension=64)
+    with httpx.Client(transport=forward) as http:  # the caller's client: the caller closes it
+        client = DashScopeClient(
+            api_key=dashscope_emulator.api_key,
+            workspace="llm-ab12",
+            workspace_gateway=True,
+            region="ap-southeast-1",
+            http_client=http,
+        )
+        result = client.embed(["to the workspace's own host"], dimension=64)
     assert len(result.require_dense()[0]) == 64
     url, headers = forward.seen[0]
     assert url == (
@@ -82,14 +86,15 @@ def test_the_workspace_gateway_is_where_requests_go(dashscope_emulator: Emulator
 def test_rerank_goes_to_the_workspace_gateway_too(dashscope_emulator: Emulator) -> None:
     """qwen3-rerank is served at {workspace}.{region}.maas.aliyuncs.com/compatible-api/v1."""
     forward = Forward(dashscope_emulator.base_url)
-    client = DashScopeClient(
-        api_key=dashscope_emulator.api_key,
-        workspace="llm-ab12",
-        workspace_gateway=True,
-        region="ap-southeast-1",
-        http_client=httpx.Client(transport=forward),
-    )
-    result = client.rerank("gateway", ["the workspace gateway", "something else"])
+    with httpx.Client(transport=forward) as http:
+        client = DashScopeClient(
+            api_key=dashscope_emulator.api_key,
+            workspace="llm-ab12",
+            workspace_gateway=True,
+            region="ap-southeast-1",
+            http_client=http,
+        )
+        result = client.rerank("gateway", ["the workspace gateway", "something else"])
     assert result.indices == [0, 1]
     url, headers = forward.seen[0]
     assert url == "https://llm-ab12.ap-southeast-1.maas.aliyuncs.com/compatible-api/v1/reranks"
@@ -107,6 +112,6 @@ def test_rerank_through_a_versioned_proxy_keeps_the_model_endpoint() -> None:
         conn.send(response_bytes(200, json.dumps(body).encode()))
 
     with hostile(rerank_reply) as proxy:
-        client = DashScopeClient(api_key="sk-proxy", base_url=proxy.base_url + "/v1")
-        assert client.rerank("q", ["a", "b"]).indices == [0, 1]
+        with DashScopeClient(api_key="sk-proxy", base_url=proxy.base_url + "/v1") as client:
+            assert client.rerank("q", ["a", "b"]).indices == [0, 1]
         assert [r.path for r in proxy.requests] == ["/v1/reranks"]
