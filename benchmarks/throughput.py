@@ -243,23 +243,26 @@ def measure(
 def in_processes(
     name: str, base: str, texts: list[str], expected: np.ndarray, count: int
 ) -> list[dict[str, Any]]:
-    """``count`` processes running client ``name`` at once, each on its own copy of
+    """``count`` processes running client ``name`` at once, each on its own share of
     ``texts`` (the service sees the work of all of them)."""
+    share = len(texts) // count
     with tempfile.TemporaryDirectory() as folder:
-        truth_file = Path(folder) / "expected.npy"
-        np.save(truth_file, expected)
-        command = [
-            sys.executable,
-            __file__,
-            "--child",
-            base,
-            name,
-            str(len(texts)),
-            str(truth_file),
-        ]
-        children = [
-            subprocess.Popen(command, stdout=subprocess.PIPE, text=True) for _ in range(count)
-        ]
+        children = []
+        for number in range(count):
+            start = number * share
+            truth_file = Path(folder) / f"expected-{number}.npy"
+            np.save(truth_file, expected[start : start + share])
+            command = [
+                sys.executable,
+                __file__,
+                "--child",
+                base,
+                name,
+                str(start),
+                str(share),
+                str(truth_file),
+            ]
+            children.append(subprocess.Popen(command, stdout=subprocess.PIPE, text=True))
         return [json.loads(child.communicate(timeout=900)[0]) for child in children]
 
 
@@ -305,7 +308,7 @@ def run_one(
                 "ratio": rate / limit,
                 "of_ceiling": rate / limit / ceiling if ceiling and not run["error"] else None,
                 "lost": run["lost"],
-                "cpu_ms_per_1k": run["cpu"] / max(1, len(texts)) * 1e6
+                "cpu_ms_per_1k": run["cpu"] / max(1, run["done"]) * 1e6
                 if not run["error"]
                 else None,
                 "error": run["error"],

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import hashlib
 import pickle
 import threading
 from collections import OrderedDict
@@ -62,6 +63,9 @@ class SparseCache:
     def __init__(self, max_entries: int = 50_000) -> None:
         self.max_entries = max_entries
         self._entries: OrderedDict[tuple[str, str | None, str], SparseEmbedding] = OrderedDict()
+        self._by_content: dict[
+            tuple[str, str | None, bytes], tuple[str, str | None, str] | None
+        ] = {}
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
@@ -82,8 +86,16 @@ class SparseCache:
                 key = (role, instruct, text)
                 self._entries[key] = vector
                 self._entries.move_to_end(key)
+                head, separator, content = text.partition(CONTENT_SEPARATOR)
+                if separator and head:
+                    by_content = (role, instruct, _digest(content))
+                    known = self._by_content.get(by_content)
+                    # Two texts with the same content and different metadata: ambiguous.
+                    self._by_content[by_content] = key if known in (None, key) else None
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)
+            if len(self._by_content) > 2 * self.max_entries:
+                self._by_content.clear()  # rebuilt by later calls; only a shortcut
 
     def get(self, role: str, instruct: str | None, text: str) -> SparseEmbedding | None:
         with self._lock:
@@ -95,8 +107,35 @@ class SparseCache:
                 self._entries.move_to_end((role, instruct, text))
             return vector
 
+    def get_for_content(
+        self, role: str, instruct: str | None, content: str
+    ) -> SparseEmbedding | None:
+        """The vector of a text embedded as ``{metadata}\n\n{content}`` (LlamaIndex's
+        default ``MetadataMode.EMBED`` layout), looked up by its content alone: vector
+        stores that pass ``node.text`` to their sparse function get the sparse half of
+        what the dense side embedded. ``None`` when not unique or not cached."""
+        exact = self.get(role, instruct, content)
+        if exact is not None:
+            return exact
+        with self._lock:
+            key = self._by_content.get((role, instruct, _digest(content)))
+            vector = self._entries.get(key) if key is not None else None
+            if vector is not None:
+                self.misses -= 1  # the exact lookup's miss was not one
+                self.hits += 1
+            return vector
+
     def __len__(self) -> int:
         return len(self._entries)
+
+
+# LlamaIndex's default text_template puts the metadata block, a blank line, then the
+# node's content: "{metadata_str}\n\n{content}".
+CONTENT_SEPARATOR = "\n\n"
+
+
+def _digest(text: str) -> bytes:
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
 
 
 class AdapterBase(ClientSettings):
@@ -320,20 +359,26 @@ class AdapterSettings(AdapterBase, TextEmbeddingOptions):
             )
         return (await self.aembed_role(texts, role)).require_dense()
 
-    def sparse_for(self, texts: Sequence[str], role: Role) -> list[SparseEmbedding]:
+    def sparse_for(
+        self, texts: Sequence[str], role: Role, *, by_content: bool = False
+    ) -> list[SparseEmbedding]:
         """Sparse vectors: from the cache of earlier ``dense&sparse`` calls where possible,
-        one ``sparse`` request for the rest."""
+        one ``sparse`` request for the rest. With ``by_content``, a text also matches
+        one that was embedded with a metadata block in front of it (see
+        :meth:`SparseCache.get_for_content`)."""
         texts = validate_texts(texts)
-        cached, missing = self._split_cached(texts, role)
+        cached, missing = self._split_cached(texts, role, by_content)
         if missing:
             fresh = self.embed_role([texts[i] for i in missing], role, "sparse").require_sparse()
             for i, vector in zip(missing, fresh, strict=True):
                 cached[i] = vector
         return cached  # type: ignore[return-value]
 
-    async def asparse_for(self, texts: Sequence[str], role: Role) -> list[SparseEmbedding]:
+    async def asparse_for(
+        self, texts: Sequence[str], role: Role, *, by_content: bool = False
+    ) -> list[SparseEmbedding]:
         texts = validate_texts(texts)
-        cached, missing = self._split_cached(texts, role)
+        cached, missing = self._split_cached(texts, role, by_content)
         if missing:
             result = await self.aembed_role([texts[i] for i in missing], role, "sparse")
             for i, vector in zip(missing, result.require_sparse(), strict=True):
@@ -341,10 +386,11 @@ class AdapterSettings(AdapterBase, TextEmbeddingOptions):
         return cached  # type: ignore[return-value]
 
     def _split_cached(
-        self, texts: Sequence[str], role: Role
+        self, texts: Sequence[str], role: Role, by_content: bool = False
     ) -> tuple[list[SparseEmbedding | None], list[int]]:
         instruct = self.query_instruct if role == "query" else None
-        cached = [self._sparse_cache.get(role, instruct, t) for t in texts]
+        lookup = self._sparse_cache.get_for_content if by_content else self._sparse_cache.get
+        cached = [lookup(role, instruct, t) for t in texts]
         return cached, [i for i, v in enumerate(cached) if v is None]
 
     def embed_documents_via_batch_job(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
 from llama_index.core.base.embeddings.base_sparse import BaseSparseEmbedding
@@ -21,6 +21,9 @@ from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 from dashscope_embed.adapter import AdapterSettings, Role
 from dashscope_embed.models import DEFAULT_MODEL, ModelSpec, resolve_model
 from dashscope_embed.types import EmbeddingResult
+
+if TYPE_CHECKING:
+    from llama_index_ext.milvus import DashScopeMilvusSparseFunction
 
 dispatcher = get_dispatcher(__name__)
 
@@ -189,6 +192,14 @@ class DashScopeEmbedding(_LlamaSettings, BaseEmbedding):
     def sparse_query_fn(self) -> SparseFn:
         """For ``QdrantVectorStore(..., sparse_query_fn=...)``: the query's sparse half."""
         return lambda texts: _indices_values(self.sparse_for(list(texts), "query"))
+
+    def milvus_sparse_function(self) -> DashScopeMilvusSparseFunction:
+        """For ``MilvusVectorStore(enable_sparse=True, sparse_embedding_function=...)``:
+        the sparse half of what this model embedded, found from ``node.text`` (needs
+        ``llama-index-vector-stores-milvus`` only)."""
+        from llama_index_ext.milvus import DashScopeMilvusSparseFunction
+
+        return DashScopeMilvusSparseFunction(self)
 
     def sparse_embedding(self) -> DashScopeSparseEmbedding:
         """A :class:`DashScopeSparseEmbedding` that shares this model's client and reuses

@@ -17,9 +17,10 @@ any other path is 404, as on the service):
 
 from __future__ import annotations
 
+import asyncio
 from urllib.parse import unquote
 
-from dashscope_embed.emulator import text
+from dashscope_embed.emulator import text, vectors
 from dashscope_embed.emulator.files import FILES_MARKER, StoredFile
 from dashscope_embed.emulator.http import (
     ClientGone,
@@ -84,6 +85,9 @@ class EmulatorApp(Service):
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                # Load the tokenizer now: loading it on the first request would stall
+                # that request ~1 s, a hiccup clients would take for the service's own.
+                await asyncio.to_thread(vectors.count_tokens, "warm up")
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self.jobs.shutdown()

@@ -301,6 +301,72 @@ def test_llama_index_postprocessor_reorders_nodes_and_reports(
     assert len(debug.get_event_pairs(CBEventType.RERANKING)) == 1
 
 
+def test_llama_index_rerank_emits_its_instrumentation_events(connect: None) -> None:
+    from llama_index.core.instrumentation import get_dispatcher
+    from llama_index.core.instrumentation.event_handlers import BaseEventHandler
+    from llama_index.core.instrumentation.events import BaseEvent
+    from llama_index.core.schema import NodeWithScore, TextNode
+
+    from llama_index_ext import DashScopeRerank
+
+    seen: list[BaseEvent] = []
+
+    class Collect(BaseEventHandler):
+        def handle(self, event: BaseEvent, **kwargs: Any) -> None:
+            seen.append(event)
+
+    root = get_dispatcher()
+    handler = Collect()
+    root.add_event_handler(handler)
+    try:
+        nodes = [NodeWithScore(node=TextNode(text=d)) for d in documents(4)]
+        DashScopeRerank(top_n=2).postprocess_nodes(nodes, query_str=QUERY)
+    finally:
+        root.event_handlers.remove(handler)
+    names = [type(e).__name__ for e in seen]
+    assert "ReRankStartEvent" in names and "ReRankEndEvent" in names
+    start = next(e for e in seen if type(e).__name__ == "ReRankStartEvent")
+    assert start.model_name == "qwen3-rerank" and start.top_n == 2  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("framework", ["llama_index", "langchain"])
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_framework_rerank_under_faults_loses_nothing(
+    connect: None, dashscope_emulator: Emulator, framework: str, mode: str
+) -> None:
+    """Past one request's worth, with slow replies, 500s, drops and a concurrency cap:
+    the whole list ranked in the true order, no document scored twice."""
+    dashscope_emulator.configure(error_rate=0.15, drop_rate=0.15, max_concurrency=2, latency=0.05)
+    docs = documents(1300)
+    if framework == "llama_index":
+        from llama_index.core.schema import NodeWithScore, TextNode
+
+        from llama_index_ext import DashScopeRerank as LlamaRerank
+
+        nodes = [NodeWithScore(node=TextNode(text=d, id_=str(i))) for i, d in enumerate(docs)]
+        llama = LlamaRerank(top_n=20, retry=FAST)
+        if mode == "sync":
+            ranked = llama.postprocess_nodes(nodes, query_str=QUERY)
+        else:
+            ranked = asyncio.run(llama.apostprocess_nodes(nodes, query_str=QUERY))
+        got = [int(n.node.node_id) for n in ranked]
+    else:
+        from langchain_core.documents import Document
+
+        from langchain_ext import DashScopeRerank as LangChainRerank
+
+        given = [Document(page_content=d, metadata={"i": i}) for i, d in enumerate(docs)]
+        chain = LangChainRerank(top_n=20, retry=FAST)
+        if mode == "sync":
+            kept = chain.compress_documents(given, QUERY)
+        else:
+            kept = asyncio.run(chain.acompress_documents(given, QUERY))
+        got = [d.metadata["i"] for d in kept]
+    assert got == expected_order("qwen3-rerank", QUERY, docs)[:20]
+    stats = dashscope_emulator.stats()
+    assert stats["duplicate_embeddings"] == 0 and stats["requests"] >= 3
+
+
 def test_llama_index_sends_the_text_as_embedded_with_its_metadata(
     connect: None, dashscope_emulator: Emulator
 ) -> None:
