@@ -40,7 +40,7 @@ from dashscope_embed import DashScopeClient
 from dashscope_embed.emulator.vectors import rerank_scores
 
 sys.path.insert(0, str(Path(__file__).parent))
-from throughput import KEY, emulator
+from throughput import KEY, emulator, write_readme
 
 QUERY = "How do I combine keyword matching with semantic search in one retriever?"
 BEGIN, END = "<!-- rerank-benchmark:begin -->", "<!-- rerank-benchmark:end -->"
@@ -329,14 +329,6 @@ def table(rows: list[dict[str, Any]], latency: float) -> str:
     return "\n".join(lines)
 
 
-def write_readme(markdown: str) -> None:
-    readme = Path(__file__).parents[1] / "README.md"
-    text = readme.read_text(encoding="utf-8")
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    readme.write_text(f"{head}{BEGIN}\n{markdown}\n{END}{tail}", encoding="utf-8")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--documents", type=int, default=2000)
@@ -363,7 +355,7 @@ def main() -> None:
     markdown = table(rows, args.latency)
     print(markdown)
     if args.readme:
-        write_readme(markdown)
+        write_readme(markdown, BEGIN, END)
 
 
 if __name__ == "__main__":

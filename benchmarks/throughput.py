@@ -364,12 +364,13 @@ def table(rows: list[dict[str, Any]], texts: int, latency: float) -> str:
     return "\n".join(lines)
 
 
-def write_readme(markdown: str) -> None:
+def write_readme(markdown: str, begin: str = BEGIN, end: str = END) -> None:
+    """Put ``markdown`` into README.md between the ``begin`` and ``end`` markers."""
     path = Path(__file__).parents[1] / "README.md"
     text = path.read_text(encoding="utf-8")
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    path.write_text(f"{head}{BEGIN}\n{markdown}\n{END}{tail}", encoding="utf-8")
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    path.write_text(f"{head}{begin}\n{markdown}\n{end}{tail}", encoding="utf-8")
 
 
 def import_clients() -> None:

@@ -48,6 +48,11 @@ FACTORIES: dict[str, tuple[Callable[..., Any], Callable[[Any], Any], Callable[[A
 
 
 def resource_warnings(action: Callable[[], None]) -> list[str]:
+    """ResourceWarnings from what ``action`` leaves behind (earlier tests' garbage is
+    collected first, so it is not counted here)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        gc.collect()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ResourceWarning)
         action()
