@@ -84,3 +84,20 @@ def test_async_with_closes_the_loops_pool(name: str, dashscope_emulator: Emulato
 
     assert resource_warnings(lambda: asyncio.run(use())) == []
     assert dashscope_emulator.stats()["requests"] == 1
+
+
+def test_a_forked_child_never_closes_its_parents_pool() -> None:
+    """The pool of a collected client is closed only in the process that made it: in a
+    forked child the sockets are the parent's, and closing a TLS one sends close_notify
+    into the parent's connection."""
+    import os
+
+    import httpx
+
+    from dashscope_embed.transport import _close_in_process
+
+    pool = httpx.Client()
+    _close_in_process(pool, os.getpid() + 1)  # as a child sees its parent's pool
+    assert not pool.is_closed
+    _close_in_process(pool, os.getpid())
+    assert pool.is_closed

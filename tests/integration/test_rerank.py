@@ -18,6 +18,8 @@ from dashscope_embed import (
 )
 from dashscope_embed.emulator import Emulator
 from dashscope_embed.emulator.vectors import rerank_score
+from dashscope_embed.models import RerankSpec
+from dashscope_embed.multimodal import Content
 from tests.integration.hostile import Conn, RawRequest, hostile, response_bytes
 
 OPENAI_PATH = "/compatible-api/v1/reranks"
@@ -133,6 +135,54 @@ def test_hits_carry_the_callers_documents_unless_told_not_to(
     assert [h.document for h in kept] == [docs[i] for i in kept.indices]
     bare = client.rerank(QUERY, docs, return_documents=False)
     assert bare.indices == kept.indices and all(h.document is None for h in bare)
+
+
+def test_a_model_the_table_does_not_know_works_through_a_spec() -> None:
+    """A new rerank model: its limits come from the caller's RerankSpec, and the split
+    follows them (3 documents per request here)."""
+    seen: list[dict[str, Any]] = []
+
+    def server(request: RawRequest, conn: Conn) -> None:
+        body = json.loads(request.body)
+        seen.append(body)
+        results = [
+            {"index": i, "relevance_score": 1.0 / (1 + int(d.split()[1]))}
+            for i, d in enumerate(body["documents"])
+        ]
+        conn.send(response_bytes(200, json.dumps({"results": results, "usage": {}}).encode()))
+
+    spec = RerankSpec(
+        name="qwen4-rerank",
+        family="rerank-openai",
+        max_documents=3,
+        max_tokens_per_document=4000,
+        max_tokens_per_request=120_000,
+        supports_instruct=True,
+    )
+    docs = [f"doc {i}" for i in range(8)]
+    with hostile(server) as host:
+        client = DashScopeClient(api_key="sk-x", base_url=host.base_url, retry=FAST)
+        result = client.rerank("q", docs, model=spec)
+    assert sorted(len(b["documents"]) for b in seen) == [2, 3, 3]
+    assert {b["model"] for b in seen} == {"qwen4-rerank"}
+    assert result.indices == list(range(8))
+
+
+def test_qwen3_vl_rerank_splits_to_its_per_modality_limits(
+    client: DashScopeClient, dashscope_emulator: Emulator
+) -> None:
+    # 40 images per request at most (the emulator refuses more): 90 images need three.
+    images = [Content.image(f"https://example.com/photo_{i}_red_car.jpg") for i in range(90)]
+    texts = [Content.text(f"a note about cars {i}") for i in range(10)]
+    result = client.rerank("red car", [*images, *texts], model="qwen3-vl-rerank")
+    sent = dashscope_emulator.requests("text-rerank")
+    per_request = [
+        sum(1 for d in r["json"]["input"]["documents"] if isinstance(d, dict) and "image" in d)
+        for r in sent
+    ]
+    assert len(sent) >= 3 and max(per_request) <= 40 and sum(per_request) == 90
+    assert result.count == 100 and sorted(result.indices) == list(range(100))
+    assert dashscope_emulator.stats()["by_status"] == {"200": len(sent)}
 
 
 def test_identical_documents_are_scored_once_and_each_ranked(
