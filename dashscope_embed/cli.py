@@ -385,6 +385,13 @@ class Output:
                 self._finish_parquet()
         elif self._handle is not None:
             self._handle.close()
+            if self.done != self.total:
+                # Ctrl-C can land between writing a line and counting it: report what
+                # the file holds, which is what the next run will find.
+                with self.path.open("rb") as handle:
+                    self.done = sum(
+                        chunk.count(b"\n") for chunk in iter(lambda: handle.read(1 << 20), b"")
+                    )
         elif self._matrix is not None:
             self.sync()
             if self.done == self.total:
