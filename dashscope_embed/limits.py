@@ -478,7 +478,9 @@ class AdaptivePace:
     replies exists. Requests then start no faster than 90 % of the estimate; each
     success raises the pace a little (one more request per second, per second), eight
     times more slowly within one request per second of the estimate, so the pace settles
-    just under the quota and probes past it rarely.
+    just under the quota and probes past it rarely. Past that band with no refusal the
+    estimate was low (taken in a second the service answered slowly, say), and the pace
+    grows at full speed again instead of crawling for the rest of the run.
 
     At a cut the service's window is full, so nothing more is sent until the oldest
     request in it has left the window; the pace runs from there. As the concurrency gate
@@ -530,7 +532,10 @@ class AdaptivePace:
             if self._pace is None:
                 return
             rate = 1.0 / self._pace.interval
-            near_cap = self.cap_estimate is not None and rate + 1.0 >= self.cap_estimate
+            estimate = self.cap_estimate
+            # Slow only near the estimate: a pace a request per second past it with no
+            # refusal shows the estimate was low (a slow second when it was taken).
+            near_cap = estimate is not None and estimate - 1.0 <= rate < estimate + 1.0
             step = 1.0 / (max(rate, 1.0) * (self.PROBE_SLOWDOWN if near_cap else 1))
             self._pace.interval = 1.0 / (rate + step)
 

@@ -20,6 +20,7 @@ import math
 import re
 import threading
 import unicodedata
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -50,7 +51,11 @@ class QwenTokenCounter:
     exact = True
 
     def __init__(self) -> None:
-        from dashscope.tokenizers import get_tokenizer  # optional dependency
+        with warnings.catch_warnings():
+            # dashscope 2.x models a field "model_id": on pydantic < 2.10 importing it
+            # warns about the "model_" namespace, a warning users can do nothing about.
+            warnings.filterwarnings("ignore", "Field .* protected namespace", UserWarning)
+            from dashscope.tokenizers import get_tokenizer  # optional dependency
 
         self._tokenizer: Any = get_tokenizer("qwen-turbo")
         # The SDK's encode also looks for special-token strings in every text, which

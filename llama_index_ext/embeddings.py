@@ -99,11 +99,7 @@ class DashScopeEmbedding(_LlamaSettings, BaseEmbedding):
         return "DashScopeEmbedding"
 
     def to_payload(self) -> dict[str, Any]:
-        return {
-            **super().to_payload(),
-            "dimension": self.dimension,
-            "output_type": self.output_type,
-        }
+        return event_payload(self)
 
     # ------------------------------------------------------------- LlamaIndex hooks
     def _get_query_embedding(self, query: str) -> Embedding:
@@ -284,7 +280,7 @@ class DashScopeSparseEmbedding(_LlamaSettings, BaseSparseEmbedding):
         return self._report_batches(texts, vectors)
 
     def _announce_batches(self, texts: list[str]) -> None:
-        model_dict = self.to_payload()
+        model_dict = event_payload(self)
         for _ in range(0, len(texts), self.embed_batch_size):
             dispatcher.event(SparseEmbeddingStartEvent(model_dict=model_dict))
 
@@ -307,7 +303,25 @@ def _indices_values(vectors: list[Any]) -> tuple[list[list[int]], list[list[floa
 def framework_loop(model: BaseEmbedding, texts: Sequence[Any]) -> bool:
     """Whether LlamaIndex's own batch loop must run: its cache and rate limiter work per
     batch inside it."""
-    return model.embeddings_cache is not None or model.rate_limiter is not None or not texts
+    # Both are newer than our llama-index-core floor (0.12.4x and 0.14.20).
+    cache = getattr(model, "embeddings_cache", None)
+    return cache is not None or getattr(model, "rate_limiter", None) is not None or not texts
+
+
+def event_payload(model: BaseEmbedding | BaseSparseEmbedding) -> dict[str, Any]:
+    """What instrumentation events and callbacks carry about ``model``: its settings,
+    never its key. The same dict on every llama-index-core version (its own
+    ``to_payload``, new in 0.14.23, is what this matches; older versions sent
+    ``to_dict()``)."""
+    payload: dict[str, Any] = {
+        "class_name": model.class_name(),
+        "model_name": model.model_name,
+        "embed_batch_size": model.embed_batch_size,
+    }
+    for name in ("dimension", "output_type"):
+        if name in type(model).model_fields:
+            payload[name] = getattr(model, name)
+    return payload
 
 
 def start_batch_events(
@@ -317,7 +331,7 @@ def start_batch_events(
     callback manager, and to instrumentation unless ``instrument`` is false, as for
     images); one core call then embeds all of them."""
     size = model.embed_batch_size
-    model_dict = model.to_payload()
+    model_dict = event_payload(model)
     events = []
     for start in range(0, len(items), size):
         if instrument:

@@ -21,6 +21,7 @@ import itertools
 import math
 import re
 import unicodedata
+import warnings
 from collections import Counter
 from collections.abc import Sequence
 from functools import lru_cache
@@ -120,7 +121,9 @@ def tokenize(text: str) -> list[str]:
 def _qwen_tokenizer() -> Any:
     """The service's own tokenizer (the Qwen BPE the official SDK ships), if installed."""
     try:
-        from dashscope.tokenizers import get_tokenizer
+        with warnings.catch_warnings():  # dashscope 2.x on pydantic < 2.10: "model_id"
+            warnings.filterwarnings("ignore", "Field .* protected namespace", UserWarning)
+            from dashscope.tokenizers import get_tokenizer
     except ImportError:
         return None
     sdk = get_tokenizer("qwen-turbo")

@@ -253,7 +253,9 @@ def test_untold_rate_cap_is_learned_without_cutting_concurrency(
     assert stats["throttled"] <= 8
     assert client.pace is not None and client.pace.cuts >= 1
     assert client.pace.rate is not None and client.pace.rate <= 12
-    assert client.gate.limit == 8  # a rate cap is not a concurrency cap
+    # A rate cap is not a concurrency cap: no refusal cut the number in flight (on a
+    # loaded machine rising latency may, as it should).
+    assert client.gate.throttle_cuts == 0
 
 
 def test_qwen3_vl_embedding_batches_contents_at_its_dimension(

@@ -9,18 +9,17 @@ import pickle
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 from langchain_core.documents import Document
 from langchain_core.stores import InMemoryByteStore
 from langchain_core.vectorstores import InMemoryVectorStore
-from langchain_tests.integration_tests import EmbeddingsIntegrationTests
 from pydantic import ValidationError
 
 from dashscope_embed import AuthenticationError
 from dashscope_embed.emulator import Emulator
-from langchain_ext import DashScopeEmbeddings, DashScopeSparseEmbeddings, cached_embeddings
+from langchain_ext import DashScopeEmbeddings, cached_embeddings
+from tests.optional import require
 
 EMBED_PATH = "/api/v1/services/embeddings/text-embedding/text-embedding"
 PNG = bytes.fromhex(
@@ -34,16 +33,6 @@ def _emulator_env(dashscope_emulator: Emulator, monkeypatch: pytest.MonkeyPatch)
     # Configured the way users configure LangChain integrations: through the environment.
     monkeypatch.setenv("DASHSCOPE_API_KEY", dashscope_emulator.api_key)
     monkeypatch.setenv("DASHSCOPE_BASE_URL", dashscope_emulator.base_url)
-
-
-class TestDashScopeEmbeddingsStandardIntegration(EmbeddingsIntegrationTests):
-    @property
-    def embeddings_class(self) -> type[DashScopeEmbeddings]:
-        return DashScopeEmbeddings
-
-    @property
-    def embedding_model_params(self) -> dict[str, Any]:
-        return {"model": "text-embedding-v4", "dimension": 512, "task": "web_search"}
 
 
 def corpus(n: int) -> list[str]:
@@ -103,6 +92,7 @@ def test_general_embed_returns_both_halves_and_usage() -> None:
 def test_qdrant_hybrid_costs_one_request_per_batch(
     dashscope_emulator: Emulator, tmp_path: Path
 ) -> None:
+    require("langchain_qdrant")
     from langchain_qdrant import QdrantVectorStore, RetrievalMode
 
     dense = DashScopeEmbeddings(output_type="dense&sparse", dimension=256)
@@ -130,6 +120,9 @@ def test_qdrant_hybrid_costs_one_request_per_batch(
 
 
 async def test_standalone_sparse_embeddings(dashscope_emulator: Emulator) -> None:
+    require("langchain_qdrant")  # DashScopeSparseEmbeddings is its SparseEmbeddings
+    from langchain_ext import DashScopeSparseEmbeddings
+
     sparse = DashScopeSparseEmbeddings(model="text-embedding-v4")
     vector = sparse.embed_query("sparse lexical vectors")
     assert vector.indices and len(vector.indices) == len(vector.values)
@@ -161,6 +154,7 @@ def test_cache_namespace_follows_every_vector_setting(dashscope_emulator: Emulat
         ).cache_namespace,
     }
     assert len(namespaces) == 6
+    require("langchain_classic")  # CacheBackedEmbeddings
     store = InMemoryByteStore()
     cached = cached_embeddings(base, store)
     first = cached.embed_documents(corpus(20))
@@ -211,6 +205,7 @@ def test_key_absent_from_repr_dump_pickle_and_logs(
 
 
 async def test_milvus_sparse_adapter(dashscope_emulator: Emulator) -> None:
+    require("langchain_milvus")
     from langchain_milvus.utils.sparse import BaseSparseEmbedding
 
     dense = DashScopeEmbeddings(output_type="dense&sparse", dimension=128)
@@ -238,6 +233,7 @@ def test_each_vector_store_needs_only_its_own_package(
     dashscope_emulator: Emulator, absent: str, use: str
 ) -> None:
     """A Milvus user need not install langchain-qdrant, nor a Qdrant user langchain-milvus."""
+    require("langchain_milvus" if absent == "langchain_qdrant" else "langchain_qdrant")
     script = (
         "import sys\n"
         f"sys.modules[{absent!r}] = None  # as if it were not installed\n"
@@ -259,6 +255,7 @@ def test_each_vector_store_needs_only_its_own_package(
 
 
 def test_the_milvus_adapter_from_the_dense_model(dashscope_emulator: Emulator) -> None:
+    require("langchain_milvus")
     dense = DashScopeEmbeddings(output_type="dense&sparse", dimension=128)
     texts = corpus(5)
     dense.embed_documents(texts)

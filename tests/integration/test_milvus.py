@@ -8,9 +8,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from dashscope_embed.emulator import Emulator
+from tests.optional import require
 
 CORPUS = Path(__file__).parents[2] / "examples" / "data" / "corpus.jsonl"
 QUESTION = "Why does my Beijing key fail against the Singapore endpoint?"
@@ -24,7 +23,7 @@ def rows() -> list[dict[str, Any]]:
 def test_llama_index_milvus_hybrid_costs_one_request_per_batch(
     dashscope_emulator: Emulator, tmp_path: Path
 ) -> None:
-    pytest.importorskip("llama_index.vector_stores.milvus")
+    require("llama_index.vector_stores.milvus")
     from llama_index.core import StorageContext, VectorStoreIndex
     from llama_index.core.schema import TextNode
     from llama_index.core.vector_stores.types import VectorStoreQueryMode
@@ -73,7 +72,7 @@ def test_llama_index_milvus_function_matches_by_content_only_when_unique(
 ) -> None:
     """Two nodes with the same text and different metadata: the content alone does not
     say which embedded text is meant, so the function asks for the text itself."""
-    pytest.importorskip("llama_index.vector_stores.milvus")
+    require("llama_index.vector_stores.milvus")
     from llama_index_ext import DashScopeEmbedding
 
     embed_model = DashScopeEmbedding(
@@ -95,7 +94,7 @@ def test_llama_index_milvus_function_matches_by_content_only_when_unique(
 def test_langchain_milvus_hybrid_with_working_search_parameters(
     dashscope_emulator: Emulator, tmp_path: Path
 ) -> None:
-    pytest.importorskip("langchain_milvus")
+    require("langchain_milvus")
     from langchain_core.documents import Document
     from langchain_milvus import Milvus
 

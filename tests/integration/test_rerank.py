@@ -21,8 +21,18 @@ from dashscope_embed.emulator.vectors import rerank_score
 from dashscope_embed.models import RerankSpec
 from dashscope_embed.multimodal import Content
 from tests.integration.hostile import Conn, RawRequest, hostile, response_bytes
+from tests.optional import require
 
 OPENAI_PATH = "/compatible-api/v1/reranks"
+
+
+def skip_without_async_postprocessing() -> None:
+    from llama_index.core.postprocessor.types import BaseNodePostprocessor
+
+    if not hasattr(BaseNodePostprocessor, "apostprocess_nodes"):
+        pytest.skip("llama-index-core < 0.12.31 has no async node postprocessing")
+
+
 NATIVE_PATH = "/api/v1/services/rerank/text-rerank/text-rerank"
 QUERY = "How do I combine keyword matching with semantic search?"
 FAST = RetryPolicy(max_retries=8, initial_delay=0.01, max_delay=0.05, total_timeout=60)
@@ -343,6 +353,7 @@ def test_llama_index_postprocessor_reorders_nodes_and_reports(
     if mode == "sync":
         ranked = reranker.postprocess_nodes(nodes, query_str=QUERY)
     else:
+        skip_without_async_postprocessing()
         ranked = asyncio.run(reranker.apostprocess_nodes(nodes, query_str=QUERY))
     order = expected_order("qwen3-rerank", QUERY, docs)[:5]
     assert [n.node.get_content() for n in ranked] == [docs[i] for i in order]
@@ -398,6 +409,7 @@ def test_framework_rerank_under_faults_loses_nothing(
         if mode == "sync":
             ranked = llama.postprocess_nodes(nodes, query_str=QUERY)
         else:
+            skip_without_async_postprocessing()
             ranked = asyncio.run(llama.apostprocess_nodes(nodes, query_str=QUERY))
         got = [int(n.node.node_id) for n in ranked]
     else:
@@ -479,6 +491,7 @@ def test_langchain_compressor_keeps_the_best_with_scores(
 def test_langchain_compressor_works_in_a_contextual_compression_retriever(
     connect: None, dashscope_emulator: Emulator
 ) -> None:
+    require("langchain_classic")
     from langchain_classic.retrievers import ContextualCompressionRetriever
     from langchain_core.documents import Document
     from langchain_core.vectorstores import InMemoryVectorStore

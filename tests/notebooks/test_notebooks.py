@@ -10,6 +10,8 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
+from tests.optional import require_those_used_by
+
 EXAMPLES = Path(__file__).parents[2] / "examples"
 NOTEBOOKS = sorted(EXAMPLES.glob("*.ipynb"))
 
@@ -23,6 +25,7 @@ def test_notebook_runs_and_its_assertions_hold(path: Path, monkeypatch: pytest.M
     for name in list(os.environ):
         if name.startswith("DASHSCOPE_"):
             monkeypatch.delenv(name)
+    require_those_used_by(path.read_text(encoding="utf-8"))
     notebook = nbformat.read(path, as_version=4)
     NotebookClient(
         notebook,

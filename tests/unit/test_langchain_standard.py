@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from langchain_tests.unit_tests import EmbeddingsUnitTests
-
 from langchain_ext import DashScopeEmbeddings
+from tests.optional import require
+
+EmbeddingsUnitTests: Any = require("langchain_tests.unit_tests").EmbeddingsUnitTests
 
 
 class TestDashScopeEmbeddingsStandardUnit(EmbeddingsUnitTests):

@@ -374,3 +374,26 @@ def test_adaptive_pace_probes_slowly_near_the_cap_it_learned() -> None:
     for _ in range(80):  # two seconds of successes near the cap: 8x more slowly
         pace.on_success()
     assert pace.rate is not None and 39.0 < pace.rate < 39.5
+
+
+def test_adaptive_pace_recovers_at_full_speed_from_an_estimate_that_was_too_low() -> None:
+    """The first refusal came in a second the service answered slowly: six admitted, so
+    the estimate is 6/s though the quota is far higher. Past the estimate with no
+    refusal, the pace must not keep crawling at the near-the-cap speed all run."""
+    from dashscope_embed.limits import AdaptivePace
+
+    pace = AdaptivePace()
+    for _ in range(7):
+        pace.reserve()
+    pace.on_rate_throttle()
+    assert pace.cap_estimate == pytest.approx(6.0) and pace.rate == pytest.approx(5.4)
+    seconds = 0.0
+    while pace.rate is not None and pace.rate < 7.0:  # through the band, slowly
+        seconds += 1.0 / pace.rate
+        pace.on_success()
+    assert seconds > 8  # ~1.6 requests/s gained at one-eighth speed
+    seconds = 0.0
+    while pace.rate < 20.0:  # past it: about one more request per second, per second
+        seconds += 1.0 / pace.rate
+        pace.on_success()
+    assert seconds == pytest.approx(13.0, rel=0.15)
