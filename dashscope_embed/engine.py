@@ -16,10 +16,12 @@ anything.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable, Generator, Sequence
+from collections.abc import Awaitable, Callable, Generator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -94,15 +96,36 @@ class _Stopped(Exception):  # noqa: N818 - control flow, never escapes Outcome
     """A job not sent because another job's failure stopped the call."""
 
 
-class StopFlag:
-    """Whether the call was stopped (an account-level failure); read by the flow, waited
-    on by the drivers (a thread's event or a loop's)."""
+_CANCELLED: contextvars.ContextVar[threading.Event | None] = contextvars.ContextVar(
+    "dashscope_embed_cancelled", default=None
+)
 
-    def __init__(self, event: threading.Event | asyncio.Event) -> None:
+
+@contextlib.contextmanager
+def cancel_scope(cancelled: threading.Event) -> Iterator[None]:
+    """Sync calls made inside stop sending once ``cancelled`` is set: requests on the
+    wire finish, the others (waiting for a slot, a pace or a retry) are not sent. A
+    stream's worker threads run in one, so a consumer that stops (Ctrl-C) stops them."""
+    token = _CANCELLED.set(cancelled)
+    try:
+        yield
+    finally:
+        _CANCELLED.reset(token)
+
+
+class StopFlag:
+    """Whether the call was stopped (an account-level failure, or its caller's
+    :func:`cancel_scope`); read by the flow, waited on by the drivers (a thread's event
+    or a loop's)."""
+
+    def __init__(
+        self, event: threading.Event | asyncio.Event, cancelled: threading.Event | None = None
+    ) -> None:
         self.event = event
+        self.cancelled = cancelled
 
     def is_set(self) -> bool:
-        return self.event.is_set()
+        return self.event.is_set() or (self.cancelled is not None and self.cancelled.is_set())
 
 
 @dataclass(frozen=True)
@@ -239,7 +262,7 @@ class Engine:
     def run(self, jobs: Jobs[Job, Reply], send: Callable[[HttpRequest], bytes]) -> Outcome:
         """Send every job on threads with blocking I/O; never raises for a job."""
         outcome = Outcome(replies=[None] * len(jobs.items))
-        stop = StopFlag(threading.Event())
+        stop = StopFlag(threading.Event(), _CANCELLED.get())
 
         def work(index: int) -> None:
             flow = self.flow(index, jobs.items[index], jobs, stop)

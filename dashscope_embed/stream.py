@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import threading
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dashscope_embed._extras import needs_extra
+from dashscope_embed.engine import cancel_scope
 from dashscope_embed.errors import DashScopeError, InputProblem, InvalidInputError
 from dashscope_embed.types import EmbeddingResult
 
@@ -122,9 +124,11 @@ def stream_sync(
     """Ordered pipeline of ``embed`` calls over consecutive slices of ``texts``."""
     slices = _slices(texts, slice_size)
     pending: deque[_Pending] = deque()
+    stopped = threading.Event()
 
     def run(start: int, batch: list[str]) -> EmbeddingResult:
-        result = embed(batch)
+        with cancel_scope(stopped):
+            result = embed(batch)
         if on_complete is not None:
             on_complete(EmbeddingChunk(start, result))
         return result
@@ -159,7 +163,9 @@ def stream_sync(
                 top_up()
         finally:
             # The consumer stopped (Ctrl-C, an error, or it broke off): requests already
-            # under way finish (their on_complete still runs), queued ones are not sent.
+            # on the wire finish (their on_complete still runs); the others, queued in
+            # the pool or already in a call waiting for a slot, are not sent.
+            stopped.set()
             for item in pending:
                 item.future.cancel()
 

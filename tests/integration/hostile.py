@@ -126,6 +126,9 @@ class HostileServer:
         return f"http://127.0.0.1:{self.port}"
 
     def __enter__(self) -> HostileServer:
+        # Set here, not in the thread: a test that ends at once closes the listener
+        # before the thread runs.
+        self._listener.settimeout(0.1)
         thread = threading.Thread(target=self._accept, daemon=True)
         thread.start()
         self._threads.append(thread)
@@ -137,7 +140,6 @@ class HostileServer:
             self._listener.close()
 
     def _accept(self) -> None:
-        self._listener.settimeout(0.1)
         while not self._stop.is_set():
             try:
                 sock, _ = self._listener.accept()

@@ -151,9 +151,14 @@ def test_ctrl_c_then_resume_pays_nothing_twice_for_saved_work(
     while not out.exists() or out.stat().st_size < 200_000:
         assert time.monotonic() < deadline and worker.poll() is None
         time.sleep(0.02)
-    dashscope_emulator.configure(latency=30)  # the run cannot finish before the Ctrl-C
-    worker.send_signal(signal.SIGINT)  # Ctrl-C
-    _, stderr = worker.communicate(timeout=60)
+    # Requests sent from now on take 2 s: the run cannot finish before the Ctrl-C, and
+    # the requests in flight, which it lets finish, do soon.
+    dashscope_emulator.configure(latency=2)
+    try:
+        worker.send_signal(signal.SIGINT)  # Ctrl-C
+        _, stderr = worker.communicate(timeout=60)
+    finally:
+        worker.kill()  # never left running to send into the next test's emulator
     dashscope_emulator.configure(latency=0.05)
     assert worker.returncode == 130 and "rerun to resume" in stderr
     saved = len(read_jsonl(out))
@@ -336,12 +341,16 @@ def _interrupt(emu: Emulator, tmp_path: Path, out: Path, how: signal.Signals) ->
     while emu.stats()["texts_delivered"] < 600:
         assert time.monotonic() < deadline and worker.poll() is None
         time.sleep(0.01)
-    # Requests sent from now on stall, so the run cannot finish before the signal
-    # however slowly this loaded machine ran the loop above.
+    # Requests sent from now on take 2 s, so the run cannot finish before the signal
+    # however slowly a loaded machine ran the loop above (and after a Ctrl-C the
+    # requests in flight, which it lets finish, do soon).
     latency = emu.settings.latency
-    emu.configure(latency=30)
-    worker.send_signal(how)
-    _, stderr = worker.communicate(timeout=60)
+    emu.configure(latency=2)
+    try:
+        worker.send_signal(how)
+        _, stderr = worker.communicate(timeout=60)
+    finally:
+        worker.kill()  # never left running to send into the next test's emulator
     emu.configure(latency=latency)
     return stderr
 

@@ -104,3 +104,36 @@ async def test_async_stream_from_an_async_source(make_client: Factory) -> None:
         starts.append(chunk.start)
         total += chunk.count
     assert total == 123 and starts == list(range(0, 123, 10))
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_stopped_stream_sends_nothing_more_than_was_in_flight(
+    mode: str, make_client: Factory, dashscope_emulator: Emulator
+) -> None:
+    """Ctrl-C (or a consumer that breaks off) stops the spending: requests already on
+    the wire finish, but the slices queued behind the concurrency limit, which the
+    stream's read-ahead window holds many of, are never sent."""
+    import asyncio
+
+    # Slow, jittered replies: the window fills with slices waiting for a slot.
+    dashscope_emulator.configure(latency=0.3, latency_jitter=0.3, seed=3)
+    client = make_client(max_concurrency=4)
+    corpus = CountingCorpus(2_000)
+    if mode == "sync":
+        chunks = client.embed_stream(corpus, dimension=64)
+        next(chunks)
+        at_stop = dashscope_emulator.stats()["requests"]
+        chunks.close()  # type: ignore[attr-defined]
+    else:
+
+        async def consume() -> int:
+            stream = client.aembed_stream(corpus, dimension=64)
+            await anext(stream)
+            at_stop = dashscope_emulator.stats()["requests"]
+            await stream.aclose()  # type: ignore[attr-defined]
+            return int(at_stop)
+
+        at_stop = asyncio.run(consume())
+    sent = dashscope_emulator.stats()["requests"]
+    assert sent <= at_stop + 4, (at_stop, sent)  # at most the slots in use at the stop
+    assert corpus.read < 2_000
