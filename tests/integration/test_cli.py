@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from dashscope_embed import DashScopeClient
 from dashscope_embed.emulator import Emulator
@@ -130,6 +131,7 @@ def test_ctrl_c_then_resume_pays_nothing_twice_for_saved_work(
         **os.environ,
         "DASHSCOPE_API_KEY": dashscope_emulator.api_key,
         "DASHSCOPE_BASE_URL": dashscope_emulator.base_url,
+        "PYTHONFAULTHANDLER": "1",
     }
     worker = subprocess.Popen(
         [
@@ -156,7 +158,7 @@ def test_ctrl_c_then_resume_pays_nothing_twice_for_saved_work(
     dashscope_emulator.configure(latency=2)
     try:
         worker.send_signal(signal.SIGINT)  # Ctrl-C
-        _, stderr = worker.communicate(timeout=60)
+        stderr = _finish(worker)
     finally:
         worker.kill()  # never left running to send into the next test's emulator
     dashscope_emulator.configure(latency=0.05)
@@ -329,9 +331,21 @@ def test_resuming_with_other_settings_is_refused_before_anything_is_sent(
         assert role.returncode != 0 and "text_type: 'document' then, 'query' now" in role.stderr
 
 
+def _finish(worker: subprocess.Popen[str]) -> str:
+    """The stopped worker's stderr; if it has not exited within a minute, fail with
+    every thread's stack (faulthandler, on SIGABRT) to show where it hangs."""
+    try:
+        return worker.communicate(timeout=60)[1]
+    except subprocess.TimeoutExpired:
+        worker.send_signal(signal.SIGABRT)
+        stacks = worker.communicate(timeout=10)[1]
+        pytest.fail(f"the worker did not exit a minute after the signal:\n{stacks}")
+
+
 def _interrupt(emu: Emulator, tmp_path: Path, out: Path, how: signal.Signals) -> str:
     """Start a run, stop it with ``how`` once some vectors are saved; its stderr."""
     env = {**os.environ, "DASHSCOPE_API_KEY": emu.api_key, "DASHSCOPE_BASE_URL": emu.base_url}
+    env["PYTHONFAULTHANDLER"] = "1"  # stacks on SIGABRT, should it hang
     worker = subprocess.Popen(
         [sys.executable, "-m", "dashscope_embed.cli", "embed", str(tmp_path / "corpus.txt"),
          "--out", str(out), "--max-concurrency", "4", "--quiet"],
@@ -348,7 +362,7 @@ def _interrupt(emu: Emulator, tmp_path: Path, out: Path, how: signal.Signals) ->
     emu.configure(latency=2)
     try:
         worker.send_signal(how)
-        _, stderr = worker.communicate(timeout=60)
+        stderr = _finish(worker)
     finally:
         worker.kill()  # never left running to send into the next test's emulator
     emu.configure(latency=latency)
