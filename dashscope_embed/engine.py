@@ -96,36 +96,60 @@ class _Stopped(Exception):  # noqa: N818 - control flow, never escapes Outcome
     """A job not sent because another job's failure stopped the call."""
 
 
-_CANCELLED: contextvars.ContextVar[threading.Event | None] = contextvars.ContextVar(
-    "dashscope_embed_cancelled", default=None
+class CancelScope:
+    """Stops the sync calls made inside :func:`cancel_scope`: requests on the wire
+    finish, the others (waiting for a slot, a pace or a retry's backoff) are not sent.
+    A stream's worker threads call inside one, so a consumer that stops (Ctrl-C) stops
+    them at once."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._calls: set[threading.Event] = set()
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        with self._lock:
+            self.cancelled = True
+            calls = list(self._calls)
+        for stop in calls:
+            stop.set()
+
+    def _watch(self, stop: threading.Event) -> None:
+        with self._lock:
+            if self.cancelled:
+                stop.set()
+            self._calls.add(stop)
+
+    def _unwatch(self, stop: threading.Event) -> None:
+        with self._lock:
+            self._calls.discard(stop)
+
+
+_SCOPE: contextvars.ContextVar[CancelScope | None] = contextvars.ContextVar(
+    "dashscope_embed_cancel_scope", default=None
 )
 
 
 @contextlib.contextmanager
-def cancel_scope(cancelled: threading.Event) -> Iterator[None]:
-    """Sync calls made inside stop sending once ``cancelled`` is set: requests on the
-    wire finish, the others (waiting for a slot, a pace or a retry) are not sent. A
-    stream's worker threads run in one, so a consumer that stops (Ctrl-C) stops them."""
-    token = _CANCELLED.set(cancelled)
+def cancel_scope(scope: CancelScope) -> Iterator[None]:
+    """Sync calls made inside this block stop when ``scope`` is cancelled."""
+    token = _SCOPE.set(scope)
     try:
         yield
     finally:
-        _CANCELLED.reset(token)
+        _SCOPE.reset(token)
 
 
 class StopFlag:
-    """Whether the call was stopped (an account-level failure, or its caller's
-    :func:`cancel_scope`); read by the flow, waited on by the drivers (a thread's event
+    """Whether the call was stopped (an account-level failure, or its
+    :class:`CancelScope`); read by the flow, waited on by the drivers (a thread's event
     or a loop's)."""
 
-    def __init__(
-        self, event: threading.Event | asyncio.Event, cancelled: threading.Event | None = None
-    ) -> None:
+    def __init__(self, event: threading.Event | asyncio.Event) -> None:
         self.event = event
-        self.cancelled = cancelled
 
     def is_set(self) -> bool:
-        return self.event.is_set() or (self.cancelled is not None and self.cancelled.is_set())
+        return self.event.is_set()
 
 
 @dataclass(frozen=True)
@@ -191,6 +215,8 @@ class Engine:
                 # requests were already queued when it switched on.
                 if (pause := self.pace.reserve() if self.pace is not None else 0.0) > 0:
                     yield Sleep(pause)
+                    if stop.is_set():  # stopped while it waited for its turn: not sent
+                        raise _Stopped
                 load = self.gate.begin_send()
                 sent_at = time.monotonic()
                 result = yield Send(jobs.request(job))
@@ -262,7 +288,11 @@ class Engine:
     def run(self, jobs: Jobs[Job, Reply], send: Callable[[HttpRequest], bytes]) -> Outcome:
         """Send every job on threads with blocking I/O; never raises for a job."""
         outcome = Outcome(replies=[None] * len(jobs.items))
-        stop = StopFlag(threading.Event(), _CANCELLED.get())
+        stopped = threading.Event()
+        stop = StopFlag(stopped)
+        scope = _SCOPE.get()
+        if scope is not None:
+            scope._watch(stopped)  # also wakes a backoff, not only the next check
 
         def work(index: int) -> None:
             flow = self.flow(index, jobs.items[index], jobs, stop)
@@ -277,12 +307,16 @@ class Engine:
         # Twice the gate's limit: a worker sleeping before a retry holds no slot, and the
         # others must be able to use it meanwhile.
         workers = min(2 * self.gate.maximum, len(jobs.items))
-        if workers <= 1:
-            for index in range(len(jobs.items)):
-                work(index)
-        else:
-            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dashscope") as pool:
-                list(pool.map(work, range(len(jobs.items))))
+        try:
+            if workers <= 1:
+                for index in range(len(jobs.items)):
+                    work(index)
+            else:
+                with ThreadPoolExecutor(workers, thread_name_prefix="dashscope") as pool:
+                    list(pool.map(work, range(len(jobs.items))))
+        finally:
+            if scope is not None:
+                scope._unwatch(stopped)
         outcome.errors.sort(key=lambda pair: pair[0])
         return outcome
 
@@ -313,7 +347,7 @@ class Engine:
             elif isinstance(step, Backoff):
                 reply = event.wait(step.seconds)
             else:
-                time.sleep(step.seconds)
+                event.wait(step.seconds)  # a stop wakes it
                 reply = None
 
     # ---------------------------------------------------------------- async driver

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import threading
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -18,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dashscope_embed._extras import needs_extra
-from dashscope_embed.engine import cancel_scope
+from dashscope_embed.engine import CancelScope, cancel_scope
 from dashscope_embed.errors import DashScopeError, InputProblem, InvalidInputError
 from dashscope_embed.types import EmbeddingResult
 
@@ -124,7 +123,7 @@ def stream_sync(
     """Ordered pipeline of ``embed`` calls over consecutive slices of ``texts``."""
     slices = _slices(texts, slice_size)
     pending: deque[_Pending] = deque()
-    stopped = threading.Event()
+    stopped = CancelScope()
 
     def run(start: int, batch: list[str]) -> EmbeddingResult:
         with cancel_scope(stopped):
@@ -165,7 +164,7 @@ def stream_sync(
             # The consumer stopped (Ctrl-C, an error, or it broke off): requests already
             # on the wire finish (their on_complete still runs); the others, queued in
             # the pool or already in a call waiting for a slot, are not sent.
-            stopped.set()
+            stopped.cancel()
             for item in pending:
                 item.future.cancel()
 

@@ -137,3 +137,21 @@ def test_a_stopped_stream_sends_nothing_more_than_was_in_flight(
     sent = dashscope_emulator.stats()["requests"]
     assert sent <= at_stop + 4, (at_stop, sent)  # at most the slots in use at the stop
     assert corpus.read < 2_000
+
+
+def test_a_stopped_stream_resends_nothing_that_was_refused(
+    make_client: Factory, dashscope_emulator: Emulator
+) -> None:
+    """An untold rate cap refuses most of the first burst: those requests are waiting
+    for their retry (a backoff, then the pacer's turn) when the consumer stops. The
+    stop wakes them and none is sent again."""
+    import time
+
+    dashscope_emulator.configure(rpm=60)
+    client = make_client(max_concurrency=4, retry=RetryPolicy(max_retries=3))
+    chunks = client.embed_stream(CountingCorpus(200), dimension=64)
+    next(chunks)
+    time.sleep(0.3)  # the refused ones are waiting to retry now
+    sent = dashscope_emulator.stats()["requests"]
+    chunks.close()  # type: ignore[attr-defined]
+    assert dashscope_emulator.stats()["requests"] == sent
