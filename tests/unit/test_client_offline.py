@@ -139,9 +139,17 @@ def test_client_errors_are_not_retried(status: int, code: str, cls: type[Excepti
 
 
 def test_a_finished_batch_is_never_resent_when_another_fails() -> None:
+    third_sent = threading.Event()
+
     def one_batch_always_fails(request: httpx.Request) -> httpx.Response:
         texts = json.loads(request.content)["input"]["texts"]
+        if "t20" in texts:
+            third_sent.set()
         if "poison" in texts:
+            # Fail only once the third batch is under way: a failure for good stops the
+            # batches not yet sent (as it should), so otherwise what fails would depend
+            # on how fast this machine ran the retries.
+            third_sent.wait(10)
             return httpx.Response(
                 500, json={"code": "InternalError", "message": "boom", "request_id": "rid-500"}
             )
