@@ -56,3 +56,13 @@ def needs_extra(feature: str, extra: str) -> Iterator[None]:
         if root not in EXTRA_MODULES[extra]:
             raise
         raise MissingExtraError(feature, extra, root) from None
+
+
+@contextmanager
+def needs_package(feature: str, package: str) -> Iterator[None]:
+    """Turn a missing package that no extra brings (a vector store's own integration,
+    which the user picks) into an ``ImportError`` naming ``feature`` and ``package``."""
+    try:
+        yield
+    except ImportError as error:
+        raise ImportError(f"{feature}: pip install {package}") from error

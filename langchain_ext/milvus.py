@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from typing import Any
 
-try:
+from dashscope_embed._extras import needs_package
+
+with needs_package(
+    "DashScopeMilvusSparseEmbedding implements langchain_milvus's BaseSparseEmbedding",
+    "langchain-milvus",
+):
     from langchain_milvus.utils.sparse import BaseSparseEmbedding
-except ImportError as exc:  # pragma: no cover - depends on the environment
-    raise ImportError(
-        "DashScopeMilvusSparseEmbedding implements langchain_milvus's BaseSparseEmbedding: "
-        "pip install langchain-milvus"
-    ) from exc
 
 from langchain_ext.embeddings import DashScopeEmbeddings
 

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 from typing import Any
 
-try:
+from dashscope_embed._extras import needs_package
+
+with needs_package(
+    "DashScopeSparseEmbeddings implements langchain_qdrant.SparseEmbeddings", "langchain-qdrant"
+):
     from langchain_qdrant import SparseEmbeddings, SparseVector
-except ImportError as exc:  # pragma: no cover - depends on the environment
-    raise ImportError(
-        "DashScopeSparseEmbeddings implements langchain_qdrant.SparseEmbeddings: "
-        "pip install langchain-qdrant"
-    ) from exc
 
 from dashscope_embed.types import SparseEmbedding
 from langchain_ext.embeddings import DashScopeEmbeddings

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-try:
+from dashscope_embed._extras import needs_package
+
+with needs_package(
+    "DashScopeMilvusSparseFunction implements llama_index.vector_stores.milvus's "
+    "BaseSparseEmbeddingFunction",
+    "llama-index-vector-stores-milvus",
+):
     from llama_index.vector_stores.milvus.utils import BaseSparseEmbeddingFunction
-except ImportError as exc:  # pragma: no cover - depends on the environment
-    raise ImportError(
-        "DashScopeMilvusSparseFunction implements llama_index.vector_stores.milvus's "
-        "BaseSparseEmbeddingFunction: pip install llama-index-vector-stores-milvus"
-    ) from exc
 
 if TYPE_CHECKING:
     from llama_index_ext.embeddings import DashScopeEmbedding

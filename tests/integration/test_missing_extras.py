@@ -192,3 +192,43 @@ def test_the_extras_table_matches_pyproject() -> None:
             for requirement in extras[extra]
         }
         assert {distribution_module[name] for name in names} == modules, extra
+
+
+@pytest.mark.parametrize(
+    ("absent", "code", "package"),
+    [
+        ("langchain_qdrant", "embeddings.sparse_companion()", "langchain-qdrant"),
+        ("langchain_milvus", "embeddings.milvus_sparse()", "langchain-milvus"),
+        (
+            "llama_index.vector_stores.milvus",
+            "llama_embedding.milvus_sparse_function()",
+            "llama-index-vector-stores-milvus",
+        ),
+    ],
+)
+def test_a_vector_store_glue_without_its_package_names_the_package(
+    absent: str, code: str, package: str
+) -> None:
+    """Each store's integration is the user's pick, not one of our extras: the error
+    names the class that needs it and the package to install."""
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys\n"
+            f"sys.modules[{absent!r}] = None  # as if it were not installed\n"
+            "from langchain_ext import DashScopeEmbeddings\n"
+            "from llama_index_ext import DashScopeEmbedding\n"
+            "embeddings = DashScopeEmbeddings(api_key='sk-x', output_type='dense&sparse')\n"
+            "llama_embedding = DashScopeEmbedding(api_key='sk-x', output_type='dense&sparse')\n"
+            f"{code}\n",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        check=False,
+    )
+    assert run.returncode == 1
+    last = run.stderr.strip().splitlines()[-1]
+    assert last.startswith("ImportError: DashScope") and last.endswith(f": pip install {package}")
