@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -68,6 +69,19 @@ def _open_files() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
+def _settled_open_files() -> int:
+    """The open file count once it stops falling (the in-process emulator closes its side of
+    finished connections shortly after the client closes its own)."""
+    count = _open_files()
+    for _ in range(50):
+        time.sleep(0.02)
+        now = _open_files()
+        if now >= count:
+            return now
+        count = now
+    return count
+
+
 @pytest.mark.skipif(not Path("/proc/self/fd").exists(), reason="counts /proc/self/fd")
 def test_many_asyncio_runs_leave_no_sockets_behind(dashscope_emulator: Emulator) -> None:
     client = DashScopeClient(
@@ -79,11 +93,14 @@ def test_many_asyncio_runs_leave_no_sockets_behind(dashscope_emulator: Emulator)
         await client.aembed([f"text {number} {i}" for i in range(40)], dimension=64)
 
     asyncio.run(once(-1))
-    before = _open_files()
+    before = _settled_open_files()
     for number in range(150):
         asyncio.run(once(number))
-    after = _open_files()
-    assert after - before <= 2, f"{after - before} more open files after 150 asyncio.run calls"
+    after = _settled_open_files()
+    # A leak keeps at least one connection per loop: 150 or more. The emulator serves from
+    # this process, so its side of a connection the client just closed may still be open
+    # for a moment; a few are allowed.
+    assert after - before <= 8, f"{after - before} more open files after 150 asyncio.run calls"
 
 
 def test_a_multi_process_ingestion_pipeline_with_a_key_in_code_fails_at_once(
