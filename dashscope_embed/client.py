@@ -44,9 +44,17 @@ from dashscope_embed.models import (
     resolve_model,
     resolve_rerank_model,
 )
-from dashscope_embed.multimodal import Content
+from dashscope_embed.multimodal import (
+    Content,
+    Fused,
+    MultimodalItem,
+    check_items,
+    pending_uploads,
+    with_uploads,
+)
 from dashscope_embed.options import (
     MultimodalEmbeddingOptions,
+    MultimodalParams,
     RerankOptions,
     RerankParams,
     TextEmbeddingOptions,
@@ -61,12 +69,14 @@ from dashscope_embed.planner import (
     ResultParams,
     assemble,
     plan,
+    plan_with_solos,
     regroup,
     split_rerank,
     text_problem,
     validate_texts,
 )
 from dashscope_embed.protocol import Endpoint, HttpRequest, ParsedBatch, endpoint_for
+from dashscope_embed.protocol.multimodal import fused_alone
 from dashscope_embed.protocol.rerank import ParsedScores
 from dashscope_embed.stream import EmbeddingChunk, float32_array, stream_async, stream_sync
 from dashscope_embed.tokens import (
@@ -83,6 +93,13 @@ from dashscope_embed.types import (
     RerankHit,
     RerankResult,
     Usage,
+)
+from dashscope_embed.uploads import (
+    UploadPolicy,
+    check_upload,
+    parse_policy,
+    policy_request,
+    upload_request,
 )
 
 # Slices a stream keeps open per request slot. Measured with 10% 500s and 10% dropped
@@ -292,48 +309,84 @@ class DashScopeClient:
     # ------------------------------------------------------------------ multimodal
     def embed_multimodal(
         self,
-        contents: Sequence[Content],
+        contents: Sequence[Content | Fused],
         *,
         model: str | ModelSpec = "multimodal-embedding-v1",
         **options: Any,
     ) -> EmbeddingResult:
         """Embed texts, images and videos into one vector space, in input order.
 
-        Build contents with :class:`~dashscope_embed.multimodal.Content`
-        (``Content.image("cat.png")``, ``Content.text("a cat")``); images are checked
-        against the service's limits before anything is sent. ``**options`` are the
-        fields of :class:`~dashscope_embed.options.MultimodalEmbeddingOptions`.
+        Build items with :class:`~dashscope_embed.multimodal.Content`
+        (``Content.image("cat.png")``, ``Content.text("a cat")``,
+        ``Content.video("clip.mp4")``); a :class:`~dashscope_embed.multimodal.Fused` item
+        (``Fused("red shoe", Content.image("shoe.jpg"))``) gets one vector for all its
+        parts, on models that fuse. Every item is checked against the model's limits
+        before anything is sent; local videos and large images are uploaded to the
+        service's temporary storage first. ``**options`` are the fields of
+        :class:`~dashscope_embed.options.MultimodalEmbeddingOptions`.
         """
-        call = self._multimodal_call(contents, model, options)
+        spec, params, items = self._multimodal_checks(contents, model, options)
+        pending = pending_uploads(items)
+        if pending:
+            policy = parse_policy(self._run_one(policy_request(self.settings, spec.name)))
+            for content in pending:
+                check_upload(policy, content)
+            jobs = _upload_jobs(policy, pending)
+            urls = _uploaded_urls(pending, self._engine.run(jobs, self._transport.send))
+            items = [with_uploads(item, urls) for item in items]
+        call = self._multimodal_call(spec, params, items)
         return call.finish(self._engine.run(call.jobs(self, None), self._transport.send))
 
     async def aembed_multimodal(
         self,
-        contents: Sequence[Content],
+        contents: Sequence[Content | Fused],
         *,
         model: str | ModelSpec = "multimodal-embedding-v1",
         **options: Any,
     ) -> EmbeddingResult:
         """Async twin of :meth:`embed_multimodal`."""
-        call = self._multimodal_call(contents, model, options)
+        spec, params, items = self._multimodal_checks(contents, model, options)
+        pending = pending_uploads(items)
+        if pending:
+            reply = await self._arun_one(policy_request(self.settings, spec.name))
+            policy = parse_policy(reply)
+            for content in pending:
+                check_upload(policy, content)
+            jobs = _upload_jobs(policy, pending)
+            urls = _uploaded_urls(pending, await self._engine.arun(jobs, self._transport.asend))
+            items = [with_uploads(item, urls) for item in items]
+        call = self._multimodal_call(spec, params, items)
         return call.finish(await self._engine.arun(call.jobs(self, None), self._transport.asend))
 
-    def _multimodal_call(
-        self, contents: Sequence[Content], model: str | ModelSpec, options: dict[str, Any]
-    ) -> _Call[Content, Any]:
+    def _multimodal_checks(
+        self, contents: Sequence[Content | Fused], model: str | ModelSpec, options: dict[str, Any]
+    ) -> tuple[ModelSpec, MultimodalParams, list[MultimodalItem]]:
         spec = resolve_model(model)
         params = multimodal_params(spec, MultimodalEmbeddingOptions.from_call(options))
-        if not contents or not all(isinstance(c, Content) for c in contents):
-            raise InvalidInputError(
-                "contents must be a non-empty list of Content (Content.text / image / video)"
-            )
-        endpoint: Endpoint[Content, Any] = endpoint_for(
+        items = check_items(contents, spec, self.token_counter().count)
+        endpoint_for(spec.family, self.settings.protocol, spec.name).check(params)
+        self.settings.resolve_api_key()
+        return spec, params, items
+
+    def _multimodal_call(
+        self, spec: ModelSpec, params: MultimodalParams, items: list[MultimodalItem]
+    ) -> _Call[MultimodalItem, Any]:
+        endpoint: Endpoint[MultimodalItem, Any] = endpoint_for(
             spec.family, self.settings.protocol, spec.name
         )
-        endpoint.check(params)
-        self.settings.resolve_api_key()
-        # Identical contents (same text, same image reference or bytes) are sent once.
-        return _Call(endpoint, params, self.settings, plan(list(contents), spec.max_rows), None)
+        # Identical items (same text, same image reference or bytes) are sent once; a
+        # fused item whose parts fill a request gets a request of its own.
+        the_plan = plan_with_solos(items, spec.max_rows, lambda item: fused_alone(item, params))
+        return _Call(endpoint, params, self.settings, the_plan, None)
+
+    def _run_one(self, request: HttpRequest) -> bytes:
+        """One request through the engine (its retries and concurrency gate)."""
+        outcome = self._engine.run(_single_job(request), self._transport.send)
+        return _only_reply(outcome)
+
+    async def _arun_one(self, request: HttpRequest) -> bytes:
+        outcome = await self._engine.arun(_single_job(request), self._transport.asend)
+        return _only_reply(outcome)
 
     # ------------------------------------------------------------------ rerank
     def rerank(
@@ -762,6 +815,35 @@ def validate_documents(documents: Any, modalities: Sequence[str]) -> list[str | 
     if problems:
         raise InvalidInputError(problems)
     return list(items)
+
+
+def _single_job(request: HttpRequest) -> Jobs[int, bytes]:
+    return Jobs(items=[0], request=lambda _: request, decode=lambda _, content: content)
+
+
+def _only_reply(outcome: Outcome) -> bytes:
+    if outcome.errors:
+        raise outcome.errors[0][1]
+    reply = outcome.replies[0]
+    assert isinstance(reply, bytes)
+    return reply
+
+
+def _upload_jobs(policy: UploadPolicy, pending: list[Content]) -> Jobs[Content, str]:
+    """One form POST per file; the file is read when its request is made."""
+    urls: dict[Content, str] = {}
+
+    def request(content: Content) -> HttpRequest:
+        http_request, urls[content] = upload_request(policy, content)
+        return http_request
+
+    return Jobs(items=pending, request=request, decode=lambda content, _: urls[content])
+
+
+def _uploaded_urls(pending: list[Content], outcome: Outcome) -> dict[Content, str]:
+    if outcome.errors:
+        raise outcome.errors[0][1]
+    return {content: str(url) for content, url in zip(pending, outcome.replies, strict=True)}
 
 
 def _raise_or_return(result: EmbeddingResult | PartialResult, outcome: Outcome) -> EmbeddingResult:

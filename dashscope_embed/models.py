@@ -20,9 +20,49 @@ from dashscope_embed.errors import UnknownModelError
 OutputType = Literal["dense", "sparse", "dense&sparse"]
 TextType = Literal["query", "document"]
 ModelKind = Literal["text", "async-batch", "multimodal"]
+Fusion = Literal["none", "parameter", "object", "always"]
 
 OUTPUT_TYPES: tuple[OutputType, ...] = ("dense", "sparse", "dense&sparse")
 TEXT_TYPES: tuple[TextType, ...] = ("query", "document")
+
+
+IMAGE_FORMATS_V1: tuple[str, ...] = ("jpeg", "png", "bmp")
+IMAGE_FORMATS_VL: tuple[str, ...] = ("jpeg", "png", "webp", "bmp", "tiff", "ico", "icns", "sgi")
+VIDEO_FORMATS_V1: tuple[str, ...] = ("mp4", "mpeg", "mpg", "webm", "avi", "flv", "mkv", "mov")
+VIDEO_FORMATS_VL: tuple[str, ...] = ("mp4", "avi", "mov")
+_MB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class MediaLimits:
+    """What a multimodal model takes besides text, checked before anything is sent.
+
+    Attributes:
+        image_bytes: Largest image, in bytes (of the file, before base64).
+        image_formats: Image formats accepted (``"jpeg"``, ``"png"``, ...).
+        video_bytes: Largest video file, in bytes.
+        video_formats: Video formats (file suffixes) accepted.
+        fusion: How one vector is made from several parts (a :class:`~dashscope_embed.
+            multimodal.Fused` item): ``"parameter"`` (all contents of a request with
+            ``enable_fusion=true``: one fused item per request), ``"object"`` (text, image
+            and video in the same content object: several fused items per request),
+            ``"always"`` (every request gives one vector: one item per request) or
+            ``"none"`` (no fused vectors).
+        parameters: Optional parameters the model takes besides ``dimension`` and
+            ``instruct``: among ``"fps"``, ``"res_level"``, ``"max_video_frames"``.
+        one_of_each_modality: At most one text, one image and one video per request
+            (or per fused item).
+        truncates_text: The service cuts text past the token limit instead of refusing it.
+    """
+
+    image_bytes: int
+    image_formats: tuple[str, ...]
+    video_bytes: int
+    video_formats: tuple[str, ...]
+    fusion: Fusion = "none"
+    parameters: frozenset[str] = frozenset()
+    one_of_each_modality: bool = False
+    truncates_text: bool = False
 
 
 @dataclass(frozen=True)
@@ -46,6 +86,7 @@ class ModelSpec:
             ``"multimodal"``.
         price_cny_per_1k_tokens: List price in the Beijing region, CNY per 1,000 input
             tokens (text input for multimodal models); ``None`` if unknown.
+        media: Image and video limits and fusion rules (multimodal models only).
     """
 
     name: str
@@ -60,6 +101,7 @@ class ModelSpec:
     openai_compatible: bool = False
     kind: ModelKind = "text"
     price_cny_per_1k_tokens: float | None = None
+    media: MediaLimits | None = None
     notes: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
@@ -76,6 +118,10 @@ class ModelSpec:
             raise ValueError(
                 f"ModelSpec {self.name!r}: default_dimension {self.default_dimension} "
                 f"is not one of dimensions {self.dimensions}"
+            )
+        if (self.kind == "multimodal") != (self.media is not None):
+            raise ValueError(
+                f"ModelSpec {self.name!r}: multimodal models (and only they) need media limits"
             )
         unknown = [t for t in self.output_types if t not in OUTPUT_TYPES]
         if unknown or not self.output_types:
@@ -210,6 +256,15 @@ _BUILTIN: tuple[ModelSpec, ...] = (
         supports_text_type=False,
         kind="multimodal",
         price_cny_per_1k_tokens=0.0007,
+        media=MediaLimits(
+            image_bytes=3 * _MB,
+            image_formats=IMAGE_FORMATS_V1,
+            video_bytes=10 * _MB,
+            video_formats=VIDEO_FORMATS_V1,
+            parameters=frozenset({"fps"}),
+            one_of_each_modality=True,
+            truncates_text=True,
+        ),
         notes="Text, image and video into one 1024-d space; images up to 3 MB.",
     ),
     ModelSpec(
@@ -222,7 +277,86 @@ _BUILTIN: tuple[ModelSpec, ...] = (
         supports_instruct=True,
         kind="multimodal",
         price_cny_per_1k_tokens=0.0007,
-        notes="Qwen3-VL: text, images and video in one space; up to 20 contents a request.",
+        media=MediaLimits(
+            # Pages say 5 MB and (newer) 10 MB; the table allows 10, the service decides.
+            image_bytes=10 * _MB,
+            image_formats=IMAGE_FORMATS_VL,
+            video_bytes=50 * _MB,
+            video_formats=VIDEO_FORMATS_VL,
+            fusion="parameter",
+            parameters=frozenset({"fps"}),
+        ),
+        notes="Qwen3-VL: text, images and video in one space; up to 20 contents a request; "
+        "enable_fusion makes one vector of a request's contents.",
+    ),
+    ModelSpec(
+        name="qwen2.5-vl-embedding",
+        # Every request is fused into one vector, with each modality at most once.
+        max_rows=3,
+        max_tokens_per_row=32_000,
+        dimensions=(2048, 1024, 768, 512),
+        default_dimension=1024,
+        supports_text_type=False,
+        kind="multimodal",
+        media=MediaLimits(
+            image_bytes=5 * _MB,
+            image_formats=IMAGE_FORMATS_VL,
+            video_bytes=50 * _MB,
+            video_formats=VIDEO_FORMATS_VL,
+            fusion="always",
+            parameters=frozenset({"fps"}),
+            one_of_each_modality=True,
+        ),
+        notes="Qwen2.5-VL: one fused vector per request.",
+    ),
+    *(
+        ModelSpec(
+            name=f"tongyi-embedding-vision-{size}",
+            max_rows=8,
+            max_tokens_per_row=1024,
+            dimensions=dimensions,
+            default_dimension=dimensions[0],
+            supports_text_type=False,
+            kind="multimodal",
+            price_cny_per_1k_tokens=price,
+            media=MediaLimits(
+                image_bytes=3 * _MB,
+                image_formats=IMAGE_FORMATS_VL,
+                video_bytes=10 * _MB,
+                video_formats=VIDEO_FORMATS_V1,
+                parameters=frozenset({"fps"}),
+            ),
+            notes="Tongyi vision embedding: one vector per content; up to 8 a request.",
+        )
+        for size, dimensions, price in (
+            ("plus", (1152, 1024, 512, 256, 128, 64), 0.0005),
+            ("flash", (768, 512, 256, 128, 64), 0.00015),
+        )
+    ),
+    *(
+        ModelSpec(
+            name=f"tongyi-embedding-vision-{size}-2026-03-06",
+            max_rows=64,
+            max_tokens_per_row=1024,
+            dimensions=dimensions,
+            default_dimension=dimensions[0],
+            supports_text_type=False,
+            kind="multimodal",
+            media=MediaLimits(
+                image_bytes=10 * _MB,
+                image_formats=IMAGE_FORMATS_VL,
+                video_bytes=50 * _MB,
+                video_formats=VIDEO_FORMATS_VL,
+                fusion="object",
+                parameters=frozenset({"fps", "res_level", "max_video_frames"}),
+            ),
+            notes="Dated Tongyi vision snapshot: text, image and video in one content "
+            "object give one fused vector; res_level and max_video_frames.",
+        )
+        for size, dimensions in (
+            ("plus", (1152, 1024, 512, 256, 128, 64)),
+            ("flash", (768, 512, 256, 128, 64)),
+        )
     ),
 )
 

@@ -129,6 +129,26 @@ class MultimodalEmbeddingOptions(CallOptions):
         description="Task instruction for queries (qwen3-vl-embedding), e.g. 'Find the "
         "product photo that matches the description'.",
     )
+    fps: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="Share of a video's frames the service samples, in [0, 1] (default 1).",
+    )
+    res_level: int | None = Field(
+        default=None,
+        ge=0,
+        le=3,
+        strict=True,
+        description="Image resolution tier 0-3 (the dated tongyi-embedding-vision snapshots).",
+    )
+    max_video_frames: int | None = Field(
+        default=None,
+        ge=1,
+        le=64,
+        strict=True,
+        description="Most frames read from a video, up to 64 (the dated snapshots).",
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,6 +293,16 @@ def multimodal_params(spec: ModelSpec, options: MultimodalEmbeddingOptions) -> M
             if options.instruct.strip()
             else InputProblem(None, "instruct must be a non-empty string")
         )
+    taken = spec.media.parameters if spec.media is not None else frozenset()
+    for name in ("fps", "res_level", "max_video_frames"):
+        if getattr(options, name) is not None and name not in taken:
+            problems.append(
+                InputProblem(
+                    None,
+                    f"{spec.name} does not take {name}"
+                    + (f"; it takes {', '.join(sorted(taken))}" if taken else ""),
+                )
+            )
     if problems:
         raise InvalidInputError(problems)
     return MultimodalParams(spec, options)

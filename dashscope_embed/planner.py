@@ -7,7 +7,7 @@ every input got exactly one vector.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, replace
 from typing import Any, Generic, Protocol, TypeVar
@@ -131,6 +131,25 @@ def plan(items: Sequence[Item], rows_per_request: int) -> Plan[Item]:
         for start in range(0, len(unique), rows_per_request)
     ]
     return Plan(unique=unique, slot_of=slot_of, batches=batches)
+
+
+def plan_with_solos(
+    items: Sequence[Item], rows_per_request: int, alone: Callable[[Item], bool]
+) -> Plan[Item]:
+    """Like :func:`plan`, but an item for which ``alone`` is true gets a request of its
+    own (a fused item whose parts fill one request), after the others."""
+    shared = plan([item for item in items if not alone(item)], rows_per_request)
+    index = {item: slot for slot, item in enumerate(shared.unique)}
+    for item in items:
+        if alone(item):
+            index.setdefault(item, len(index))
+    unique = list(index)
+    solos = range(len(shared.unique), len(unique))
+    return Plan(
+        unique=unique,
+        slot_of=[index[item] for item in items],
+        batches=shared.batches + [range(slot, slot + 1) for slot in solos],
+    )
 
 
 def _fan_out(values: list[Any], slot_of: Sequence[int]) -> list[Any]:

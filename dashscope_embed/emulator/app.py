@@ -6,13 +6,15 @@ any other path is 404, as on the service):
 * native: ``POST /api/v1/services/embeddings/text-embedding/text-embedding`` (sync, or
   an async batch task with ``X-DashScope-Async: enable``), ``POST /api/v1/services/
   embeddings/multimodal-embedding/multimodal-embedding``, ``GET /api/v1/tasks/{id}``,
-  ``POST /api/v1/tasks/{id}/cancel``, ``GET /api/v1/tasks``
+  ``POST /api/v1/tasks/{id}/cancel``, ``GET /api/v1/tasks``, ``GET /api/v1/uploads?
+  action=getPolicy`` (the temporary upload storage's policy)
 * OpenAI-compatible: ``POST /compatible-mode/v1/embeddings``, ``/files`` and
   ``/batches`` (the Batch API)
 * rerank: ``POST /compatible-api/v1/reranks`` (qwen3-rerank) and ``POST /api/v1/services/
   rerank/text-rerank/text-rerank`` (gte-rerank-v2, qwen3-vl-rerank)
 * the emulator's own: ``GET /emulator/stats``, ``POST /emulator/reset``,
-  ``PUT /emulator/files/{name}`` (store an input file), ``GET /emulator/files/{name}``
+  ``PUT /emulator/files/{name}`` (store an input file), ``GET /emulator/files/{name}``,
+  ``POST /emulator/oss`` (the upload host an upload policy names)
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from __future__ import annotations
 import asyncio
 from urllib.parse import unquote
 
-from dashscope_embed.emulator import text, vectors
+from dashscope_embed.emulator import text, uploads, vectors
 from dashscope_embed.emulator.files import FILES_MARKER, StoredFile
 from dashscope_embed.emulator.http import (
     ClientGone,
@@ -37,6 +39,7 @@ from dashscope_embed.emulator.multimodal import embed_multimodal
 from dashscope_embed.emulator.rerank import rerank_native, rerank_openai
 from dashscope_embed.emulator.service import Reply, Service, ServiceError, parse_json_object
 from dashscope_embed.emulator.state import EmulatorSettings
+from dashscope_embed.emulator.uploads import UPLOAD_PATH
 
 NATIVE_PREFIX = "/api/v1"
 COMPATIBLE_PREFIX = "/compatible-mode/v1"
@@ -176,6 +179,8 @@ class EmulatorApp(Service):
             return await rerank_native(self, request)
         if rest == "/tasks" or rest.startswith("/tasks/"):
             return await self.jobs.route_tasks(request, rest)
+        if rest == "/uploads" and request.method == "GET":
+            return uploads.get_policy(self, request)
         raise ServiceError(404, "NotFound", f"No route for {request.method} {NATIVE_PREFIX}{rest}")
 
     async def _route_compatible(self, request: Request, rest: str) -> Reply:
@@ -202,6 +207,8 @@ class EmulatorApp(Service):
         if rest == "/reset" and request.method == "POST":
             self.state.reset()
             return Reply(Response.json(200, {"reset": True}))
+        if rest == UPLOAD_PATH.removeprefix(EMULATOR_PREFIX) and request.method == "POST":
+            return uploads.receive_upload(self, request)
         if rest == "/health":
             return Reply(Response.json(200, {"status": "ok"}))
         if rest.startswith("/files/"):

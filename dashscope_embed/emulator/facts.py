@@ -33,6 +33,14 @@ class ServiceModel:
     bills_end_of_text: bool = False  # usage counts one more token per text
     one_of_each_modality: bool = False  # at most one text, one image, one video a request
     max_image_bytes: int = 3 * 1024 * 1024
+    image_formats: tuple[str, ...] = ("jpeg", "png", "bmp")
+    max_video_bytes: int = 10 * 1024 * 1024
+    video_formats: tuple[str, ...] = ("mp4", "mpeg", "mpg", "webm", "avi", "flv", "mkv", "mov")
+    # "parameter": enable_fusion fuses a request's contents; "object": text, image and
+    # video in one content object give one vector; "always": one vector per request.
+    fusion: str = "none"
+    snapshot_parameters: bool = False  # res_level, max_video_frames
+    truncates_text: bool = False
     source: str = ""
 
     @property
@@ -45,6 +53,8 @@ class ServiceModel:
 
 
 OUTPUT_TYPES = ("dense", "sparse", "dense&sparse")
+_MB = 1024 * 1024
+_VL_IMAGES = ("jpeg", "png", "webp", "bmp", "tiff", "ico", "dib", "icns", "sgi")
 
 _SERVICE_MODELS = (
     ServiceModel(
@@ -150,6 +160,7 @@ _SERVICE_MODELS = (
         default_dimension=1024,
         configurable_dimension=False,
         one_of_each_modality=True,
+        truncates_text=True,
         source="§6.2 (older page: one of each modality per call)",
     ),
     ServiceModel(
@@ -160,8 +171,64 @@ _SERVICE_MODELS = (
         dimensions=(2560, 2048, 1536, 1024, 768, 512, 256),
         default_dimension=2560,
         instruct=True,
-        max_image_bytes=10 * 1024 * 1024,  # the newer page; an older one says 5 MB
+        max_image_bytes=10 * _MB,  # the newer page; an older one says 5 MB
+        image_formats=_VL_IMAGES,
+        max_video_bytes=50 * _MB,
+        video_formats=("mp4", "avi", "mov"),
+        fusion="parameter",
         source="§6.1-6.2",
+    ),
+    ServiceModel(
+        "qwen2.5-vl-embedding",
+        "multimodal",
+        max_rows=3,  # fusion only, each modality at most once per request
+        max_tokens_per_row=32_000,  # unstated; qwen3-vl-embedding's
+        dimensions=(2048, 1024, 768, 512),
+        default_dimension=1024,
+        one_of_each_modality=True,
+        max_image_bytes=5 * _MB,
+        image_formats=_VL_IMAGES,  # unstated; qwen3-vl-embedding's
+        max_video_bytes=50 * _MB,
+        video_formats=("mp4", "avi", "mov"),
+        fusion="always",
+        source="§6.2",
+    ),
+    *(
+        ServiceModel(
+            f"tongyi-embedding-vision-{size}",
+            "multimodal",
+            max_rows=8,  # "up to 8 images"
+            max_tokens_per_row=1024,
+            dimensions=dimensions,
+            default_dimension=dimensions[0],
+            image_formats=_VL_IMAGES,  # unstated; qwen3-vl-embedding's
+            source="§6.2 (independent vectors only)",
+        )
+        for size, dimensions in (
+            ("plus", (1152, 1024, 512, 256, 128, 64)),
+            ("flash", (768, 512, 256, 128, 64)),
+        )
+    ),
+    *(
+        ServiceModel(
+            f"tongyi-embedding-vision-{size}-2026-03-06",
+            "multimodal",
+            max_rows=64,  # "up to 64 images"
+            max_tokens_per_row=1024,
+            dimensions=dimensions,
+            default_dimension=dimensions[0],
+            max_image_bytes=10 * _MB,
+            image_formats=_VL_IMAGES,
+            max_video_bytes=50 * _MB,
+            video_formats=("mp4", "avi", "mov"),
+            fusion="object",
+            snapshot_parameters=True,
+            source="§6.2 (the flash snapshot's sizes: the flash model's)",
+        )
+        for size, dimensions in (
+            ("plus", (1152, 1024, 512, 256, 128, 64)),
+            ("flash", (768, 512, 256, 128, 64)),
+        )
     ),
 )
 

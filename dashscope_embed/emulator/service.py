@@ -80,6 +80,7 @@ class Service:
         self.settings = settings or EmulatorSettings()
         self.state = EmulatorState(self.settings)
         self.files = FileStore()
+        self.uploads = FileStore()  # the temporary upload storage, by object key
         self._waiting_room: tuple[int, asyncio.Semaphore] | None = None
 
     def blocked(self, text: str) -> bool:

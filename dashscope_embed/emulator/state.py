@@ -220,6 +220,8 @@ class Stats:
     in_flight: int = 0
     peak_concurrency: int = 0
     max_rows_seen: int = 0
+    uploads: int = 0
+    keys_sent_to_upload_host: int = 0
     _delivered_keys: set[bytes] = field(default_factory=set)
 
     def as_dict(self) -> dict[str, Any]:
@@ -237,6 +239,8 @@ class Stats:
             "tokens": self.tokens,
             "peak_concurrency": self.peak_concurrency,
             "max_rows_seen": self.max_rows_seen,
+            "uploads": self.uploads,
+            "keys_sent_to_upload_host": self.keys_sent_to_upload_host,
         }
 
 

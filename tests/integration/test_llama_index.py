@@ -381,11 +381,19 @@ def test_multimodal_bad_images_fail_before_sending(
     model = DashScopeMultiModalEmbedding(**connect)
     gif = tmp_path / "anim.gif"
     gif.write_bytes(b"GIF89a" + b"\0" * 10)
-    with pytest.raises(InvalidInputError, match="not a JPEG, PNG or BMP"):
+    with pytest.raises(
+        InvalidInputError,
+        match=r"contents\[0\]: image 'anim.gif': multimodal-embedding-v1 does not take GIF "
+        "images; it takes JPEG, PNG, BMP",
+    ):
         model.get_image_embedding(str(gif))
     big = tmp_path / "big.png"
     big.write_bytes(PNG + b"\0" * (3 * 1024 * 1024))
-    with pytest.raises(InvalidInputError, match="the limit is 3 MB"):
+    with pytest.raises(
+        InvalidInputError,
+        match=r"image 'big.png' is 3.0 MB; multimodal-embedding-v1 takes "
+        "images of at most 3.0 MB",
+    ):
         model.get_image_embedding(str(big))
     with pytest.raises(InvalidInputError, match="no such file"):
         model.get_image_embedding("missing.png")

@@ -21,8 +21,19 @@ def test_table_holds_the_documented_limits() -> None:
     assert MODELS["qwen3.7-text-embedding"].max_rows == 20
 
 
+# The API notes (§6.4) list no price for these.
+UNPRICED = {
+    "qwen2.5-vl-embedding",
+    "tongyi-embedding-vision-plus-2026-03-06",
+    "tongyi-embedding-vision-flash-2026-03-06",
+}
+
+
 def test_every_model_has_a_price_and_a_consistent_default() -> None:
     for spec in MODELS.values():
+        if spec.name in UNPRICED:
+            assert spec.price_cny_per_1k_tokens is None
+            continue
         assert spec.price_cny_per_1k_tokens and spec.price_cny_per_1k_tokens > 0
         assert spec.default_dimension in spec.dimensions
 

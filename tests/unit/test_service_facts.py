@@ -48,6 +48,27 @@ def differences() -> set[tuple[str, str]]:
             "instruct": (client.supports_instruct, service.instruct),
             "openai_compatible": (client.openai_compatible, service.openai_compatible),
         }
+        media = client.media
+        if media is not None or service.kind == "multimodal":
+            pairs |= {
+                "image_bytes": (media and media.image_bytes, service.max_image_bytes),
+                "image_formats": (
+                    media and set(media.image_formats),
+                    set(service.image_formats) - {"dib"},  # the client reads a DIB as BMP
+                ),
+                "video_bytes": (media and media.video_bytes, service.max_video_bytes),
+                "video_formats": (media and set(media.video_formats), set(service.video_formats)),
+                "fusion": (media and media.fusion, service.fusion),
+                "one_of_each_modality": (
+                    media and media.one_of_each_modality,
+                    service.one_of_each_modality,
+                ),
+                "snapshot_parameters": (
+                    media and {"res_level", "max_video_frames"} <= media.parameters,
+                    service.snapshot_parameters,
+                ),
+                "truncates_text": (media and media.truncates_text, service.truncates_text),
+            }
         found |= {(name, key) for key, (a, b) in pairs.items() if a != b}
     return found
 
