@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import (
     AsyncIterable,
     AsyncIterator,
+    Awaitable,
     Callable,
     Iterable,
     Iterator,
@@ -27,6 +28,7 @@ from pydantic import SecretStr, ValidationError
 from dashscope_embed.config import ClientSettings
 from dashscope_embed.engine import Engine, Jobs, Outcome
 from dashscope_embed.errors import (
+    APIError,
     ConfigurationError,
     InputProblem,
     InvalidInputError,
@@ -332,7 +334,8 @@ class DashScopeClient:
             for content in pending:
                 check_upload(policy, content)
             jobs = _upload_jobs(policy, pending)
-            urls = _uploaded_urls(pending, self._engine.run(jobs, self._transport.send))
+            send = _existing_is_uploaded(self._transport.send)
+            urls = _uploaded_urls(pending, self._engine.run(jobs, send))
             items = [with_uploads(item, urls) for item in items]
         call = self._multimodal_call(spec, params, items)
         return call.finish(self._engine.run(call.jobs(self, None), self._transport.send))
@@ -353,7 +356,8 @@ class DashScopeClient:
             for content in pending:
                 check_upload(policy, content)
             jobs = _upload_jobs(policy, pending)
-            urls = _uploaded_urls(pending, await self._engine.arun(jobs, self._transport.asend))
+            asend = _aexisting_is_uploaded(self._transport.asend)
+            urls = _uploaded_urls(pending, await self._engine.arun(jobs, asend))
             items = [with_uploads(item, urls) for item in items]
         call = self._multimodal_call(spec, params, items)
         return call.finish(await self._engine.arun(call.jobs(self, None), self._transport.asend))
@@ -838,6 +842,34 @@ def _upload_jobs(policy: UploadPolicy, pending: list[Content]) -> Jobs[Content, 
         return http_request
 
     return Jobs(items=pending, request=request, decode=lambda content, _: urls[content])
+
+
+# An upload whose reply was lost is resent; the storage then refuses to overwrite the
+# object (409). Its key holds a digest of the file, so the object there is this file.
+def _existing_is_uploaded(send: Callable[[HttpRequest], bytes]) -> Callable[[HttpRequest], bytes]:
+    def upload(request: HttpRequest) -> bytes:
+        try:
+            return send(request)
+        except APIError as error:
+            if error.status_code == 409:
+                return b""
+            raise
+
+    return upload
+
+
+def _aexisting_is_uploaded(
+    send: Callable[[HttpRequest], Awaitable[bytes]],
+) -> Callable[[HttpRequest], Awaitable[bytes]]:
+    async def upload(request: HttpRequest) -> bytes:
+        try:
+            return await send(request)
+        except APIError as error:
+            if error.status_code == 409:
+                return b""
+            raise
+
+    return upload
 
 
 def _uploaded_urls(pending: list[Content], outcome: Outcome) -> dict[Content, str]:

@@ -109,7 +109,7 @@ class EmulatorApp(Service):
         with self.state.lock:
             self.state.stats.requests += 1
             self.state.stats.by_endpoint[f"{request.method} {protocol or ''}{rest}"] += 1
-        self.state.log_request(request.method, path, request.headers, request.body)
+        self.state.log_request(request.method, path, request.headers, request.body, request.query)
         try:
             if protocol is None:
                 raise ServiceError(404, "NotFound", f"No route for {request.method} {path}")

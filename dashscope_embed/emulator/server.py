@@ -116,8 +116,9 @@ class Emulator:
         return result
 
     def requests(self, path_contains: str = "") -> list[dict[str, Any]]:
-        """Requests received since the last reset (oldest first): method, path, headers
-        (without ``Authorization``) and parsed JSON body. Filter by a path fragment."""
+        """Requests received since the last reset (oldest first): method, path, query,
+        headers (without ``Authorization``) and parsed JSON body. Filter by a path
+        fragment."""
         response = httpx.get(self.base_url + "/emulator/requests", timeout=10)
         response.raise_for_status()
         return [r for r in response.json() if path_contains in r["path"]]

@@ -266,7 +266,14 @@ class EmulatorState:
     REQUEST_LOG_BYTES = 64 * 1024 * 1024  # bodies kept, all entries together
     REQUEST_LOG_ENTRY_BYTES = 4 * 1024 * 1024  # a larger body is logged without its JSON
 
-    def log_request(self, method: str, path: str, headers: dict[str, str], body: bytes) -> None:
+    def log_request(
+        self,
+        method: str,
+        path: str,
+        headers: dict[str, str],
+        body: bytes,
+        query: dict[str, list[str]] | None = None,
+    ) -> None:
         """Keep what a client sent (never its key) for tests that check the wire.
 
         Bounded in entries and in bytes: the oldest entries go first, and a body over
@@ -283,6 +290,7 @@ class EmulatorState:
         entry = {
             "method": method,
             "path": path,
+            "query": {k: v[0] if len(v) == 1 else v for k, v in (query or {}).items()},
             "headers": safe_headers,
             "json": parsed,
             "bytes": len(body),
