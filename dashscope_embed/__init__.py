@@ -42,6 +42,7 @@ from dashscope_embed.models import (
     resolve_model,
     resolve_rerank_model,
 )
+from dashscope_embed.multimodal import Content, Fused
 from dashscope_embed.options import MultimodalEmbeddingOptions, RerankOptions, TextEmbeddingOptions
 from dashscope_embed.retry import RetryPolicy
 from dashscope_embed.stream import EmbeddingChunk, EmbedStreamError
@@ -69,12 +70,14 @@ __all__ = [
     "ClientConfig",
     "ClientSettings",
     "ConfigurationError",
+    "Content",
     "ContentFilterError",
     "DashScopeClient",
     "DashScopeError",
     "EmbedStreamError",
     "EmbeddingChunk",
     "EmbeddingResult",
+    "Fused",
     "InvalidInputError",
     "MissingApiKeyError",
     "ModelSpec",

@@ -30,7 +30,7 @@ from dashscope_embed.models import (
     resolve_model,
     resolve_rerank_model,
 )
-from dashscope_embed.multimodal import Content
+from dashscope_embed.multimodal import Content, Fused
 from dashscope_embed.options import (
     CallOptions,
     MultimodalEmbeddingOptions,
@@ -429,17 +429,36 @@ class MultimodalAdapter(AdapterBase, MultimodalEmbeddingOptions):
         options = MultimodalEmbeddingOptions.from_call(self.role_options("query"))
         multimodal_params(self.spec, options)
 
-    def embed_contents(self, contents: Sequence[Content], role: Role) -> list[list[float]]:
+    def embed_contents(self, contents: Sequence[Content | Fused], role: Role) -> list[list[float]]:
         """Dense vectors of ``contents`` (queries get the query-only options)."""
         result = self.client.embed_multimodal(
             contents, model=self._model_ref(), **self.role_options(role)
         )
         return result.require_dense()
 
-    async def aembed_contents(self, contents: Sequence[Content], role: Role) -> list[list[float]]:
+    async def aembed_contents(
+        self, contents: Sequence[Content | Fused], role: Role
+    ) -> list[list[float]]:
         """Async twin of :meth:`embed_contents`."""
         result = await self.client.aembed_multimodal(
             contents, model=self._model_ref(), **self.role_options(role)
+        )
+        return result.require_dense()
+
+    def embed_fused(self, items: Sequence[Fused | Content]) -> list[list[float]]:
+        """One vector per item for a corpus of documents made of several parts (a
+        product's title and photo: ``Fused("red running shoe", Content.image(path))``),
+        on models that fuse (qwen3-vl-embedding, the dated tongyi-embedding-vision
+        snapshots, qwen2.5-vl-embedding). Query them with plain text queries."""
+        result = self.client.embed_multimodal(
+            items, model=self._model_ref(), **self.role_options("document")
+        )
+        return result.require_dense()
+
+    async def aembed_fused(self, items: Sequence[Fused | Content]) -> list[list[float]]:
+        """Async twin of :meth:`embed_fused`."""
+        result = await self.client.aembed_multimodal(
+            items, model=self._model_ref(), **self.role_options("document")
         )
         return result.require_dense()
 

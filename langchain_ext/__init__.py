@@ -6,7 +6,9 @@
   on first use; needs ``langchain-qdrant`` only).
 * :class:`DashScopeMilvusSparseEmbedding`: ``langchain_milvus`` sparse embeddings (needs
   ``langchain-milvus`` only); ``DashScopeEmbeddings.milvus_sparse()`` reuses replies.
-* :class:`DashScopeMultimodalEmbeddings`: texts and images in one space.
+* :class:`DashScopeMultimodalEmbeddings`: texts and images in one space, on every DashScope
+  multimodal model; ``fused_documents()`` embeds a product's title and photo as one vector
+  for any vector store.
 * :class:`DashScopeRerank`: a document compressor that reranks retrieved documents.
 * :func:`cached_embeddings`: ``CacheBackedEmbeddings`` with a settings-aware namespace.
 """

@@ -3,8 +3,9 @@
 * :class:`DashScopeEmbedding`: dense text embeddings; with ``output_type="dense&sparse"``
   it also feeds the sparse half of a hybrid index from the same requests.
 * :class:`DashScopeSparseEmbedding`: sparse (lexical) embeddings, ``{token_id: weight}``.
-* :class:`DashScopeMultiModalEmbedding`: images and text (``multimodal-embedding-v1``,
-  ``qwen3-vl-embedding``).
+* :class:`DashScopeMultiModalEmbedding`: images and text in one space, on every DashScope
+  multimodal model (``qwen3-vl-embedding``, ``tongyi-embedding-vision-*``,
+  ``multimodal-embedding-v1``, ...); ``embed_fused`` gives one vector per text + image item.
 * :class:`DashScopeRerank`: a node postprocessor that reranks retrieved nodes.
 """
 

@@ -18,10 +18,16 @@ from llama_index_ext.embeddings import end_batch_events, framework_loop, start_b
 class DashScopeMultiModalEmbedding(MultimodalAdapter, MultiModalEmbedding):
     """DashScope multimodal embeddings for LlamaIndex: images and text in one space.
 
+    Serves every multimodal model in the table (``model_name="qwen3-vl-embedding"``,
+    ``"tongyi-embedding-vision-plus"``, ...; ``multimodal-embedding-v1`` by default, so
+    existing indexes keep their vectors). Use it as ``image_embed_model`` (and
+    ``embed_model``) of a ``MultiModalVectorStoreIndex`` for text-to-image search.
     Images may be file paths, URLs, ``data:`` URIs or bytes; each is checked against the
-    service's limits before anything is sent. Requests run concurrently
-    (``max_concurrency``). Queries (``get_query_embedding``) get the query-only options;
-    texts and images embedded as documents do not.
+    model's limits before anything is sent, and images over 3 MB are uploaded to the
+    service's temporary storage. Requests run concurrently. Queries
+    (``get_query_embedding``) get the query-only options (``instruct``); texts and images
+    embedded as documents do not. :meth:`embed_fused` gives one vector per item made of
+    several parts (a product's title and photo) on models that fuse.
     """
 
     # model_name / model_spec are ours, not pydantic's: no protected-namespace warning
