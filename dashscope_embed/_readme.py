@@ -8,6 +8,14 @@ BEGIN = "<!-- models-table:begin -->"
 END = "<!-- models-table:end -->"
 RERANK_BEGIN = "<!-- rerank-models-table:begin -->"
 RERANK_END = "<!-- rerank-models-table:end -->"
+MEDIA_BEGIN = "<!-- media-table:begin -->"
+MEDIA_END = "<!-- media-table:end -->"
+_FUSION = {
+    "parameter": "`enable_fusion`: one fused item per request",
+    "object": "text + image + video in one content object",
+    "always": "every request is one vector",
+    "none": "-",
+}
 
 
 def models_table() -> str:
@@ -26,7 +34,8 @@ def models_table() -> str:
             f"| `{spec.name}` | {spec.kind} | {spec.max_rows:,} | {spec.max_tokens_per_row:,} "
             f"| {dims} | {'yes' if spec.supports_sparse else '-'} "
             f"| {'yes' if spec.supports_instruct else '-'} "
-            f"| {'yes' if spec.openai_compatible else '-'} | {spec.price_cny_per_1k_tokens} |"
+            f"| {'yes' if spec.openai_compatible else '-'} "
+            f"| {'-' if spec.price_cny_per_1k_tokens is None else spec.price_cny_per_1k_tokens} |"
         )
     return "\n".join(rows)
 
@@ -57,7 +66,33 @@ def rerank_models_table() -> str:
     return "\n".join(rows)
 
 
+def media_table() -> str:
+    """A Markdown table of every multimodal model's image, video and fusion rules."""
+    rows = [
+        "| model | contents / request | image (largest; formats) | video (largest; formats) "
+        "| fused vectors | also takes |",
+        "|---|---|---|---|---|---|",
+    ]
+    for spec in MODELS.values():
+        media = spec.media
+        if media is None:
+            continue
+
+        def limit(size: int, formats: tuple[str, ...]) -> str:
+            return f"{size // (1024 * 1024)} MB; {', '.join(f.upper() for f in formats)}"
+
+        takes = sorted(media.parameters) + (["instruct"] if spec.supports_instruct else [])
+        rows.append(
+            f"| `{spec.name}` | {spec.max_rows} | {limit(media.image_bytes, media.image_formats)} "
+            f"| {limit(media.video_bytes, media.video_formats)} | {_FUSION[media.fusion]} "
+            f"| {', '.join(f'`{t}`' for t in takes) or '-'} |"
+        )
+    return "\n".join(rows)
+
+
 if __name__ == "__main__":
     print(models_table())
     print()
     print(rerank_models_table())
+    print()
+    print(media_table())
