@@ -691,9 +691,7 @@ class _Call(Generic[Item, Params]):
         counter = client.token_counter()
 
         def cost(batch: range) -> int:
-            return sum(
-                counter.count(str(item)) + RESERVED_TOKENS for item in self.plan.batch_items(batch)
-            )
+            return sum(_item_tokens(counter, item) for item in self.plan.batch_items(batch))
 
         return cost
 
@@ -819,6 +817,20 @@ def validate_documents(documents: Any, modalities: Sequence[str]) -> list[str | 
     if problems:
         raise InvalidInputError(problems)
     return list(items)
+
+
+def _item_tokens(counter: TokenCounter, item: object) -> int:
+    """What one input bills: a text's tokens; an image or video what the service bills
+    for one (the client cannot count those)."""
+    if isinstance(item, str):
+        return counter.count(item) + RESERVED_TOKENS
+    parts = item.parts if isinstance(item, Fused) else (item,)
+    return sum(
+        counter.count(part.value) + RESERVED_TOKENS
+        if isinstance(part, Content) and part.modality == "text"
+        else NON_TEXT_TOKENS
+        for part in parts
+    )
 
 
 def _single_job(request: HttpRequest) -> Jobs[int, bytes]:

@@ -112,4 +112,6 @@ def _single(item: MultimodalItem) -> Content:
     return item
 
 
-NATIVE_MULTIMODAL = register(NativeMultimodalEmbedding())
+# The service has no OpenAI-compatible multimodal embedding ("Unsupported model ... for
+# OpenAI compatibility mode"): a client set to that protocol uses this endpoint too.
+NATIVE_MULTIMODAL = register(NativeMultimodalEmbedding(), protocols=("native", "openai-compatible"))

@@ -6,6 +6,7 @@ with nothing lost or paid twice."""
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import pickle
 import re
@@ -520,3 +521,54 @@ def test_a_server_that_ignores_fusion_gives_an_error_not_a_wrong_vector() -> Non
                 model="qwen3-vl-embedding",
                 dimension=256,
             )
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_told_token_budget_counts_an_image_as_the_service_bills_it(
+    mode: str, dashscope_emulator: Emulator
+) -> None:
+    """An inline image is megabytes of base64, not tokens: counted as text it would
+    exceed any per-minute budget and the call could never be sent."""
+    client = DashScopeClient(
+        api_key=dashscope_emulator.api_key,
+        base_url=dashscope_emulator.base_url,
+        retry=FAST_RETRY,
+        tokens_per_minute=50_000,
+    )
+    images = [Content.image(png(f"photo {i}", pad=1024 * 1024)) for i in range(3)]
+    vectors = embed(client, mode, images, model="qwen3-vl-embedding")  # one request
+    assert len(vectors) == 3
+    # What the next request would wait for: the three images' ~3,000 tokens of a 50,000
+    # per-minute budget (counted as text, their base64 made it an 11-minute wait).
+    assert client.budget.reserve(1) < 10
+
+
+def test_the_openai_compatible_protocol_still_reaches_the_multimodal_endpoint(
+    dashscope_emulator: Emulator,
+) -> None:
+    """The service has no OpenAI-compatible multimodal embedding ("Unsupported model
+    qwen3-vl-embedding for OpenAI compatibility mode"); a client set to that protocol
+    uses the native endpoint for these models instead of failing."""
+    client = DashScopeClient(
+        api_key=dashscope_emulator.api_key,
+        base_url=dashscope_emulator.base_url,
+        protocol="openai-compatible",
+    )
+    vectors = client.embed_multimodal([Content.text("x")], model="qwen3-vl-embedding")
+    assert len(vectors.require_dense()[0]) == 2560
+    assert len(dashscope_emulator.requests("/api/v1/services/embeddings/multimodal-embedding")) == 1
+
+
+def test_a_pil_image_is_sent_as_the_png_it_saves_to(
+    client: DashScopeClient, dashscope_emulator: Emulator
+) -> None:
+    image_module = pytest.importorskip("PIL.Image")  # comes with llama-index-core
+    picture = image_module.new("RGB", (8, 8), "red")
+    saved = io.BytesIO()
+    picture.save(saved, format="PNG")
+    from_pil, from_bytes = client.embed_multimodal(
+        [Content.image(picture), Content.image(saved.getvalue())], model="qwen3-vl-embedding"
+    ).require_dense()
+    assert from_pil == from_bytes
+    (body,) = bodies(dashscope_emulator)
+    assert len(body["input"]["contents"]) == 1  # the same image, sent once
