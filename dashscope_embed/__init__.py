@@ -41,6 +41,7 @@ from dashscope_embed.models import (
     RerankSpec,
     resolve_model,
     resolve_rerank_model,
+    self_hosted_model,
 )
 from dashscope_embed.multimodal import Content, Fused
 from dashscope_embed.options import MultimodalEmbeddingOptions, RerankOptions, TextEmbeddingOptions
@@ -104,4 +105,5 @@ __all__ = [
     "make_config",
     "resolve_model",
     "resolve_rerank_model",
+    "self_hosted_model",
 ]

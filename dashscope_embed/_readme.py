@@ -26,6 +26,8 @@ def models_table() -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for spec in MODELS.values():
+        if spec.hosting != "dashscope":
+            continue
         dims = ", ".join(
             f"**{d}**" if d == spec.default_dimension else str(d)
             for d in sorted(spec.dimensions, reverse=True)
@@ -48,6 +50,8 @@ def rerank_models_table() -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for spec in RERANK_MODELS.values():
+        if spec.family == "rerank-self-hosted":
+            continue
         endpoint = (
             "`/compatible-api/v1/reranks`"
             if spec.family == "rerank-openai"

@@ -208,9 +208,13 @@ class DashScopeClient:
         settings = getattr(self, "settings", None)
         if settings is None:
             return "DashScopeClient(<not configured>)"
+        where = (
+            f"server={settings.server!r}"
+            if settings.server is not None
+            else f"protocol={settings.protocol!r}, workspace={settings.workspace!r}"
+        )
         return (
-            f"DashScopeClient(root_url={settings.root_url!r}, "
-            f"protocol={settings.protocol!r}, workspace={settings.workspace!r}, "
+            f"DashScopeClient(root_url={settings.root_url!r}, {where}, "
             f"max_concurrency={settings.max_concurrency})"
         )
 
@@ -285,7 +289,7 @@ class DashScopeClient:
     ) -> _Call[str, TextParams]:
         spec, endpoint, params = self._text_params(model, text_type, options)
         valid = validate_texts(texts)
-        rows = spec.max_rows
+        rows = endpoint.rows_per_request(spec.max_rows)
         if batch_size is not None:
             if not 1 <= batch_size <= rows:
                 raise ConfigurationError(
@@ -294,7 +298,7 @@ class DashScopeClient:
             rows = batch_size
         long_plan = self._long_text_plan(valid, spec, long_text or self.settings.long_text)
         # Fail on a missing key before planning work, not inside a worker thread.
-        self.settings.resolve_api_key()
+        self.settings.check_credentials()
         return _Call(
             endpoint,
             params,
@@ -368,15 +372,15 @@ class DashScopeClient:
         spec = resolve_model(model)
         params = multimodal_params(spec, MultimodalEmbeddingOptions.from_call(options))
         items = check_items(contents, spec, self.token_counter().count)
-        endpoint_for(spec.family, self.settings.protocol, spec.name).check(params)
-        self.settings.resolve_api_key()
+        endpoint_for(spec.family, self.settings.wire_protocol, spec.name).check(params)
+        self.settings.check_credentials()
         return spec, params, items
 
     def _multimodal_call(
         self, spec: ModelSpec, params: MultimodalParams, items: list[MultimodalItem]
     ) -> _Call[MultimodalItem, Any]:
         endpoint: Endpoint[MultimodalItem, Any] = endpoint_for(
-            spec.family, self.settings.protocol, spec.name
+            spec.family, self.settings.wire_protocol, spec.name
         )
         # Identical items (same text, same image reference or bytes) are sent once; a
         # fused item whose parts fill a request gets a request of its own.
@@ -452,8 +456,17 @@ class DashScopeClient:
     ) -> _RerankCall:
         spec = resolve_rerank_model(model)
         params = rerank_params(spec, query, RerankOptions.from_call(options))
+        if (spec.family == "rerank-self-hosted") != (self.settings.server is not None):
+            raise InvalidInputError(
+                f"{spec.name!r} is an open reranker served by your own server: set server= "
+                "and base_url"
+                if self.settings.server is None
+                else f"{spec.name!r} is a DashScope rerank model; a {self.settings.server} "
+                "server serves open ones: name it (Qwen/Qwen3-Reranker-0.6B, -4B, -8B, or "
+                "self_hosted_model('served-name', like=...))"
+            )
         endpoint: Endpoint[Any, RerankParams] = endpoint_for(
-            spec.family, self.settings.protocol, spec.name
+            spec.family, self.settings.wire_protocol, spec.name
         )
         endpoint.check(params)
         given = validate_documents(documents, spec.modalities)
@@ -471,7 +484,7 @@ class DashScopeClient:
                 f"{spec.max_tokens_per_document}"
             )
         docs, tokens = self._fit_documents(given, spec, query_tokens, policy, counter)
-        the_plan = plan(docs, spec.max_documents)
+        the_plan = plan(docs, endpoint.rows_per_request(spec.max_documents))
         unique_tokens = [0] * len(the_plan.unique)
         for position, slot in enumerate(the_plan.slot_of):
             unique_tokens[slot] = tokens[position]
@@ -484,7 +497,7 @@ class DashScopeClient:
             spec.max_per_modality,
         )
         the_plan = Plan(the_plan.unique, the_plan.slot_of, batches)
-        self.settings.resolve_api_key()
+        self.settings.check_credentials()
         return _RerankCall(
             endpoint, params, self.settings, the_plan, given, unique_tokens, query_tokens
         )
@@ -721,7 +734,14 @@ def check_text_call(
     (the framework classes check their defaults with it at construction)."""
     spec = resolve_model(model)
     params = text_params(spec, text_type, TextEmbeddingOptions.from_call(options))
-    endpoint: Endpoint[str, TextParams] = endpoint_for(spec.family, settings.protocol, spec.name)
+    if spec.hosting == "self-hosted" and settings.server is None:
+        raise InvalidInputError(
+            f"{spec.name!r} is an open model served by your own server: set server='vllm' "
+            "(or 'sglang', 'tei', 'ollama', 'infinity') and base_url to its root"
+        )
+    endpoint: Endpoint[str, TextParams] = endpoint_for(
+        spec.family, settings.wire_protocol, spec.name
+    )
     endpoint.check(params)
     return spec, endpoint, params
 

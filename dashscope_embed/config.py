@@ -40,6 +40,9 @@ from dashscope_embed.retry import RetryPolicy
 from dashscope_embed.tokens import LongTextPolicy, TokenCounter
 
 Protocol = Literal["native", "openai-compatible"]
+ServerKind = Literal["vllm", "sglang", "tei", "ollama", "infinity"]
+SERVER_KINDS: tuple[ServerKind, ...] = ("vllm", "sglang", "tei", "ollama", "infinity")
+"""Self-hosted servers the client speaks to (see :mod:`dashscope_embed.selfhosted`)."""
 Api = Literal["native", "compatible", "compatible-api"]
 """The service's API families: native (``/api/v1``), OpenAI-compatible
 (``/compatible-mode/v1``) and the OpenAI-style rerank API (``/compatible-api/v1``)."""
@@ -213,6 +216,13 @@ class ClientSettings(BaseModel):
     protocol: Protocol = Field(
         default="native", description="'native' (every feature) or 'openai-compatible'."
     )
+    server: ServerKind | None = Field(
+        default=None,
+        description="A self-hosted Qwen3-Embedding / Qwen3-Reranker server instead of "
+        "DashScope: 'vllm', 'sglang', 'tei', 'ollama' or 'infinity'; base_url is its root "
+        "(http://gpu-box:8000). api_key is then the server's own bearer token, if it needs "
+        "one (DASHSCOPE_API_KEY is never sent to it).",
+    )
     allow_insecure_http: bool = Field(
         default=False,
         description="Allow plain http:// to a non-loopback host (the key travels in clear).",
@@ -302,6 +312,11 @@ class ClientSettings(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> ClientSettings:
+        if self.server is not None and (self.base_url is None or self.workspace_gateway):
+            raise ValueError(
+                f"server={self.server!r} needs base_url, the server's root "
+                "(e.g. 'http://gpu-box:8000')"
+            )
         if self.workspace_gateway:
             if self.workspace is None:
                 raise ValueError("workspace_gateway=True needs workspace='...' (its id)")
@@ -368,7 +383,26 @@ class ClientSettings(BaseModel):
         """``retry``, or the default policy with ``max_retries``."""
         return self.retry or RetryPolicy(max_retries=self.max_retries)
 
+    @property
+    def wire_protocol(self) -> str:
+        """The protocol requests are made in: the self-hosted server's kind, else
+        ``protocol``."""
+        return self.server or self.protocol
+
     # -------------------------------------------------------------- the key
+    def bearer_token(self) -> str | None:
+        """What goes in ``Authorization``: the DashScope key, or for a self-hosted
+        server its own token if one was given (never ``DASHSCOPE_API_KEY``, which is
+        DashScope's and must not reach another host)."""
+        if self.server is not None:
+            return self.api_key.get_secret_value() if self.api_key is not None else None
+        return self.resolve_api_key()
+
+    def check_credentials(self) -> None:
+        """Fail now if a needed key is missing (a self-hosted server may need none)."""
+        if self.server is None:
+            self.resolve_api_key()
+
     def resolve_api_key(self) -> str:
         """The key to send: the explicit one, else ``DASHSCOPE_API_KEY`` now."""
         key = self.api_key or _env_api_key()

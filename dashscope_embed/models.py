@@ -20,6 +20,7 @@ from dashscope_embed.errors import UnknownModelError
 OutputType = Literal["dense", "sparse", "dense&sparse"]
 TextType = Literal["query", "document"]
 ModelKind = Literal["text", "async-batch", "multimodal"]
+Hosting = Literal["dashscope", "self-hosted"]
 Fusion = Literal["none", "parameter", "object", "always"]
 
 OUTPUT_TYPES: tuple[OutputType, ...] = ("dense", "sparse", "dense&sparse")
@@ -87,6 +88,8 @@ class ModelSpec:
         price_cny_per_1k_tokens: List price in the Beijing region, CNY per 1,000 input
             tokens (text input for multimodal models); ``None`` if unknown.
         media: Image and video limits and fusion rules (multimodal models only).
+        hosting: ``"dashscope"``, or ``"self-hosted"`` for an open model served by your
+            own server (``server=`` setting).
     """
 
     name: str
@@ -102,6 +105,7 @@ class ModelSpec:
     kind: ModelKind = "text"
     price_cny_per_1k_tokens: float | None = None
     media: MediaLimits | None = None
+    hosting: Hosting = "dashscope"
     notes: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
@@ -360,12 +364,30 @@ _BUILTIN: tuple[ModelSpec, ...] = (
     ),
 )
 
-MODELS: Mapping[str, ModelSpec] = MappingProxyType({spec.name: spec for spec in _BUILTIN})
+# The open Qwen3-Embedding models, for self-hosted servers: any size from 32 up to the
+# native one (Matryoshka), 32K tokens, instruction-aware queries, dense only.
+_OPEN_EMBEDDING: tuple[ModelSpec, ...] = tuple(
+    ModelSpec(
+        name=f"Qwen/Qwen3-Embedding-{size}",
+        max_rows=256,
+        max_tokens_per_row=32_768,
+        dimensions=tuple(range(32, native + 1)),
+        default_dimension=native,
+        supports_instruct=True,
+        hosting="self-hosted",
+        notes=f"Open Qwen3-Embedding {size} ({native} dims), on your own server.",
+    )
+    for size, native in (("0.6B", 1024), ("4B", 2560), ("8B", 4096))
+)
+
+MODELS: Mapping[str, ModelSpec] = MappingProxyType(
+    {spec.name: spec for spec in _BUILTIN + _OPEN_EMBEDDING}
+)
 """Every built-in model, by name. Read-only: pass a :class:`ModelSpec` for others."""
 
 DEFAULT_MODEL = "text-embedding-v4"
 
-RerankFamily = Literal["rerank-openai", "rerank-native"]
+RerankFamily = Literal["rerank-openai", "rerank-native", "rerank-self-hosted"]
 
 
 @dataclass(frozen=True)
@@ -400,7 +422,7 @@ class RerankSpec:
     notes: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
-        if self.family not in ("rerank-openai", "rerank-native"):
+        if self.family not in ("rerank-openai", "rerank-native", "rerank-self-hosted"):
             raise ValueError(f"RerankSpec {self.name!r}: unknown family {self.family!r}")
         for name in ("max_documents", "max_tokens_per_document", "max_tokens_per_request"):
             if getattr(self, name) < 1:
@@ -441,8 +463,21 @@ _RERANK_BUILTIN: tuple[RerankSpec, ...] = (
     ),
 )
 
+_OPEN_RERANK: tuple[RerankSpec, ...] = tuple(
+    RerankSpec(
+        name=f"Qwen/Qwen3-Reranker-{size}",
+        family="rerank-self-hosted",
+        max_documents=1000,
+        max_tokens_per_document=32_768,
+        max_tokens_per_request=10_000_000,
+        supports_instruct=True,
+        notes=f"Open Qwen3-Reranker {size}, on your own server.",
+    )
+    for size in ("0.6B", "4B", "8B")
+)
+
 RERANK_MODELS: Mapping[str, RerankSpec] = MappingProxyType(
-    {spec.name: spec for spec in _RERANK_BUILTIN}
+    {spec.name: spec for spec in _RERANK_BUILTIN + _OPEN_RERANK}
 )
 """Every built-in rerank model, by name. Pass a :class:`RerankSpec` for others."""
 
@@ -472,3 +507,17 @@ def resolve_model(model: str | ModelSpec) -> ModelSpec:
     if spec is None:
         raise UnknownModelError(model, known=tuple(MODELS))
     return spec
+
+
+def self_hosted_model(served_name: str, *, like: str) -> ModelSpec | RerankSpec:
+    """An open model your server serves under another name (``--served-model-name``):
+    ``self_hosted_model("qwen3-embed", like="Qwen/Qwen3-Embedding-0.6B")``."""
+    from dataclasses import replace
+
+    if like in MODELS and MODELS[like].hosting == "self-hosted":
+        return replace(MODELS[like], name=served_name)
+    if like in RERANK_MODELS and RERANK_MODELS[like].family == "rerank-self-hosted":
+        return replace(RERANK_MODELS[like], name=served_name)
+    open_models = [n for n, m in MODELS.items() if m.hosting == "self-hosted"]
+    open_models += [n for n, m in RERANK_MODELS.items() if m.family == "rerank-self-hosted"]
+    raise UnknownModelError(like, known=tuple(open_models))

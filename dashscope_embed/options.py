@@ -248,11 +248,12 @@ def text_params(
 def _dimension_problems(spec: ModelSpec, dimension: int | None) -> list[InputProblem]:
     if dimension is None or dimension in spec.dimensions:
         return []
+    allowed = sorted(spec.dimensions, reverse=True)
+    contiguous = len(allowed) > 12 and allowed[0] - allowed[-1] == len(allowed) - 1
+    shown = f"{allowed[-1]} to {allowed[0]}" if contiguous else str(allowed)
     return [
         InputProblem(
-            None,
-            f"dimension={dimension} is not allowed for {spec.name}; allowed: "
-            f"{sorted(spec.dimensions, reverse=True)}",
+            None, f"dimension={dimension} is not allowed for {spec.name}; allowed: {shown}"
         )
     ]
 

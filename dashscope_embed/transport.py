@@ -265,7 +265,9 @@ class _ServiceAuth(httpx.Auth):
             self._origin.host,
             self._origin.port,
         ):
-            request.headers["Authorization"] = "Bearer " + self._config.resolve_api_key()
+            token = self._config.bearer_token()
+            if token is not None:
+                request.headers["Authorization"] = "Bearer " + token
         yield request
 
 
@@ -444,7 +446,7 @@ class Transport:
             "Accept-Encoding": "gzip, deflate",
             "User-Agent": USER_AGENT,
         }
-        if self.config.workspace:
+        if self.config.workspace and self.config.server is None:
             headers["X-DashScope-WorkSpace"] = self.config.workspace
         return headers
 

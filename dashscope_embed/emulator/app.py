@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 from urllib.parse import unquote
 
-from dashscope_embed.emulator import text, uploads, vectors
+from dashscope_embed.emulator import selfhosted, text, uploads, vectors
 from dashscope_embed.emulator.files import FILES_MARKER, StoredFile
 from dashscope_embed.emulator.http import (
     ClientGone,
@@ -106,6 +106,8 @@ class EmulatorApp(Service):
                 return await self._handle_emulator(request, rest)
             except ServiceError as error:
                 return Reply(self._render_error(error, protocol, request.request_id))
+        if self.settings.self_hosted is not None:
+            return await selfhosted.serve(self, request)
         with self.state.lock:
             self.state.stats.requests += 1
             self.state.stats.by_endpoint[f"{request.method} {protocol or ''}{rest}"] += 1

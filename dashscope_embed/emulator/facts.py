@@ -274,3 +274,33 @@ SERVICE_RERANK_MODELS: Mapping[str, ServiceRerankModel] = MappingProxyType(
     }
 )
 """Every rerank model the emulator serves (gte-rerank is retired: 'Model not exist')."""
+
+
+@dataclass(frozen=True)
+class OpenModel:
+    """An open Qwen3 model as a self-hosted server serves it (§10, §12.3)."""
+
+    name: str
+    kind: str  # "embedding" or "reranker"
+    native_dimension: int = 0  # embedding models
+    min_dimension: int = 32  # Matryoshka: any size from here to the native one
+    max_tokens: int = 32_768  # the context a server is started with (max_model_len)
+
+
+OPEN_MODELS: Mapping[str, OpenModel] = MappingProxyType(
+    {
+        model.name: model
+        for model in (
+            OpenModel("Qwen/Qwen3-Embedding-0.6B", "embedding", 1024),
+            OpenModel("Qwen/Qwen3-Embedding-4B", "embedding", 2560),
+            OpenModel("Qwen/Qwen3-Embedding-8B", "embedding", 4096),
+            OpenModel("Qwen/Qwen3-Reranker-0.6B", "reranker"),
+            OpenModel("Qwen/Qwen3-Reranker-4B", "reranker"),
+            OpenModel("Qwen/Qwen3-Reranker-8B", "reranker"),
+        )
+    }
+)
+"""The open models the emulator's self-hosted mode serves, by their Hugging Face names."""
+
+SELF_HOSTED_KINDS = ("vllm", "sglang", "tei", "ollama", "infinity")
+TEI_MAX_BATCH = 32  # TEI's default --max-client-batch-size

@@ -46,6 +46,15 @@ class EmulatorSettings:
         blocked_phrase: a text containing it is refused as the service's content
             inspection refuses one (400 ``DataInspectionFailed``; a failed line in batch
             jobs), so an application's handling of that can be tested.
+        self_hosted: answer as a self-hosted server instead of DashScope: ``"vllm"``,
+            ``"sglang"``, ``"tei"``, ``"ollama"`` or ``"infinity"`` (their paths, bodies
+            and refusals), serving the open Qwen3-Embedding and Qwen3-Reranker models.
+        matryoshka: with ``self_hosted="vllm"`` or ``"sglang"``: started with
+            ``is_matryoshka``, so ``dimensions`` is taken instead of refused.
+        server_token: with ``self_hosted``: the bearer token the server requires (none
+            by default, as most self-hosted servers).
+        served_model: with ``self_hosted="tei"``: the one model the server was started
+            with (default ``Qwen/Qwen3-Embedding-0.6B``).
         path_prefix: serve the APIs below this path (e.g. ``/gateway/dashscope``), as a
             proxy mounted there would; by default they are at the root, and any other
             path is 404, so a mistyped base URL fails here as it would on the service.
@@ -67,9 +76,18 @@ class EmulatorSettings:
     task_seconds_per_line: float = 0.0
     base64_as_float: bool = False
     blocked_phrase: str | None = None
+    self_hosted: str | None = None
+    matryoshka: bool = False
+    server_token: str | None = None
+    served_model: str | None = None
     path_prefix: str = ""
 
     def __post_init__(self) -> None:
+        if self.self_hosted not in (None, "vllm", "sglang", "tei", "ollama", "infinity"):
+            raise ValueError(
+                "self_hosted must be one of vllm, sglang, tei, ollama, infinity, "
+                f"got {self.self_hosted!r}"
+            )
         if self.path_prefix and (
             not self.path_prefix.startswith("/") or self.path_prefix.endswith("/")
         ):
@@ -222,6 +240,10 @@ class Stats:
     max_rows_seen: int = 0
     uploads: int = 0
     keys_sent_to_upload_host: int = 0
+    instructed_texts: int = 0  # self-hosted: texts that arrived as "Instruct: ...\nQuery:..."
+    plain_texts: int = 0  # self-hosted: texts that arrived without an instruction
+    ignored_fields: Counter[str] = field(default_factory=Counter)  # self-hosted: unknown fields
+    authorized_requests: int = 0  # self-hosted: requests that carried an Authorization header
     _delivered_keys: set[bytes] = field(default_factory=set)
 
     def as_dict(self) -> dict[str, Any]:
@@ -241,6 +263,10 @@ class Stats:
             "max_rows_seen": self.max_rows_seen,
             "uploads": self.uploads,
             "keys_sent_to_upload_host": self.keys_sent_to_upload_host,
+            "instructed_texts": self.instructed_texts,
+            "plain_texts": self.plain_texts,
+            "ignored_fields": dict(self.ignored_fields),
+            "authorized_requests": self.authorized_requests,
         }
 
 

@@ -6,7 +6,7 @@ reply parsing; all pure, no I/O. Importing this package registers the built-in o
 
 from __future__ import annotations
 
-from dashscope_embed.protocol import multimodal, native, openai_compatible, rerank
+from dashscope_embed.protocol import multimodal, native, openai_compatible, rerank, selfhosted
 from dashscope_embed.protocol.base import Endpoint, HttpRequest, endpoint_for, register
 from dashscope_embed.protocol.common import ParsedBatch, parse_error_reply, reply_byte_limit
 
@@ -22,4 +22,5 @@ __all__ = [
     "register",
     "reply_byte_limit",
     "rerank",
+    "selfhosted",
 ]

@@ -55,6 +55,11 @@ class Endpoint(Generic[Item, Params]):
     def url(self, settings: ClientSettings) -> str:
         return settings.api_base(self.api) + self.path
 
+    def rows_per_request(self, max_rows: int) -> int:
+        """Most items one request carries, given the model's limit (a server may take
+        fewer)."""
+        return max_rows
+
     def check(self, params: Params) -> None:
         """Raise :class:`InvalidInputError` if this endpoint cannot carry ``params``."""
         extra = getattr(params, "extra_parameters", None) or {}

@@ -31,7 +31,7 @@ UNPRICED = {
 
 def test_every_model_has_a_price_and_a_consistent_default() -> None:
     for spec in MODELS.values():
-        if spec.name in UNPRICED:
+        if spec.name in UNPRICED or spec.hosting == "self-hosted":
             assert spec.price_cny_per_1k_tokens is None
             continue
         assert spec.price_cny_per_1k_tokens and spec.price_cny_per_1k_tokens > 0
