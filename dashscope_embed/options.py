@@ -217,7 +217,10 @@ def text_params(
         problems.append(
             InputProblem(
                 None,
-                f"output_type={options.output_type!r} is not supported by {spec.name} "
+                f"output_type={options.output_type!r}: the open Qwen3-Embedding has no sparse "
+                "output; use DashScope's text-embedding-v4 for sparse vectors"
+                if spec.hosting == "self-hosted"
+                else f"output_type={options.output_type!r} is not supported by {spec.name} "
                 f"(supported: {list(spec.output_types)})",
             )
         )

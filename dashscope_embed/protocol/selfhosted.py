@@ -191,10 +191,10 @@ class SelfHostedTextEmbedding(Endpoint[str, TextParams]):
                 "serves open models: name the one it serves (Qwen/Qwen3-Embedding-0.6B, -4B, "
                 "-8B, or self_hosted_model('served-name', like=...))"
             )
-        if params.output_type != "dense":
+        if params.output_type != "dense":  # a ModelSpec may claim more than the servers give
             raise InvalidInputError(
-                f"output_type={params.output_type!r}: the open Qwen3-Embedding has no sparse "
-                "output; use DashScope's text-embedding-v4 for sparse vectors"
+                f"output_type={params.output_type!r}: a {self.server.name} server returns "
+                "dense vectors only"
             )
 
     def _sends_dimensions(self, params: TextParams) -> bool:
