@@ -20,6 +20,7 @@ from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 
 from dashscope_embed.adapter import AdapterSettings, Role
 from dashscope_embed.models import DEFAULT_MODEL, ModelSpec, resolve_model
+from dashscope_embed.protocol.selfhosted import row_limit
 from dashscope_embed.types import EmbeddingResult
 
 if TYPE_CHECKING:
@@ -35,7 +36,8 @@ def _fill_batch_size(data: Any) -> Any:
     if isinstance(data, dict) and data.get("embed_batch_size") is None:
         model = data.get("model_spec") or data.get("model_name") or DEFAULT_MODEL
         try:
-            data = {**data, "embed_batch_size": resolve_model(model).max_rows}
+            rows = row_limit(resolve_model(model).max_rows, data.get("server"))
+            data = {**data, "embed_batch_size": rows}
         except Exception:  # the model is reported by the after-validator
             data = {**data, "embed_batch_size": 10}
     return data
@@ -86,10 +88,11 @@ class DashScopeEmbedding(_LlamaSettings, BaseEmbedding):
 
     @model_validator(mode="after")
     def _batch_within_row_limit(self) -> DashScopeEmbedding:
-        limit = self.spec.max_rows
+        limit = row_limit(self.spec.max_rows, self.server)
         if self.embed_batch_size > limit:
+            where = f"a {self.server} server's" if self.server else f"{self.spec.name}'s"
             raise ValueError(
-                f"embed_batch_size={self.embed_batch_size} exceeds {self.spec.name}'s limit "
+                f"embed_batch_size={self.embed_batch_size} exceeds {where} limit "
                 f"of {limit} texts per request"
             )
         return self

@@ -41,7 +41,7 @@ DEFAULT_TASK = "Given a web search query, retrieve relevant passages that answer
 EmbedShape = Literal["openai", "tei", "ollama"]
 RerankShape = Literal["cohere", "tei", "sglang"]
 
-__all__ = ["DEFAULT_TASK", "SERVERS", "SERVER_KINDS", "Server", "format_query"]
+__all__ = ["DEFAULT_TASK", "SERVERS", "SERVER_KINDS", "Server", "format_query", "row_limit"]
 
 
 @dataclass(frozen=True)
@@ -137,6 +137,11 @@ SERVERS: dict[str, Server] = {
 }
 
 
+def row_limit(max_rows: int, server: str | None) -> int:
+    """Most texts one request carries: the model's limit, or less if the server's is."""
+    return min(max_rows, SERVERS[server].max_batch) if server in SERVERS else max_rows
+
+
 def format_query(text: str, instruct: str | None) -> str:
     """A query as the open model expects it: its task instruction, then the query."""
     return f"Instruct: {instruct or DEFAULT_TASK}\nQuery:{text}"
@@ -181,7 +186,7 @@ class SelfHostedTextEmbedding(Endpoint[str, TextParams]):
         return server_url(settings, self.server.embed_path)
 
     def rows_per_request(self, max_rows: int) -> int:
-        return min(max_rows, self.server.max_batch)
+        return row_limit(max_rows, self.server.name)
 
     def check(self, params: TextParams) -> None:
         super().check(params)
