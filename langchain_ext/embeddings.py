@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from langchain_core.embeddings import Embeddings
 from langchain_core.utils import secret_from_env
-from pydantic import ConfigDict, Field, SecretStr
+from pydantic import ConfigDict, Field, SecretStr, model_validator
 
 from dashscope_embed.adapter import AdapterSettings
 from dashscope_embed.models import DEFAULT_MODEL, ModelSpec, TextType
@@ -50,11 +50,25 @@ class DashScopeEmbeddings(AdapterSettings, Embeddings):
         default=None, description="Limits of a model the table does not know yet."
     )
     api_key: SecretStr | None = Field(
-        alias="dashscope_api_key",
-        default_factory=secret_from_env("DASHSCOPE_API_KEY", default=None),
-        exclude=True,
-        repr=False,
+        alias="dashscope_api_key", default=None, exclude=True, repr=False
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _key_from_environment(cls, data: Any) -> Any:
+        # Read at construction, as LangChain partner packages do; but DashScope's key is
+        # never made the bearer token of a self-hosted server (another host).
+        if (
+            isinstance(data, dict)
+            and data.get("api_key") is None
+            and data.get("dashscope_api_key") is None
+            and data.get("server") is None
+        ):
+            key = secret_from_env("DASHSCOPE_API_KEY", default=None)()
+            if key is not None:
+                data = {**data, "api_key": key}
+        return data
+
     show_progress: bool = Field(default=False, description="Show a progress bar (tqdm).")
 
     def _model_ref(self) -> str | ModelSpec:

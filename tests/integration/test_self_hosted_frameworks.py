@@ -93,15 +93,18 @@ def test_llama_index_pipeline_switches_backend_by_settings(
 
 
 def test_langchain_pipeline_switches_backend_by_settings(
-    backend: tuple[dict[str, Any], Emulator],
+    backend: tuple[dict[str, Any], Emulator], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    settings, _ = backend
+    settings, emulator = backend
     connection, embed_model, rerank_model = split(settings)
+    # LangChain classes read the key at construction; it must not reach another host.
+    monkeypatch.setenv("DASHSCOPE_API_KEY", "sk-dashscope-only")
     embeddings = DashScopeEmbeddings(**connection, model=embed_model, dimension=256, instruct=TASK)
     store = InMemoryVectorStore.from_texts(PASSAGES, embeddings)
     found = store.similarity_search(QUESTION, k=3)
     assert found[0].page_content == PASSAGES[0]
     if connection.get("server") == "ollama":
+        assert emulator.stats()["authorized_requests"] == 0
         return
     options = (
         {"instruct": "Find the passage"} if connection.get("server") in (None, "sglang") else {}
@@ -111,3 +114,5 @@ def test_langchain_pipeline_switches_backend_by_settings(
         [Document(page_content=d.page_content) for d in reversed(found)], QUESTION
     )
     assert [d.page_content for d in kept] == [PASSAGES[0]]
+    if connection.get("server"):
+        assert emulator.stats()["authorized_requests"] == 0
