@@ -17,6 +17,7 @@ import argparse
 import csv
 import itertools
 import json
+import os
 import sys
 import threading
 from collections.abc import Iterator, Sequence
@@ -465,6 +466,12 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--base-url", help="default: DASHSCOPE_BASE_URL or the region's host")
     embed.add_argument("--region")
     embed.add_argument("--workspace")
+    embed.add_argument(
+        "--server",
+        choices=["vllm", "sglang", "tei", "ollama", "infinity"],
+        help="a self-hosted Qwen3-Embedding server at --base-url (sync mode only); its "
+        "token, if it needs one, from DASHSCOPE_SERVER_TOKEN",
+    )
     embed.add_argument("--quiet", action="store_true", help="no progress line")
     return parser
 
@@ -479,11 +486,15 @@ def run_embed(args: argparse.Namespace) -> int:
             f"--batch-lines must be 1..{BATCH_API_MAX_REQUESTS:,} (requests per Batch API job), "
             f"got {args.batch_lines}"
         )
+    if args.server is not None and args.mode != "sync":
+        raise SystemExit("--server works in --mode sync (a self-hosted server has no batch jobs)")
     client = DashScopeClient(
         base_url=args.base_url,
         region=args.region,
         workspace=args.workspace,
         max_concurrency=args.max_concurrency,
+        server=args.server,
+        api_key=os.environ.get("DASHSCOPE_SERVER_TOKEN") if args.server else None,
     )
     spec = resolve_model(args.model)
     dense = args.output_type != "sparse"

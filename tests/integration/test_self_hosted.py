@@ -7,7 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -234,3 +238,45 @@ def test_faults_lose_nothing_and_pay_nothing_twice(
     stats = emulator.stats()
     assert stats["injected_errors"] + stats["dropped_connections"] > 0
     assert stats["duplicate_embeddings"] == 0
+
+
+def test_the_bulk_command_embeds_a_corpus_on_a_self_hosted_server(tmp_path: Path) -> None:
+    corpus = [f"passage {i} about topic {i % 5}" for i in range(500)]
+    source = tmp_path / "corpus.txt"
+    source.write_text("\n".join(corpus) + "\n")
+    with Emulator(self_hosted="tei") as emulator:
+        env = {**os.environ, "DASHSCOPE_API_KEY": "sk-dashscope-only"}
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "dashscope_embed.cli",
+                "embed",
+                str(source),
+                "--out",
+                str(tmp_path / "v.npy"),
+                "--server",
+                "tei",
+                "--base-url",
+                emulator.base_url,
+                "--model",
+                EMBEDDER,
+                "--dimension",
+                "128",
+                "--quiet",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        stats = emulator.stats()
+        sample = DashScopeClient(base_url=emulator.base_url, server="tei").embed(
+            [corpus[499]], model=EMBEDDER, dimension=128
+        )
+    matrix = np.load(tmp_path / "v.npy")
+    assert matrix.shape == (500, 128)
+    assert np.allclose(matrix[499], sample.require_dense()[0], atol=1e-6)
+    assert stats["max_rows_seen"] <= 32 and stats["authorized_requests"] == 0
