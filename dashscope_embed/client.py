@@ -25,6 +25,7 @@ from typing import Any, Generic, TypeVar
 import httpx
 from pydantic import SecretStr, ValidationError
 
+from dashscope_embed.cluster import EnginePace, LeasedPace
 from dashscope_embed.config import ClientSettings
 from dashscope_embed.engine import Engine, Jobs, Outcome
 from dashscope_embed.errors import (
@@ -306,6 +307,27 @@ class DashScopeClient:
             plan(long_plan.rows if long_plan else valid, rows),
             long_plan,
         )
+
+    def check_texts(
+        self,
+        texts: Sequence[str],
+        *,
+        model: str | ModelSpec = DEFAULT_MODEL,
+        text_type: TextType | None = None,
+        long_text: LongTextPolicy | None = None,
+        **options: Any,
+    ) -> None:
+        """Raise what :meth:`embed` would raise for these texts and options before
+        sending anything (bad texts by position, texts over the token limit, options
+        the model does not take); send nothing."""
+        self._text_call(texts, model, text_type, None, long_text, options)
+
+    def share_rate(self, shared: LeasedPace) -> None:
+        """Take every request start from ``shared`` (a quota shared with other
+        processes, see :mod:`dashscope_embed.cluster`) instead of pacing alone."""
+        self.budget = shared  # type: ignore[assignment]
+        self._engine.budget = shared  # type: ignore[assignment]
+        self._engine.pace = EnginePace(shared)  # type: ignore[assignment]
 
     def _text_params(
         self, model: str | ModelSpec, text_type: str | None, options: dict[str, Any]

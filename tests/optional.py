@@ -25,6 +25,7 @@ LEFT_OUT_OF_THE_FLOORS_RUN = (
     "langchain_classic",
     "langchain_milvus",
     "llama_index.vector_stores.milvus",
+    "ray",
 )
 
 
