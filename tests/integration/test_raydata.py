@@ -1,0 +1,209 @@
+"""Ray Data on a real local Ray against the emulator: ordered, complete output; one
+account's quota shared by every actor; a killed actor's block redone without paying
+again for what it received; bad rows named; errors as a column when asked."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from dashscope_embed import DashScopeClient
+from dashscope_embed.emulator import Emulator
+from dashscope_embed.errors import ConfigurationError, InvalidInputError
+from tests.optional import require
+
+ray = require("ray")
+pa = require("pyarrow")
+raydata = require("dashscope_embed.raydata")
+DashScopeEmbedder = raydata.DashScopeEmbedder
+
+
+@pytest.fixture(scope="module")
+def cluster(dashscope_emulator_session: Emulator) -> Iterator[None]:
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={"env_vars": {"DASHSCOPE_API_KEY": dashscope_emulator_session.api_key}},
+    )
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def corpus(n: int) -> list[str]:
+    return [f"passage {i} about topic {i % 13} and detail {i % 7}" for i in range(n)]
+
+
+def dataset(texts: list[str], blocks: int) -> Any:
+    rows = [{"id": i, "text": t} for i, t in enumerate(texts)]
+    return ray.data.from_items(rows, override_num_blocks=blocks)
+
+
+def collect(ds: Any) -> Any:
+    return pa.concat_tables(ray.get(ds.to_arrow_refs()))
+
+
+def embed(ds: Any, actors: int, batch_size: int, **kwargs: Any) -> Any:
+    return ds.map_batches(
+        DashScopeEmbedder,
+        fn_constructor_kwargs=kwargs,
+        compute=ray.data.ActorPoolStrategy(size=actors),
+        batch_size=batch_size,
+        batch_format="pyarrow",
+        max_restarts=2,
+        max_task_retries=2,
+    )
+
+
+def test_an_actor_pool_returns_every_row_with_its_own_vector(
+    cluster: None, dashscope_emulator: Emulator
+) -> None:
+    dashscope_emulator.configure(latency=0.05)
+    texts = corpus(3000)
+    table = collect(
+        embed(dataset(texts, 6), 2, 500, base_url=dashscope_emulator.base_url, dimension=64)
+    )
+    ids = table.column("id").to_pylist()
+    assert sorted(ids) == list(range(3000))
+    assert table.schema.field("embedding").type == pa.list_(pa.float32(), 64)
+    vectors = np.asarray(table.column("embedding").to_pylist(), dtype=np.float32)
+    stats = dashscope_emulator.stats()
+    assert stats["duplicate_embeddings"] == 0 and stats["texts_delivered"] == 3000
+    client = DashScopeClient(
+        api_key=dashscope_emulator.api_key, base_url=dashscope_emulator.base_url
+    )
+    sample = [0, 1234, 2999]
+    expected = client.embed([texts[i] for i in sample], text_type="document", dimension=64)
+    for i, vector in zip(sample, expected.require_dense(), strict=True):
+        assert np.allclose(vectors[ids.index(i)], vector, atol=1e-6)
+
+
+def test_the_shared_quota_keeps_actors_under_a_cap_none_would_pass_alone(
+    cluster: None, dashscope_emulator: Emulator
+) -> None:
+    """Told the account's 600 RPM, each actor alone stays under it; two pacing alone
+    send twice that. Sharing one keeper, the two together stay under it."""
+    dashscope_emulator.configure(rpm=600, latency=0.05)
+    texts = corpus(600)
+    settings = {"base_url": dashscope_emulator.base_url, "requests_per_minute": 600}
+    shared = collect(embed(dataset(texts, 4), 2, 150, **settings, quota_name="test-shared"))
+    assert shared.num_rows == 600
+    assert dashscope_emulator.stats()["throttled"] <= 1
+    raydata.stop_quota_keeper("test-shared")
+    dashscope_emulator.reset()
+    alone = collect(embed(dataset(texts, 4), 2, 150, **settings, shared_quota=False))
+    assert alone.num_rows == 600
+    assert dashscope_emulator.stats()["throttled"] > 10  # the storm sharing prevents
+
+
+def _map_workers() -> list[int]:
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            command = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"MapWorker" in command and b"DashScopeEmbedder" in command:
+            pids.append(int(entry))
+    return pids
+
+
+@pytest.mark.skipif(not Path("/proc").exists(), reason="finds the actor's process in /proc")
+def test_a_killed_actors_block_is_redone_without_paying_again_for_what_it_received(
+    cluster: None, dashscope_emulator: Emulator, tmp_path: Path
+) -> None:
+    dashscope_emulator.configure(latency=0.2)
+    texts = corpus(1600)
+    result: dict[str, Any] = {}
+    settings = {
+        "base_url": dashscope_emulator.base_url,
+        "dimension": 64,
+        "checkpoint_dir": str(tmp_path / "checkpoints"),
+        "max_concurrency": 2,
+    }
+
+    def run() -> None:
+        result["table"] = collect(embed(dataset(texts, 2), 1, 800, **settings))
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    deadline = time.monotonic() + 120
+    while dashscope_emulator.stats()["requests"] < 15 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    killed = _map_workers()
+    assert killed, "no map worker process found"
+    for pid in killed:
+        os.kill(pid, signal.SIGKILL)
+    worker.join(timeout=240)
+    table = result["table"]
+    assert sorted(table.column("id").to_pylist()) == list(range(1600))
+    stats = dashscope_emulator.stats()
+    # Paid again at most for the requests in flight when it died (2 of 10 texts each).
+    assert stats["duplicate_embeddings"] <= 20
+    assert stats["texts_embedded"] <= 1600 + 20
+    assert list((tmp_path / "checkpoints").glob("*.jsonl"))
+
+
+def test_bad_rows_are_named_by_id_before_any_request(
+    cluster: None, dashscope_emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DASHSCOPE_API_KEY", dashscope_emulator.api_key)
+    embedder = DashScopeEmbedder(
+        base_url=dashscope_emulator.base_url, id_column="doc", shared_quota=False
+    )
+    batch = pa.table({"doc": ["a", "b", "c"], "text": ["fine", "  ", "also fine"]})
+    with pytest.raises(InvalidInputError, match="column 'text': row 'b': text is only whitespace"):
+        embedder(batch)
+    too_long = " ".join(f"word{i}" for i in range(9000))
+    with pytest.raises(InvalidInputError, match=r"row 'c': .*tokens"):
+        embedder(pa.table({"doc": ["a", "b", "c"], "text": ["fine", "fine too", too_long]}))
+    with pytest.raises(KeyError, match="no column 'text' in the batch; columns: doc, body"):
+        embedder(pa.table({"doc": ["a"], "body": ["fine"]}))
+    with pytest.raises(InvalidInputError, match="row 'a'"):
+        embedder(pa.table({"doc": ["a"], "text": [None]}))
+    assert dashscope_emulator.stats()["requests"] == 0
+    with pytest.raises(ConfigurationError, match="takes no api_key"):
+        DashScopeEmbedder(api_key="sk-in-a-pickle", shared_quota=False)
+    # Through Ray: the task fails with the same message.
+    ds = ray.data.from_items([{"id": 0, "text": "ok"}, {"id": 1, "text": ""}])
+    with pytest.raises(Exception, match="row 1: empty text"):
+        collect(embed(ds, 1, 10, base_url=dashscope_emulator.base_url, id_column="id"))
+
+
+def test_failed_rows_get_an_error_column_when_asked(
+    cluster: None, dashscope_emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DASHSCOPE_API_KEY", dashscope_emulator.api_key)
+    dashscope_emulator.configure(blocked_phrase="forbidden")
+    embedder = DashScopeEmbedder(
+        base_url=dashscope_emulator.base_url,
+        on_error="column",
+        output_type="dense&sparse",
+        dimension=64,
+        shared_quota=False,
+    )
+    texts = [f"text {i}" for i in range(25)]
+    texts[13] = "a forbidden text"  # its request (texts 10-19) is refused for good
+    table = embedder(pa.table({"text": texts}))
+    errors = table.column("embedding_error").to_pylist()
+    vectors = table.column("embedding").to_pylist()
+    assert [i for i, e in enumerate(errors) if e] == list(range(10, 20))
+    assert all(vectors[i] is None for i in range(10, 20))
+    assert all(len(vectors[i]) == 64 for i in [*range(10), *range(20, 25)])
+    indices = table.column("embedding_sparse_indices").to_pylist()
+    assert indices[0] and indices[13] is None
+    raising = DashScopeEmbedder(base_url=dashscope_emulator.base_url, shared_quota=False)
+    with pytest.raises(RuntimeError, match=r"10 rows have no vector .*ids \[10, 11"):
+        raising(pa.table({"text": texts}))
