@@ -123,12 +123,17 @@ class LeasedPace:
     (in Ray: a call to the named actor); when it raises, this worker paces itself with
     ``fallback_rpm`` / ``fallback_tpm`` (its share of the told quotas) and a pace
     learned locally, and tries the keeper again after ``retry_keeper_after`` seconds.
+
+    The start slot is taken right before sending (the engine's pace step, after the
+    concurrency slot), so requests that waited for a slot do not go out together. A
+    refusal is reported at once with a new lease, and the slots granted at the old
+    pace are given up.
     """
 
     active = True  # as a RateBudget: always consulted
     MIN_BLOCK = 1
-    MAX_BLOCK = 64
-    BLOCK_SECONDS = 0.5  # lease about this long of this worker's own sending
+    MAX_BLOCK = 32
+    BLOCK_SECONDS = 0.25  # lease about this long of this worker's own sending
 
     def __init__(
         self,
@@ -142,7 +147,9 @@ class LeasedPace:
         self._lock = threading.Lock()
         self._starts: deque[float] = deque()  # granted start times (this clock)
         self._reports = _Reports()
+        self._urgent = False  # a refusal to report now
         self._recent: deque[float] = deque()  # this worker's own start times, last 2 s
+        self._tokens = threading.local()  # the cost of the request on this thread
         self._fallback_budget = RateBudget(fallback_rpm, fallback_tpm)
         self._fallback_pace = AdaptivePace()
         self._keeper_down_until = float("-inf")
@@ -155,7 +162,14 @@ class LeasedPace:
 
     # -------------------------------------------------------------- as the budget
     def reserve(self, tokens: int = 0) -> float:
+        """The engine's budget step: remember what the request costs (its slot is
+        taken at :meth:`take_slot`, right before it is sent)."""
+        self._tokens.cost = tokens
+        return 0.0
+
+    def take_slot(self) -> float:
         """Seconds this request waits for its start (its slot in the cluster's pace)."""
+        tokens = getattr(self._tokens, "cost", 0)
         with self._lock:
             now = time.monotonic()
             self._recent.append(now)
@@ -163,6 +177,8 @@ class LeasedPace:
                 self._recent.popleft()
             if now < self._keeper_down_until:
                 return self._local_wait(tokens)
+            if self._urgent:
+                self._starts.clear()  # granted at the pace the refusal just disproved
             while self._starts and self._starts[0] < now - 1.0:
                 self._starts.popleft()  # a slot long past: the cluster's window moved on
             if not self._starts and not self._lease(now, tokens):
@@ -173,6 +189,7 @@ class LeasedPace:
         block = round(len(self._recent) / 2.0 * self.BLOCK_SECONDS)
         block = max(self.MIN_BLOCK, min(self.MAX_BLOCK, block))
         reports, self._reports = self._reports, _Reports()
+        self._urgent = False
         request = LeaseRequest(
             starts=block,
             tokens=tokens,
@@ -195,10 +212,7 @@ class LeasedPace:
         wait = self._fallback_budget.reserve(tokens) if self._fallback_budget.active else 0.0
         return max(wait, self._fallback_pace.reserve())
 
-    # -------------------------------------------------------------- as the pace
-    def reserve_pace(self) -> float:
-        return 0.0
-
+    # -------------------------------------------------------------- reports
     def on_success(self) -> None:
         with self._lock:
             self._reports.successes += 1
@@ -208,18 +222,19 @@ class LeasedPace:
         sent = time.monotonic() if sent_at is None else sent_at
         with self._lock:
             self._reports.throttled_sent_at.append(sent)
+            self._urgent = True
         self._fallback_pace.on_rate_throttle(sent)
 
 
 class EnginePace:
-    """:class:`LeasedPace` seen as the engine's pace (its ``reserve`` takes no tokens;
-    the budget side already waited for the slot)."""
+    """:class:`LeasedPace` seen as the engine's pace: the start slot, taken right before
+    the request is sent."""
 
     def __init__(self, leased: LeasedPace) -> None:
         self._leased = leased
 
     def reserve(self) -> float:
-        return 0.0
+        return self._leased.take_slot()
 
     def on_success(self) -> None:
         self._leased.on_success()

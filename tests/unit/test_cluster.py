@@ -45,7 +45,7 @@ def test_a_worker_leases_in_blocks_not_per_request() -> None:
 
     worker = LeasedPace(ask)
     for _ in range(150):
-        time.sleep(max(0.0, worker.reserve()))
+        time.sleep(max(0.0, worker.take_slot()))
         worker.on_success()
     assert len(asked) < 40  # blocks grow with the worker's own pace
     assert sum(r.successes for r in asked) >= 100  # successes travel with later leases
@@ -59,7 +59,7 @@ def test_workers_sharing_a_keeper_stay_under_the_quota_together() -> None:
     def work() -> None:
         pace = LeasedPace(keeper.lease)
         for _ in range(10):
-            time.sleep(max(0.0, pace.reserve()))
+            time.sleep(max(0.0, pace.take_slot()))
             with lock:
                 starts.append(time.monotonic())
 
@@ -86,12 +86,12 @@ def test_a_worker_whose_keeper_is_gone_paces_itself_and_comes_back() -> None:
         return keeper.lease(request)
 
     pace = LeasedPace(ask, fallback_rpm=split_quota(600, 2), retry_keeper_after=0.2)
-    waits = [pace.reserve() for _ in range(3)]
+    waits = [pace.take_slot() for _ in range(3)]
     assert pace.fallbacks == 1 and pace.leases == 0
     assert waits[0] == 0 and waits[2] == pytest.approx(2 * 60 / (300 * 0.97), abs=0.05)
     down.clear()
     time.sleep(0.25)
-    pace.reserve()
+    pace.take_slot()
     assert pace.leases == 1  # back on the shared pace
 
 
