@@ -18,6 +18,7 @@ EXTRA_MODULES: dict[str, frozenset[str]] = {
     "emulator": frozenset({"uvicorn", "numpy", "orjson"}),
     "bulk": frozenset({"numpy", "pyarrow"}),
     "tokenizer": frozenset({"dashscope", "tiktoken"}),
+    "ray": frozenset({"ray", "pyarrow", "numpy"}),
 }
 
 

@@ -35,8 +35,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
-
 from dashscope_embed._extras import needs_extra
 from dashscope_embed.client import DashScopeClient
 from dashscope_embed.cluster import Lease, LeasedPace, LeaseRequest, QuotaKeeper, split_quota
@@ -50,6 +48,7 @@ from dashscope_embed.stream import EmbedStreamError
 from dashscope_embed.types import SparseEmbedding
 
 with needs_extra("dashscope_embed.raydata", "ray"):
+    import numpy as np
     import pyarrow as pa
     import ray
 

@@ -46,5 +46,11 @@ except ModuleNotFoundError as error:
     assert "pip install 'dashscope-embed[emulator]'" in str(error), error
 else:
     raise AssertionError("the emulator imported without its extra")
+try:
+    import dashscope_embed.raydata  # noqa: F401
+except ModuleNotFoundError as error:
+    assert "pip install 'dashscope-embed[ray]'" in str(error), error
+else:
+    raise AssertionError("dashscope_embed.raydata imported without its extra")
 print(f"bare wheel OK: {sys.argv[1].rsplit('/', 1)[-1]}")
 PY

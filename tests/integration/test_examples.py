@@ -42,3 +42,33 @@ def test_quickstart_runs_offline_and_finds_the_right_documents() -> None:
     assert top_hits("Why does my Beijing key fail against the Singapore endpoint?")[1] == "regions"
     assert top_hits("文本向量化是怎么计费的？")[1] == "zh-cost"
     assert top_hits("How many texts can one text-embedding-v4 request carry?")[1] == "row-limit"
+
+
+def test_the_ray_ingestion_example_writes_parquet_and_qdrant(tmp_path: Path) -> None:
+    from tests.optional import require
+
+    require("ray")
+    import pyarrow.parquet as pq
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DASHSCOPE_")}
+    run = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "examples" / "ray_ingest.py"),
+            str(ROOT / "examples" / "data" / "corpus.jsonl"),
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.startswith("DASHSCOPE_API_KEY is not set: using the local emulator")
+    match = re.search(r"Embedded (\d+) chunks of 30 documents", run.stdout)
+    assert match, run.stdout
+    table = pq.read_table(tmp_path / "vectors.parquet")
+    assert table.num_rows == int(match[1]) >= 30
+    assert str(table.schema.field("embedding").type) == "fixed_size_list<item: float>[512]"
+    assert f"Upserted {table.num_rows} points into Qdrant." in run.stdout

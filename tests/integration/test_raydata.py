@@ -207,3 +207,32 @@ def test_failed_rows_get_an_error_column_when_asked(
     raising = DashScopeEmbedder(base_url=dashscope_emulator.base_url, shared_quota=False)
     with pytest.raises(RuntimeError, match=r"10 rows have no vector .*ids \[10, 11"):
         raising(pa.table({"text": texts}))
+
+
+def test_a_restarting_keeper_slows_no_one_to_a_stall(
+    cluster: None, dashscope_emulator: Emulator
+) -> None:
+    """Killed mid-run, the keeper is restarted by Ray; meanwhile the actors pace
+    themselves, and every row still gets its vector, none paid twice."""
+    dashscope_emulator.configure(latency=0.1)
+    texts = corpus(1500)
+    name = "test-restart"
+    result: dict[str, Any] = {}
+
+    def run() -> None:
+        settings = {"base_url": dashscope_emulator.base_url, "quota_name": name}
+        result["table"] = collect(embed(dataset(texts, 6), 2, 250, **settings))
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    deadline = time.monotonic() + 120
+    while dashscope_emulator.stats()["requests"] < 20 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    keeper = ray.get_actor(name, namespace=raydata.KEEPER_NAMESPACE)
+    ray.kill(keeper, no_restart=False)
+    worker.join(timeout=240)
+    assert sorted(result["table"].column("id").to_pylist()) == list(range(1500))
+    assert dashscope_emulator.stats()["duplicate_embeddings"] == 0
+    restarted = ray.get(ray.get_actor(name, namespace=raydata.KEEPER_NAMESPACE).stats.remote())
+    assert restarted["leases"] >= 0  # alive again, answering
+    raydata.stop_quota_keeper(name)
