@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from dashscope_embed.config import SERVER_KINDS, ClientSettings, ServerKind
 from dashscope_embed.errors import BadResponseError, InvalidInputError
@@ -166,14 +166,16 @@ def _renormalised_prefix(vector: list[float], size: int, row: int, rid: str | No
     return [x / norm for x in prefix]
 
 
-class SelfHostedTextEmbedding(Endpoint[str, TextParams]):
-    """Dense embeddings from a self-hosted Qwen3-Embedding server."""
+ItemT = TypeVar("ItemT")
+ParamsT = TypeVar("ParamsT")
 
-    family = "text-embedding"
+
+class _OnServer(Endpoint[ItemT, ParamsT]):
+    """A codec for one server kind: registered under its name, its URLs on the server."""
+
     api = "native"  # unused: url() is the server's
     path = ""
     parameters_key = None
-    own_parameters = frozenset({"model", "input", "inputs", "dimensions", "encoding_format"})
 
     def __init__(self, server: Server) -> None:
         self.server = server
@@ -181,6 +183,13 @@ class SelfHostedTextEmbedding(Endpoint[str, TextParams]):
     @property
     def protocol(self) -> str:  # type: ignore[override]
         return self.server.name
+
+
+class SelfHostedTextEmbedding(_OnServer[str, TextParams]):
+    """Dense embeddings from a self-hosted Qwen3-Embedding server."""
+
+    family = "text-embedding"
+    own_parameters = frozenset({"model", "input", "inputs", "dimensions", "encoding_format"})
 
     def url(self, settings: ClientSettings) -> str:
         return server_url(settings, self.server.embed_path)
@@ -273,23 +282,13 @@ class SelfHostedTextEmbedding(Endpoint[str, TextParams]):
         return ParsedBatch(dense=dense, sparse=None, total_tokens=tokens, request_id=request_id)
 
 
-class SelfHostedRerank(Endpoint[Document, RerankParams]):
+class SelfHostedRerank(_OnServer[Document, RerankParams]):
     """Scores from a self-hosted Qwen3-Reranker: Cohere-style, TEI or SGLang."""
 
     family = "rerank-self-hosted"
-    api = "native"
-    path = ""
-    parameters_key = None
     own_parameters = frozenset(
         {"model", "query", "documents", "texts", "top_n", "instruct", "return_documents"}
     )
-
-    def __init__(self, server: Server) -> None:
-        self.server = server
-
-    @property
-    def protocol(self) -> str:  # type: ignore[override]
-        return self.server.name
 
     def url(self, settings: ClientSettings) -> str:
         assert self.server.rerank_path is not None

@@ -106,6 +106,20 @@ def test_the_shared_quota_keeps_actors_under_a_cap_none_would_pass_alone(
     assert dashscope_emulator.stats()["throttled"] > 10  # the storm sharing prevents
 
 
+def in_background(work: Any) -> tuple[threading.Thread, dict[str, Any]]:
+    """Run ``work()`` on a thread; its result lands in the returned dict's "table"."""
+    result: dict[str, Any] = {}
+    thread = threading.Thread(target=lambda: result.update(table=work()))
+    thread.start()
+    return thread, result
+
+
+def wait_for_requests(emulator: Emulator, count: int) -> None:
+    deadline = time.monotonic() + 120
+    while emulator.stats()["requests"] < count and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 def _map_workers() -> list[int]:
     pids = []
     for entry in os.listdir("/proc"):
@@ -126,22 +140,14 @@ def test_a_killed_actors_block_is_redone_without_paying_again_for_what_it_receiv
 ) -> None:
     dashscope_emulator.configure(latency=0.2)
     texts = corpus(1600)
-    result: dict[str, Any] = {}
     settings = {
         "base_url": dashscope_emulator.base_url,
         "dimension": 64,
         "checkpoint_dir": str(tmp_path / "checkpoints"),
         "max_concurrency": 2,
     }
-
-    def run() -> None:
-        result["table"] = collect(embed(dataset(texts, 2), 1, 800, **settings))
-
-    worker = threading.Thread(target=run)
-    worker.start()
-    deadline = time.monotonic() + 120
-    while dashscope_emulator.stats()["requests"] < 15 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    worker, result = in_background(lambda: collect(embed(dataset(texts, 2), 1, 800, **settings)))
+    wait_for_requests(dashscope_emulator, 15)
     killed = _map_workers()
     assert killed, "no map worker process found"
     for pid in killed:
@@ -217,17 +223,9 @@ def test_a_restarting_keeper_slows_no_one_to_a_stall(
     dashscope_emulator.configure(latency=0.1, rpm=1200)  # ~15 s of work: time to come back
     texts = corpus(3000)
     name = "test-restart"
-    result: dict[str, Any] = {}
-
-    def run() -> None:
-        settings = {"base_url": dashscope_emulator.base_url, "quota_name": name}
-        result["table"] = collect(embed(dataset(texts, 6), 2, 500, **settings))
-
-    worker = threading.Thread(target=run)
-    worker.start()
-    deadline = time.monotonic() + 120
-    while dashscope_emulator.stats()["requests"] < 20 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    settings = {"base_url": dashscope_emulator.base_url, "quota_name": name}
+    worker, result = in_background(lambda: collect(embed(dataset(texts, 6), 2, 500, **settings)))
+    wait_for_requests(dashscope_emulator, 20)
     keeper = ray.get_actor(name, namespace=raydata.KEEPER_NAMESPACE)
     ray.kill(keeper, no_restart=False)
     worker.join(timeout=240)
