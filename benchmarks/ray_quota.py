@@ -31,7 +31,9 @@ BEGIN, END = "<!-- ray-benchmark:begin -->", "<!-- ray-benchmark:end -->"
 ROWS_PER_REQUEST = 10  # text-embedding-v4
 
 
-def run(base: str, texts: list[str], actors: int, shared: bool, name: str) -> dict[str, Any]:
+def run(
+    base: str, texts: list[str], actors: int, shared: bool, name: str, told: int | None
+) -> dict[str, Any]:
     import pyarrow as pa
     import ray
 
@@ -58,12 +60,20 @@ def run(base: str, texts: list[str], actors: int, shared: bool, name: str) -> di
             "dimension": 64,
             "shared_quota": shared,
             "quota_name": name,
+            "requests_per_minute": told,
         },
         compute=ray.data.ActorPoolStrategy(size=actors),
         batch_size=max(1, len(texts) // (actors * 4)),
         batch_format="pyarrow",
     )
-    table = pa.concat_tables(ray.get(out.to_arrow_refs()))
+    try:
+        table = pa.concat_tables(ray.get(out.to_arrow_refs()))
+    except Exception as error:  # the job failed: requests ran out of retries
+        done.set()
+        watcher.join()
+        stats = httpx.get(base + "/emulator/stats", timeout=10).json()
+        message = str(error).split("RuntimeError: ", 1)[-1].split(" (ids", 1)[0]
+        return {"failed": message.strip(), **_counts(stats)}
     end = time.monotonic()
     done.set()
     watcher.join()
@@ -73,13 +83,15 @@ def run(base: str, texts: list[str], actors: int, shared: bool, name: str) -> di
     stop_quota_keeper(name)
     stats = httpx.get(base + "/emulator/stats", timeout=10).json()
     ids = set(table.column("id").to_pylist())
+    return {"seconds": end - first[0], "lost": len(texts) - len(ids), **_counts(stats)}
+
+
+def _counts(stats: dict[str, Any]) -> dict[str, Any]:
     return {
-        "seconds": end - first[0],
         "ok": stats["by_status"].get("200", 0),
         "throttled": stats["by_status"].get("429", 0),
         "requests": stats["requests"],
         "duplicates": stats["duplicate_embeddings"],
-        "lost": len(texts) - len(ids),
     }
 
 
@@ -88,6 +100,7 @@ def main() -> None:
     parser.add_argument("--texts", type=int, default=20_000)
     parser.add_argument("--caps", default="1200,600", help="RPM caps, comma-separated")
     parser.add_argument("--latency", type=float, default=0.3)
+    parser.add_argument("--setups", help="indices of the setups to run, e.g. 0,3")
     parser.add_argument("--readme", action="store_true")
     args = parser.parse_args()
 
@@ -106,20 +119,29 @@ def main() -> None:
         "|---|---|---|---|---|---|---|",
     ]
     setups = [
-        ("4 actors, shared quota", 4, True),
-        ("1 actor", 1, True),
-        ("4 actors pacing alone (naive)", 4, False),
+        ("4 actors, shared quota", 4, True, False),
+        ("1 actor", 1, True, False),
+        ("4 actors pacing alone (naive)", 4, False, False),
+        ("4 actors each told the quota (per-worker qps)", 4, False, True),
     ]
+    chosen = [setups[int(i)] for i in args.setups.split(",")] if args.setups else setups
     for cap in (int(c) for c in args.caps.split(",")):
-        for label, actors, shared in setups:
+        for label, actors, shared, told in chosen:
+            name = f"bench-{cap}-{actors}-{shared}-{told}"
             with emulator(args.latency, ("--rpm", str(cap))) as base:
-                result = run(base, texts, actors, shared, f"bench-{cap}-{actors}-{shared}")
-            rate = result["ok"] / result["seconds"]
-            row = (
-                f"| {cap:,} | {label} | {rate / (cap / 60):.2f} "
-                f"| {result['throttled'] / result['requests']:.1%} | {result['duplicates']} "
-                f"| {result['lost']} | {result['seconds']:.0f} |"
-            )
+                result = run(base, texts, actors, shared, name, cap if told else None)
+            throttled = f"{result['throttled'] / max(1, result['requests']):.1%}"
+            if "failed" in result:
+                row = (
+                    f"| {cap:,} | {label} | job failed: {result['failed']} | {throttled} "
+                    f"| {result['duplicates']} | - | - |"
+                )
+            else:
+                rate = result["ok"] / result["seconds"]
+                row = (
+                    f"| {cap:,} | {label} | {rate / (cap / 60):.2f} | {throttled} "
+                    f"| {result['duplicates']} | {result['lost']} | {result['seconds']:.0f} |"
+                )
             print(row, flush=True)
             rows.append(row)
     ray.shutdown()
