@@ -11,11 +11,14 @@
         DashScopeEmbedder,
         fn_constructor_kwargs={"text_column": "text", "dimension": 512,
                                "checkpoint_dir": "/shared/embed-checkpoints"},
-        concurrency=4, batch_size=2000, batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=4), num_cpus=0.25,
+        batch_size=2000, batch_format="pyarrow",
     )
     ds.write_parquet("vectors/")
 
-Each actor runs the core client's concurrent engine on its batches. Every actor's request
+Each actor runs the core client's concurrent engine on its batches. The actors mostly
+wait on HTTP: give them a fraction of a CPU (``num_cpus=0.25``), or whole-CPU actors can
+starve the tasks that read and chunk the data (a deadlock on a small cluster). Every actor's request
 starts come from one named Ray actor, the quota keeper (:mod:`dashscope_embed.cluster`),
 so the cluster as a whole keeps to the account's quota (told, or learned from
 ``Throttling.RateQuota`` refusals) and uses nearly all of it. Start times are leased in

@@ -79,6 +79,9 @@ def main(corpus: Path, out_dir: Path) -> None:
                     **({"base_url": connection["base_url"]} if connection else {}),
                 },
                 compute=ray.data.ActorPoolStrategy(size=2),
+                # The actors wait on HTTP: a fraction of a CPU each leaves the rest to
+                # reading and chunking (whole CPUs for both would starve those).
+                num_cpus=0.25,
                 batch_size=200,
                 batch_format="pyarrow",
                 max_restarts=2,
