@@ -48,6 +48,7 @@ def test_the_ray_ingestion_example_writes_parquet_and_qdrant(tmp_path: Path) -> 
     from tests.optional import require
 
     require("ray")
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("DASHSCOPE_")}
@@ -70,5 +71,7 @@ def test_the_ray_ingestion_example_writes_parquet_and_qdrant(tmp_path: Path) -> 
     assert match, run.stdout
     table = pq.read_table(tmp_path / "vectors.parquet")
     assert table.num_rows == int(match[1]) >= 30
-    assert str(table.schema.field("embedding").type) == "fixed_size_list<item: float>[512]"
+    vector_type = table.schema.field("embedding").type
+    assert pa.types.is_fixed_size_list(vector_type) and vector_type.list_size == 512
+    assert vector_type.value_type == pa.float32()
     assert f"Upserted {table.num_rows} points into Qdrant." in run.stdout

@@ -185,6 +185,7 @@ def test_the_extras_table_matches_pyproject() -> None:
         "pyarrow": "pyarrow",
         "dashscope": "dashscope",
         "tiktoken": "tiktoken",
+        "ray": "ray",
     }
     for extra, modules in EXTRA_MODULES.items():
         names = {
