@@ -156,8 +156,7 @@ class LeasedPace:
         self._retry_after = retry_keeper_after
         self.leases = 0
         self.fallbacks = 0
-        # As a RateBudget, for callers that check whether quotas were told.
-        self.requests_per_minute: int | None = None
+        # As a RateBudget: a told TPM makes the client count each request's tokens.
         self.tokens_per_minute: int | None = None
 
     # -------------------------------------------------------------- as the budget
@@ -241,13 +240,6 @@ class EnginePace:
 
     def on_rate_throttle(self, sent_at: float | None = None) -> None:
         self._leased.on_rate_throttle(sent_at)
-
-    @property
-    def rate(self) -> float | None:
-        return None
-
-    cap_estimate: float | None = None
-    cuts = 0
 
 
 def split_quota(quota: int | None, workers: int) -> int | None:

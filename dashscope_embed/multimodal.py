@@ -25,7 +25,7 @@ from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
 
 from dashscope_embed.errors import InputProblem, InvalidInputError
-from dashscope_embed.models import ModelSpec
+from dashscope_embed.models import MODELS, ModelSpec
 
 Modality = Literal["text", "image", "video"]
 MODALITIES: tuple[Modality, ...] = ("text", "image", "video")
@@ -246,17 +246,6 @@ def _local_path(value: str | os.PathLike[str], where: str) -> Path:
     return path.resolve()
 
 
-def image_reference(image: ImageInput) -> str:
-    """The wire form of an image that can be sent inline: its URL or a data URI."""
-    content = Content.image(image)
-    if content.needs_upload:
-        raise InvalidInputError(
-            f"{content.describe()} is over {INLINE_IMAGE_BYTES // 1024 // 1024} MB: "
-            "give its URL instead"
-        )
-    return content.value
-
-
 # ---------------------------------------------------------------------- checks
 def _megabytes(size: int) -> str:
     return f"{size / 1024 / 1024:.1f} MB"
@@ -314,8 +303,6 @@ def item_problem(item: Any, spec: ModelSpec) -> str | None:
 
 
 def _fusing_models() -> Iterable[ModelSpec]:
-    from dashscope_embed.models import MODELS
-
     return (m for m in MODELS.values() if m.media is not None and m.media.fusion != "none")
 
 
@@ -379,24 +366,3 @@ def with_uploads(item: MultimodalItem, urls: dict[Content, str]) -> MultimodalIt
     if isinstance(item, Fused):
         return item.uploaded(urls)
     return item.uploaded(urls[item]) if item in urls else item
-
-
-def to_contents(items: list[Any], modality: Modality) -> list[Content]:
-    """Build contents of one modality, reporting every bad item by position."""
-    builders: dict[str, Callable[[Any], Content]] = {
-        "text": Content.text,
-        "image": Content.image,
-        "video": Content.video,
-    }
-    contents: list[Content] = []
-    problems: list[InputProblem] = []
-    for i, item in enumerate(items):
-        try:
-            if modality == "text" and (not isinstance(item, str) or not item.strip()):
-                raise InvalidInputError("expected a non-empty text")
-            contents.append(builders[modality](item))
-        except InvalidInputError as exc:
-            problems.append(InputProblem(i, str(exc)))
-    if problems:
-        raise InvalidInputError(problems)
-    return contents

@@ -246,12 +246,7 @@ class DashScopeEmbedder:
         errors: list[str | None] = [None] * count
         journal = _Journal(self.checkpoint, self._block_key(texts)) if self.checkpoint else None
         if journal is not None:
-            for start, rows_dense, rows_sparse in journal.load():
-                for offset, vector in enumerate(rows_dense or []):
-                    dense[start + offset] = vector
-                for offset, vector in enumerate(rows_sparse or []):
-                    assert sparse is not None
-                    sparse[start + offset] = vector
+            _restore(journal, dense, sparse)
         missing = [i for i in range(count) if not self._done(i, dense, sparse)]
         if missing and journal is not None:
             missing = self._stream(texts, missing, journal, dense, sparse)
@@ -288,10 +283,7 @@ class DashScopeEmbedder:
                     if sparse is not None and chunk.result.sparse is not None:
                         sparse[position] = chunk.result.sparse[offset]
         except EmbedStreamError:
-            for position, row_dense, row_sparse in journal.load_rows():
-                dense[position] = row_dense if row_dense is not None else dense[position]
-                if sparse is not None and row_sparse is not None:
-                    sparse[position] = row_sparse
+            _restore(journal, dense, sparse)  # every request that finished was saved
         return [i for i in missing if not self._done(i, dense, sparse)]
 
     def _embed_plain(
@@ -320,7 +312,8 @@ class DashScopeEmbedder:
             if sparse is not None and got_sparse is not None and got_sparse[offset] is not None:
                 sparse[position] = got_sparse[offset]
         if journal is not None:
-            done = [p for k, p in enumerate(missing) if k not in set(failed)]
+            failed_set = set(failed)
+            done = [p for k, p in enumerate(missing) if k not in failed_set]
             journal.save_rows(done, dense, sparse)
         if failed:
             failed_ids = [ids[missing[k]] for k in failed]
@@ -479,8 +472,11 @@ class _Journal:
             rows.append((int(row["p"]), row.get("d"), sparse))
         return rows
 
-    def load(self) -> list[tuple[int, list[Any] | None, list[Any] | None]]:
-        return [
-            (position, [d] if d is not None else None, [s] if s is not None else None)
-            for position, d, s in self.load_rows()
-        ]
+
+def _restore(journal: _Journal, dense: list[Any], sparse: list[Any] | None) -> None:
+    """Put a block's saved vectors back at their rows."""
+    for position, row_dense, row_sparse in journal.load_rows():
+        if row_dense is not None:
+            dense[position] = row_dense
+        if sparse is not None and row_sparse is not None:
+            sparse[position] = row_sparse

@@ -99,3 +99,24 @@ def test_split_quota() -> None:
     assert split_quota(None, 4) is None
     assert split_quota(1200, 4) == 300
     assert split_quota(3, 8) == 1
+
+
+def test_the_keeper_paces_a_told_token_quota_by_what_each_request_bills() -> None:
+    keeper = QuotaKeeper(tokens_per_minute=6000)  # 100 tokens a second
+    offsets = keeper.lease(LeaseRequest(starts=3, tokens=50)).offsets
+    assert offsets[0] == 0
+    assert offsets[2] == pytest.approx(2 * 50 * 60 / (6000 * 0.97), abs=0.05)  # ~1 s
+
+
+def test_the_tokens_the_engine_books_reach_the_keeper() -> None:
+    asked: list[LeaseRequest] = []
+    keeper = QuotaKeeper(tokens_per_minute=60_000)
+
+    def ask(request: LeaseRequest) -> Lease:
+        asked.append(request)
+        return keeper.lease(request)
+
+    pace = LeasedPace(ask)
+    assert pace.reserve(321) == 0.0  # the budget step only records the cost
+    pace.take_slot()
+    assert asked[0].tokens == 321
