@@ -27,6 +27,7 @@ from typing import Any
 from dashscope_embed._extras import MissingExtraError, needs_extra
 from dashscope_embed.client import DashScopeClient
 from dashscope_embed.errors import DashScopeError
+from dashscope_embed.jobs import write_whole
 from dashscope_embed.models import resolve_model
 from dashscope_embed.stream import EmbeddingChunk
 from dashscope_embed.types import EmbeddingResult
@@ -60,6 +61,16 @@ def count_texts(path: Path, field: str) -> int:
 
 
 MANIFEST_VERSION = 1
+
+
+def _read_progress(progress: Path, total: int) -> int:
+    """How many rows of the ``.npy`` matrix an earlier run saved."""
+    text = progress.read_text(encoding="utf-8").strip()
+    if not text.isdigit() or int(text) > total:
+        raise SystemExit(
+            f"{progress} is damaged ({text!r}); delete it and the .npy file to start over"
+        )
+    return int(text)
 
 
 class RunRecord:
@@ -103,9 +114,7 @@ class RunRecord:
     def save(self, *, complete: bool = False) -> None:
         self.complete = complete
         payload = {"version": MANIFEST_VERSION, "settings": self.settings, "complete": complete}
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps(payload, indent=1), encoding="utf-8")
-        tmp.replace(self.path)
+        write_whole(self.path, json.dumps(payload, indent=1))
 
 
 class Journal:
@@ -323,7 +332,7 @@ class Output:
                     f"{self.path} is a {self._matrix.shape} matrix; this run makes "
                     f"({self.total}, {self.dimension}): use another --out"
                 )
-            self.done = int(progress.read_text() or 0)
+            self.done = _read_progress(progress, self.total)
         elif self.path.exists():
             raise SystemExit(
                 f"{self.path} exists and there is no record of the run that made it; "
@@ -335,7 +344,7 @@ class Output:
             self._matrix = np.lib.format.open_memmap(
                 self.path, mode="w+", dtype=np.float32, shape=(self.total, self.dimension)
             )
-            progress.write_text("0")
+            write_whole(progress, "0")
         self._progress = progress
 
     def write_row(self, dense: Any, sparse: Any) -> None:
@@ -373,7 +382,7 @@ class Output:
             self.saved = self.done
         elif self._matrix is not None:
             self._matrix.flush()
-            self._progress.write_text(str(self.done))
+            write_whole(self._progress, str(self.done))
             self.saved = self.done
 
     def close(self) -> None:

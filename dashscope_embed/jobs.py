@@ -86,13 +86,19 @@ class TaskStatus:
 S = TypeVar("S", bound="_StateFile")
 
 
+def write_whole(path: Path, text: str) -> None:
+    """Replace ``path``'s text in one step: a process killed at any moment leaves the
+    old text or the new one, never an empty or half-written file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
 class _StateFile:
     """A small JSON file that lets a restarted process resume the same job."""
 
     def save(self, path: Path) -> None:
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(asdict(self)), encoding="utf-8")  # type: ignore[call-overload]
-        tmp.replace(path)  # atomic: a kill mid-write never leaves half a state file
+        write_whole(path, json.dumps(asdict(self)))  # type: ignore[call-overload]
 
     @classmethod
     def load(cls: type[S], path: Path) -> S | None:

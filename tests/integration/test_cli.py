@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -396,6 +397,27 @@ def test_a_killed_run_resumes_paying_again_at_most_for_requests_in_flight(
     assert rows[1777]["embedding"] == expected[1]
     matrix = np.load(tmp_path / "k.npy")
     assert np.allclose(matrix[[0, 1777]], expected, atol=1e-6)
+
+
+def test_the_npy_progress_count_is_whole_whenever_a_kill_could_read_it(tmp_path: Path) -> None:
+    """A kill lands at any moment, also while the count of saved rows is rewritten. Read
+    back then, an empty count meant "nothing saved": the next run paid again for every
+    row (440 rows in one CI run). Here a reader looks while the count is rewritten."""
+    from dashscope_embed.cli import Output
+
+    output = Output(tmp_path / "v.npy", total=100_000, dimension=4, resumable=True)
+    progress = tmp_path / "v.npy.progress"
+    seen: set[str] = set()
+    writer = threading.Thread(target=lambda: [output.sync() for _ in range(3000)])
+    writer.start()
+    while writer.is_alive():
+        seen.add(progress.read_text())
+    writer.join()
+    assert seen == {"0"}
+    for damaged in ("", "12x", "100001"):
+        progress.write_text(damaged)
+        with pytest.raises(SystemExit, match=r"v\.npy\.progress is damaged"):
+            Output(tmp_path / "v.npy", total=100_000, dimension=4, resumable=True)
 
 
 def test_ctrl_c_reports_exactly_what_the_next_run_finds_and_pays_nothing_twice(
