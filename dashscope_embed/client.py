@@ -193,9 +193,9 @@ class DashScopeClient:
             settings.max_concurrency, adaptive=settings.adaptive_concurrency, cpu=CpuMonitor()
         )
         self.budget = RateBudget(settings.requests_per_minute, settings.tokens_per_minute)
-        # Told the quota: pace to it. Not told: learn it from the service's 429s.
-        learn = settings.adaptive_concurrency and not settings.requests_per_minute
-        self.pace = AdaptivePace() if learn else None
+        # Told the quota: pace to it. Not told, or refused under it anyway (another
+        # process, job or colleague spends the same account): learn the rest from 429s.
+        self.pace = AdaptivePace() if settings.adaptive_concurrency else None
         self._engine = Engine(self.retry, self.gate, self.budget, self.pace)
 
     def _after_fork(self) -> None:

@@ -253,7 +253,10 @@ class ClientSettings(BaseModel):
         "answers; False keeps max_concurrency (or 64) requests in flight regardless.",
     )
     requests_per_minute: int | None = Field(
-        default=None, ge=1, description="Your request quota, paced client-side."
+        default=None,
+        ge=1,
+        description="Your request quota, paced client-side: a ceiling. Refused for rate "
+        "under it (others spend the same account), the client slows further.",
     )
     tokens_per_minute: int | None = Field(
         default=None, ge=1, description="Your token quota, paced client-side."

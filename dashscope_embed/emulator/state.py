@@ -37,8 +37,10 @@ class EmulatorSettings:
             was done (the client sees a dropped connection; the vectors were wasted).
         seed: seed for which requests get faults.
         throttle_retry_after: ``Retry-After`` seconds sent with concurrency 429s; by
-            default none, as the service's pages document none (rate-limit 429s send
-            the time until the window frees up).
+            default none, as the service's pages document none.
+        rate_retry_after: rate-limit 429s (RPM, TPM) carry ``Retry-After``: the time
+            until the window frees up. Whether the service sends it is unconfirmed;
+            ``False`` answers without it, so a client can be tested both ways.
         task_delay: seconds an async task stays PENDING before it runs.
         task_seconds_per_line: simulated work per line of an async task.
         base64_as_float: answer ``encoding_format="base64"`` with float arrays anyway (a
@@ -72,6 +74,7 @@ class EmulatorSettings:
     drop_rate: float = 0.0
     seed: int = 0
     throttle_retry_after: float | None = None
+    rate_retry_after: bool = True
     task_delay: float = 0.2
     task_seconds_per_line: float = 0.0
     base64_as_float: bool = False
@@ -195,7 +198,7 @@ class Limiter:
                     return Throttle(
                         "Throttling.RateQuota",
                         "Requests rate limit exceeded, please try again later.",
-                        wait,
+                        wait if s.rate_retry_after else None,
                     )
             if s.tpm is not None:
                 wait = self._tokens.wait(tokens, s.tpm, now)
@@ -203,7 +206,7 @@ class Limiter:
                     return Throttle(
                         "Throttling.AllocationQuota",
                         "Allocated quota exceeded, please increase your quota limit.",
-                        wait,
+                        wait if s.rate_retry_after else None,
                     )
             self._requests.add(1, now)
             self._tokens.add(tokens, now)

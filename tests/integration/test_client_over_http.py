@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -239,11 +241,13 @@ async def test_adaptive_concurrency_async(
     assert stats["throttled"] < 0.25 * stats["requests"]
 
 
+@pytest.mark.parametrize("says_when", [True, False], ids=["retry-after", "no-retry-after"])
 def test_untold_rate_cap_is_learned_without_cutting_concurrency(
-    make_client: Factory, dashscope_emulator: Emulator
+    make_client: Factory, dashscope_emulator: Emulator, says_when: bool
 ) -> None:
-    # 600 requests a minute is 10 a second; the client is not told.
-    dashscope_emulator.configure(rpm=600, latency=0.02)
+    # 600 requests a minute is 10 a second; the client is not told. Whether the
+    # service's refusals say when to come back is unconfirmed: both ways.
+    dashscope_emulator.configure(rpm=600, latency=0.02, rate_retry_after=says_when)
     client = make_client(max_concurrency=8)
     result = client.embed([f"rate {i}" for i in range(400)])
     stats = dashscope_emulator.stats()
@@ -256,6 +260,37 @@ def test_untold_rate_cap_is_learned_without_cutting_concurrency(
     # A rate cap is not a concurrency cap: no refusal cut the number in flight (on a
     # loaded machine rising latency may, as it should).
     assert client.gate.throttle_cuts == 0
+
+
+def test_a_told_quota_is_a_ceiling_when_other_processes_spend_it_too(
+    make_client: Factory, dashscope_emulator: Emulator
+) -> None:
+    """Three jobs on one account, each told the account's 1,200 requests a minute (other
+    processes, a colleague, Ray actors): together they send three times that. Each must
+    slow down on the refusals, not spend its retries at the told pace and fail. Two run
+    sync on threads, one async, each at concurrency above one."""
+    # Whether the service says when to come back is unconfirmed: here it does not.
+    dashscope_emulator.configure(rpm=1200, latency=0.05, rate_retry_after=False)
+    clients = [make_client(requests_per_minute=1200, max_concurrency=8) for _ in range(3)]
+    texts = [f"shared quota {i}" for i in range(1200)]
+    parts = [texts[:400], texts[400:800], texts[800:]]
+    results: dict[int, Any] = {}
+    workers = [
+        threading.Thread(target=lambda i=i: results.update({i: clients[i].embed(parts[i])}))
+        for i in (0, 1)
+    ]
+    for worker in workers:
+        worker.start()
+    results[2] = asyncio.run(clients[2].aembed(parts[2]))
+    for worker in workers:
+        worker.join()
+    stats = dashscope_emulator.stats()
+    assert stats["throttled"] > 0  # they did collide
+    assert stats["duplicate_embeddings"] == 0 and stats["texts_delivered"] == 1200
+    sample = [0, 399, 400, 1199]
+    expected = make_client().embed([texts[i] for i in sample]).require_dense()
+    got = [results[i // 400].require_dense()[i % 400] for i in sample]
+    assert got == expected
 
 
 def test_qwen3_vl_embedding_batches_contents_at_its_dimension(

@@ -92,8 +92,11 @@ def test_the_shared_quota_keeps_actors_under_a_cap_none_would_pass_alone(
     cluster: None, dashscope_emulator: Emulator
 ) -> None:
     """Told the account's 600 RPM, each actor alone stays under it; two pacing alone
-    send twice that. Sharing one keeper, the two together stay under it."""
-    dashscope_emulator.configure(rpm=600, latency=0.05)
+    send twice that. Sharing one keeper, the two together stay under it. Each told the
+    quota and pacing alone, they collide, and must slow down on the refusals rather than
+    fail rows after spending their retries (a CI run lost 30 rows so)."""
+    # Whether the service says when to come back is unconfirmed: here it does not.
+    dashscope_emulator.configure(rpm=600, latency=0.05, rate_retry_after=False)
     texts = corpus(600)
     settings = {"base_url": dashscope_emulator.base_url, "requests_per_minute": 600}
     shared = collect(embed(dataset(texts, 4), 2, 150, **settings, quota_name="test-shared"))
@@ -102,8 +105,8 @@ def test_the_shared_quota_keeps_actors_under_a_cap_none_would_pass_alone(
     raydata.stop_quota_keeper("test-shared")
     dashscope_emulator.reset()
     alone = collect(embed(dataset(texts, 4), 2, 150, **settings, shared_quota=False))
-    assert alone.num_rows == 600
-    assert dashscope_emulator.stats()["throttled"] > 10  # the storm sharing prevents
+    assert sorted(alone.column("id").to_pylist()) == list(range(600))
+    assert dashscope_emulator.stats()["duplicate_embeddings"] == 0
 
 
 def in_background(work: Any) -> tuple[threading.Thread, dict[str, Any]]:
