@@ -262,6 +262,7 @@ class Stats:
             "injected_errors": self.injected_errors,
             "throttled": self.throttled,
             "tokens": self.tokens,
+            "in_flight": self.in_flight,
             "peak_concurrency": self.peak_concurrency,
             "max_rows_seen": self.max_rows_seen,
             "uploads": self.uploads,
