@@ -105,6 +105,12 @@ def _remaining(timeout: float | None, failure: type[Exception]) -> float | None:
     return left if timeout is None else min(timeout, left)
 
 
+# A reply of ten 1,024-dimension vectors is ~220 KB: read in one go what the socket
+# holds, rather than in httpcore's 64 KB steps, each a wake-up and a pass through
+# every layer of the HTTP stack.
+READ_BYTES = 1024 * 1024
+
+
 class _DeadlineStream(httpcore.NetworkStream):
     """A socket stream whose every read and write stops at the attempt's deadline."""
 
@@ -112,7 +118,9 @@ class _DeadlineStream(httpcore.NetworkStream):
         self._stream = stream
 
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return self._stream.read(max_bytes, _remaining(timeout, httpcore.ReadTimeout))
+        return self._stream.read(
+            max(max_bytes, READ_BYTES), _remaining(timeout, httpcore.ReadTimeout)
+        )
 
     def write(self, buffer: bytes, timeout: float | None = None) -> None:
         self._stream.write(buffer, _remaining(timeout, httpcore.WriteTimeout))
@@ -173,7 +181,9 @@ class _AsyncDeadlineStream(httpcore.AsyncNetworkStream):
         self._stream = stream
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return await self._stream.read(max_bytes, _remaining(timeout, httpcore.ReadTimeout))
+        return await self._stream.read(
+            max(max_bytes, READ_BYTES), _remaining(timeout, httpcore.ReadTimeout)
+        )
 
     async def write(self, buffer: bytes, timeout: float | None = None) -> None:
         await self._stream.write(buffer, _remaining(timeout, httpcore.WriteTimeout))

@@ -158,6 +158,7 @@ def place_rows(rows: Sequence[tuple[Any, Any]], expected: int, request_id: str |
 
 
 _NUMBERS = frozenset({float, int})
+_ALL_FLOATS: set[type] = {float}  # never mutated: the kinds of an all-float vector
 
 
 def dense_problem(vector: Any, dimension: int) -> str | None:
@@ -176,7 +177,12 @@ def _dense_problem(vector: Any, dimension: int) -> tuple[set[type], str | None]:
         return set(), f"expected a dense vector of {dimension} floats, got {found}"
     if len(vector) != dimension:
         return set(), f"expected a dense vector of {dimension} floats, got {len(vector)}"
-    kinds = set(map(type, vector))
+    # Counting the float components (in C, over a list of their types) is twice as
+    # fast as collecting the set of types, and a vector from the service is all floats.
+    if list(map(type, vector)).count(float) == dimension:
+        kinds = _ALL_FLOATS
+    else:
+        kinds = set(map(type, vector))
     if not kinds <= _NUMBERS:
         position, bad = next((i, x) for i, x in enumerate(vector) if type(x) not in _NUMBERS)
         problem = f"component {position} is {bad!r:.30} ({type(bad).__name__}), not a number"
