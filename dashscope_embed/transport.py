@@ -30,6 +30,7 @@ import json
 import logging
 import os
 import platform
+import select
 import ssl
 import threading
 import time
@@ -179,6 +180,7 @@ class _DeadlineBackend(httpcore.NetworkBackend):
 class _AsyncDeadlineStream(httpcore.AsyncNetworkStream):
     def __init__(self, stream: httpcore.AsyncNetworkStream) -> None:
         self._stream = stream
+        self._socket: Any = _UNKNOWN
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         return await self._stream.read(
@@ -201,7 +203,28 @@ class _AsyncDeadlineStream(httpcore.AsyncNetworkStream):
         )
 
     def get_extra_info(self, info: str) -> Any:
+        if info == "is_readable":
+            # Asked of every pooled connection each time a request picks one; anyio
+            # builds a dict of all its attributes per question. The socket is asked once.
+            if self._socket is _UNKNOWN:
+                self._socket = self._stream.get_extra_info("socket")
+            return _is_readable(self._socket)
         return self._stream.get_extra_info(info)
+
+
+_UNKNOWN = object()
+
+
+def _is_readable(sock: Any) -> bool:
+    """Whether a read would return at once (data, or the end of a closed connection)."""
+    fileno = -1 if sock is None else sock.fileno()
+    if fileno < 0:
+        return True  # gone: the next read returns the end
+    if not hasattr(select, "poll"):  # Windows
+        return bool(select.select([fileno], [], [], 0)[0])
+    poller = select.poll()
+    poller.register(fileno, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 class _AsyncDeadlineBackend(httpcore.AsyncNetworkBackend):
@@ -652,7 +675,7 @@ class Transport:
         headers |= request.headers
         return client.build_request(
             request.method,
-            request.url,
+            _parsed_url(request.url),
             content=encode_body(request.json) if request.json is not None else None,
             files=request.files,
             data=request.data,
@@ -704,6 +727,13 @@ class Transport:
         entry = self._async_clients.pop(asyncio.get_running_loop(), None)
         if entry is not None:
             await entry[1].aclose()  # closes the client
+
+
+@functools.lru_cache(maxsize=64)
+def _parsed_url(url: str) -> httpx.URL:
+    # A call sends hundreds of requests to one URL: parse it once (a third of the
+    # cost of building each request).
+    return httpx.URL(url)
 
 
 def _close_in_process(client: httpx.Client, pid: int) -> None:

@@ -338,3 +338,34 @@ def test_a_slice_waiting_to_be_retried_does_not_idle_the_stream(mode: str) -> No
     sent_while_waiting = retried - first - 1
     # The window is 8 slices per slot: all but t0 and one sent alongside it go out meanwhile.
     assert sent_while_waiting >= 2 * 8 - 2, f"only {sent_while_waiting} slices sent meanwhile"
+
+
+# ----------------------------------------------------------------- connections
+@pytest.mark.parametrize("mode", MODES)
+def test_a_pooled_connection_the_server_closed_is_not_sent_on(mode: str) -> None:
+    """Servers and gateways close idle keep-alive connections without saying so in the
+    reply. A request sent on such a connection fails (no retries here): the pool must
+    see the close and open a new connection instead."""
+
+    def answer_then_hang_up(request: RawRequest, conn: Conn) -> None:
+        texts = request.json()["input"]["texts"]
+        conn.send(response_bytes(200, native_reply([row("0.5")] * len(texts))))
+        time.sleep(0.05)
+        conn.drop()
+
+    with hostile(answer_then_hang_up) as server:
+        client = client_for(server.base_url)
+
+        async def twice() -> list[Any]:
+            first = await client.aembed(["one"], **SPEC)
+            await asyncio.sleep(0.3)  # the close reaches the client's idle connection
+            return [first, await client.aembed(["two"], **SPEC)]
+
+        if mode == "sync":
+            results = [client.embed(["one"], **SPEC)]
+            time.sleep(0.3)
+            results.append(client.embed(["two"], **SPEC))
+        else:
+            results = asyncio.run(twice())
+        assert [r.require_dense()[0][0] for r in results] == [0.5, 0.5]
+        assert server.connections == 2 and len(server.requests) == 2
