@@ -31,7 +31,13 @@ def build_parser() -> argparse.ArgumentParser:
         flag = "--" + field.name.replace("_", "-")
         default = None if field.default is MISSING else field.default
         if field.type in ("bool", bool):
-            parser.add_argument(flag, action="store_true", help=f"(default {default})")
+            # --flag / --no-flag: a setting on by default can be turned off too.
+            parser.add_argument(
+                flag,
+                action=argparse.BooleanOptionalAction,
+                default=default,
+                help="(default: %(default)s)",
+            )
             continue
         kind = {
             "float": float,

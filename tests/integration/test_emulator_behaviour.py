@@ -400,3 +400,22 @@ def test_injected_drops_are_quiet_on_the_command_line() -> None:
         process.terminate()
         output, _ = process.communicate(timeout=10)
     assert "Traceback" not in output and "DroppedConnection" not in output
+
+
+def test_the_command_line_starts_with_the_settings_defaults_and_can_flip_every_switch() -> None:
+    """A switch on by default (Retry-After on rate 429s) was once a store_true flag:
+    left out, the command turned it off, and there was no way to say it."""
+    from dataclasses import MISSING, fields
+
+    from dashscope_embed.emulator.__main__ import build_parser
+    from dashscope_embed.emulator.state import EmulatorSettings
+
+    parser = build_parser()
+    given = vars(parser.parse_args([]))
+    for setting in fields(EmulatorSettings):
+        default = None if setting.default is MISSING else setting.default
+        assert given[setting.name] == default, setting.name
+        if isinstance(default, bool):
+            flag = setting.name.replace("_", "-")
+            flipped = vars(parser.parse_args([f"--{'no-' if default else ''}{flag}"]))
+            assert flipped[setting.name] is (not default), setting.name
