@@ -737,7 +737,8 @@ class Transport:
         headers |= request.headers
         return client.build_request(
             request.method,
-            _parsed_url(request.url),
+            # Service URLs repeat; a signed download URL is used once and not kept.
+            _parsed_url(request.url) if request.authenticated else request.url,
             content=encode_body(request.json) if request.json is not None else None,
             files=request.files,
             data=request.data,
@@ -793,8 +794,8 @@ class Transport:
 
 @functools.lru_cache(maxsize=64)
 def _parsed_url(url: str) -> httpx.URL:
-    # A call sends hundreds of requests to one URL: parse it once (a third of the
-    # cost of building each request).
+    # A call sends hundreds of requests to one service URL: parse it once (a third of
+    # the cost of building each request).
     return httpx.URL(url)
 
 

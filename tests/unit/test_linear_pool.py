@@ -125,3 +125,19 @@ def test_only_the_pools_this_package_made_are_swapped() -> None:
     swapped = httpcore.__version__ in transport._LINEAR_POOL_VERSIONS
     assert (type(plain) is transport._LinearPool) is swapped
     assert type(proxy) is httpcore.HTTPProxy  # its own connection making is kept
+
+
+def test_the_clients_this_package_makes_use_it_and_a_proxy_keeps_its_own(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    if httpcore.__version__ not in transport._LINEAR_POOL_VERSIONS:
+        pytest.skip(f"httpcore {httpcore.__version__}: the stock pool is used")
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:3128")
+    from dashscope_embed import DashScopeClient
+
+    client = DashScopeClient(api_key="sk-pool-test", base_url="https://example.com")
+    http = client._transport.client
+    assert type(http._transport._pool) is transport._LinearPool
+    proxies = [mount._pool for mount in http._mounts.values() if mount is not None]
+    assert proxies and all(type(pool) is httpcore.HTTPProxy for pool in proxies)
+
