@@ -140,4 +140,3 @@ def test_the_clients_this_package_makes_use_it_and_a_proxy_keeps_its_own(
     assert type(http._transport._pool) is transport._LinearPool
     proxies = [mount._pool for mount in http._mounts.values() if mount is not None]
     assert proxies and all(type(pool) is httpcore.HTTPProxy for pool in proxies)
-
