@@ -54,6 +54,7 @@ from dashscope_embed.errors import (
 from dashscope_embed.forksafe import renew_after_fork
 from dashscope_embed.protocol.base import HttpRequest
 from dashscope_embed.protocol.common import parse_error_reply
+from dashscope_embed.wire import AsyncPool, AsyncReply, Reply, SyncPool, SyncReply, request_head
 
 logger = logging.getLogger("dashscope_embed")
 
@@ -354,16 +355,29 @@ class _ServiceAuth(httpx.Auth):
         self._origin = httpx.URL(config.root_url)
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
-        url = request.url
-        if (url.scheme, url.host, url.port) == (
-            self._origin.scheme,
-            self._origin.host,
-            self._origin.port,
-        ):
+        if self.serves(request.url):
             token = self._config.bearer_token()
             if token is not None:
                 request.headers["Authorization"] = "Bearer " + token
         yield request
+
+    def serves(self, url: httpx.URL) -> bool:
+        """Whether ``url`` is on the configured service origin (the key goes nowhere else)."""
+        origin = self._origin
+        return (url.scheme, url.host, url.port) == (origin.scheme, origin.host, origin.port)
+
+    def head_for(
+        self, request: HttpRequest, url: httpx.URL, headers: dict[str, str], length: int | None
+    ) -> bytes:
+        """The request head for :mod:`dashscope_embed.wire`, the key in it when ``url``
+        is the service's. The key lives only in this frame, and only while it runs."""
+        token = self._config.bearer_token() if request.authenticated and self.serves(url) else None
+        try:
+            if token is not None:
+                headers = {**headers, "Authorization": "Bearer " + token}
+            return request_head(request.method, url, headers, length)
+        finally:
+            del token, headers
 
 
 # ---------------------------------------------------------------------- reading replies
@@ -426,27 +440,27 @@ def _past_deadline() -> bool:
     return deadline is not None and time.monotonic() >= deadline
 
 
-def _already_read(response: httpx.Response, limit: int, url: str) -> bytes | None:
+def _already_read(response: Reply, limit: int, url: str) -> bytes | None:
     """The body of a reply that arrived already read (an ``httpx.MockTransport`` reply, or
     one from a custom transport), checked against the limit; ``None`` for a live stream."""
-    if not response.is_stream_consumed:
+    if not isinstance(response, httpx.Response) or not response.is_stream_consumed:
         return None
     if len(response.content) > limit:
         raise _bad_reply(response, url, f"it is larger than the {limit:,} bytes allowed")
     return response.content
 
 
-def _reply_limit(response: httpx.Response, limit: int) -> int:
+def _reply_limit(response: Reply, limit: int) -> int:
     return limit if response.is_success else min(limit, ERROR_REPLY_MAX_BYTES)
 
 
-def _declared_too_large(response: httpx.Response, limit: int) -> bool:
+def _declared_too_large(response: Reply, limit: int) -> bool:
     declared = response.headers.get("content-length", "")
     encoded = "content-encoding" in response.headers
     return declared.isdigit() and not encoded and int(declared) > limit
 
 
-def _bad_reply(response: httpx.Response, url: str, problem: str) -> BadResponseError:
+def _bad_reply(response: Reply, url: str, problem: str) -> BadResponseError:
     return BadResponseError(
         f"reply from {url} (HTTP {response.status_code}) was not read: {problem}",
         status_code=response.status_code,
@@ -471,7 +485,7 @@ def _map_http_error(exc: httpx.HTTPError, url: str) -> APIError:
     return APIConnectionError(f"no complete reply from {url}: {type(exc).__name__}: {detail}")
 
 
-def _result(response: httpx.Response, body: bytes) -> bytes:
+def _result(response: Reply, body: bytes) -> bytes:
     if response.is_success:
         return body
     error = parse_error_reply(response.status_code, response.headers, body)
@@ -505,8 +519,10 @@ class Transport:
         self._auth = _ServiceAuth(config)
         self._pid = os.getpid()
         self._client: httpx.Client | None = None
+        self._wire: SyncPool | None = None
         self._async_clients: dict[
-            asyncio.AbstractEventLoop, tuple[httpx.AsyncClient, AsyncGenerator[None, None]]
+            asyncio.AbstractEventLoop,
+            tuple[httpx.AsyncClient, AsyncPool, AsyncGenerator[None, None]],
         ] = {}
         self._lock = threading.Lock()
         self._abandoned: object = None
@@ -525,9 +541,10 @@ class Transport:
     def _after_fork(self) -> None:
         """In a forked child: set the parent's pools aside, never closing or finalising
         them (their sockets and event loops are still the parent's), and start afresh."""
-        self._abandoned = (self._client, self._async_clients)
+        self._abandoned = (self._client, self._wire, self._async_clients)
         self._lock = threading.Lock()
         self._client = None
+        self._wire = None
         self._async_clients = {}
         if self._given_client is None and self._given_async_client is None:
             self._pid = os.getpid()
@@ -584,15 +601,34 @@ class Transport:
                 weakref.finalize(self, _close_in_process, client, os.getpid())
             return self._client
 
+    def _wire_pool(self) -> SyncPool:
+        """This process's pool of plain-socket connections (see :mod:`dashscope_embed.wire`)."""
+        with self._lock:
+            if self._wire is None:
+                self._wire = SyncPool(
+                    _tls_context(),
+                    max_connections=self._max_connections,
+                    timeout=self.config.timeout,
+                    connect_timeout=self.config.connect_timeout,
+                    remaining=_remaining,
+                )
+                weakref.finalize(self, _close_in_process, self._wire, os.getpid())
+            return self._wire
+
     async def async_client(self) -> httpx.AsyncClient:
         """The running loop's pooled client, created (and tied to the loop's end) on first use."""
+        return (await self._loop_entry())[0]
+
+    async def _loop_entry(self) -> tuple[httpx.AsyncClient, AsyncPool | None]:
+        """The running loop's httpx client and plain-socket pool (``None`` when the
+        caller passed an async httpx client: everything goes through theirs)."""
         self._check_pid()
         if self._given_async_client is not None:
-            return self._given_async_client
+            return self._given_async_client, None
         loop = asyncio.get_running_loop()
         entry = self._async_clients.get(loop)
         if entry is not None:
-            return entry[0]
+            return entry[0], entry[1]
         for old in [old for old in self._async_clients if old.is_closed()]:
             # A loop closed without shutting down its async generators: its sockets can
             # no longer be closed politely; drop them so they are freed.
@@ -601,12 +637,19 @@ class Transport:
             timeout=self._timeout(), limits=self._limits(), verify=_tls_context()
         )
         _install_deadlines(client)
-        closer = _close_when_loop_ends(client)
+        pool = AsyncPool(
+            _tls_context(),
+            max_connections=self._max_connections,
+            timeout=self.config.timeout,
+            connect_timeout=self.config.connect_timeout,
+            remaining=_remaining,
+        )
+        closer = _close_when_loop_ends(client, pool)
         # The loop's first-iteration hook registers the generator; asyncio.run closes it
         # (and so the client) before closing the loop.
         await closer.__anext__()
-        self._async_clients[loop] = (client, closer)
-        return client
+        self._async_clients[loop] = (client, pool, closer)
+        return client, pool
 
     # ------------------------------------------------------------------ requests
     def send(self, request: HttpRequest) -> bytes:
@@ -616,7 +659,7 @@ class Transport:
         client = self.client
         exchange = self._exchange(request)
         token = _ATTEMPT_DEADLINE.set(self._deadline(request))
-        response: httpx.Response | None = None
+        response: httpx.Response | SyncReply | None = None
         chunks: Iterator[bytes] | None = None
         reply: Any = None
         try:
@@ -628,11 +671,7 @@ class Transport:
                     return body
                 try:
                     if isinstance(step, _Open):
-                        response = client.send(
-                            self._build(step.request, client),
-                            auth=self._auth_for(step),
-                            stream=True,
-                        )
+                        response = self._open(step.request, client)
                         reply = response
                     else:
                         chunks = chunks or step.response.iter_raw()
@@ -647,10 +686,10 @@ class Transport:
 
     async def asend(self, request: HttpRequest) -> bytes:
         """Async twin of :meth:`send`: the same exchange, its I/O done on the event loop."""
-        client = await self.async_client()
+        client, pool = await self._loop_entry()
         exchange = self._exchange(request)
         token = _ATTEMPT_DEADLINE.set(self._deadline(request))
-        response: httpx.Response | None = None
+        response: httpx.Response | AsyncReply | None = None
         chunks: AsyncIterator[bytes] | None = None
         reply: Any = None
         try:
@@ -662,11 +701,7 @@ class Transport:
                     return body
                 try:
                     if isinstance(step, _Open):
-                        response = await client.send(
-                            self._build(step.request, client),
-                            auth=self._auth_for(step),
-                            stream=True,
-                        )
+                        response = await self._aopen(step.request, client, pool)
                         reply = response
                     else:
                         chunks = chunks or step.response.aiter_raw()
@@ -679,8 +714,46 @@ class Transport:
                 await response.aclose()
             _ATTEMPT_DEADLINE.reset(token)
 
-    def _auth_for(self, step: _Open) -> httpx.Auth | None:
-        return self._auth if step.request.authenticated else None
+    def _open(self, request: HttpRequest, client: httpx.Client) -> httpx.Response | SyncReply:
+        """Send ``request`` on our own sockets when nothing needs httpx, else through it."""
+        if client is self._given_client or not _goes_direct(request, client):
+            return client.send(
+                self._build(request, client), auth=self._auth_for(request), stream=True
+            )
+        url, content = self._wire_request(request)
+        head = self._auth.head_for(
+            request, url, self._headers_for(request), _length(request, content)
+        )
+        try:
+            return self._wire_pool().send(url, head, content)
+        finally:
+            del head
+
+    async def _aopen(
+        self, request: HttpRequest, client: httpx.AsyncClient, pool: AsyncPool | None
+    ) -> httpx.Response | AsyncReply:
+        if pool is None or not _goes_direct(request, client):
+            return await client.send(
+                self._build(request, client), auth=self._auth_for(request), stream=True
+            )
+        url, content = self._wire_request(request)
+        head = self._auth.head_for(
+            request, url, self._headers_for(request), _length(request, content)
+        )
+        try:
+            return await pool.send(url, head, content)
+        finally:
+            del head
+
+    @staticmethod
+    def _wire_request(request: HttpRequest) -> tuple[httpx.URL, bytes | None]:
+        # Service URLs repeat; a signed download URL is used once and not kept.
+        url = _parsed_url(request.url) if request.authenticated else httpx.URL(request.url)
+        content = encode_body(request.json) if request.json is not None else None
+        return url, content
+
+    def _auth_for(self, request: HttpRequest) -> httpx.Auth | None:
+        return self._auth if request.authenticated else None
 
     def post(
         self,
@@ -726,15 +799,19 @@ class Transport:
         outer = _CALL_DEADLINE.get()
         return deadline if outer is None else min(deadline, outer)
 
-    def _build(
-        self, request: HttpRequest, client: httpx.Client | httpx.AsyncClient
-    ) -> httpx.Request:
+    def _headers_for(self, request: HttpRequest) -> dict[str, str]:
         headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "gzip, deflate"}
         if request.authenticated:
             headers |= self.headers()
             if request.files is not None:
                 headers.pop("Content-Type")  # httpx sets the multipart boundary
         headers |= request.headers
+        return headers
+
+    def _build(
+        self, request: HttpRequest, client: httpx.Client | httpx.AsyncClient
+    ) -> httpx.Request:
+        headers = self._headers_for(request)
         return client.build_request(
             request.method,
             # Service URLs repeat; a signed download URL is used once and not kept.
@@ -756,7 +833,7 @@ class Transport:
         opened = yield _Open(request)
         if isinstance(opened, _Failed):
             raise _map_http_error(opened.pop(), url)
-        response: httpx.Response = opened
+        response: Reply = opened
         limit = _reply_limit(response, request.reply_limit)
         if (body := _already_read(response, limit, url)) is not None:
             return _result(response, body)
@@ -781,15 +858,19 @@ class Transport:
     def close(self) -> None:
         """Close the HTTP clients this transport created (not ones the caller passed)."""
         with self._lock:
-            if self._client is not None and os.getpid() == self._pid:
-                self._client.close()
+            if os.getpid() == self._pid:
+                if self._client is not None:
+                    self._client.close()
+                if self._wire is not None:
+                    self._wire.close()
             self._client = None
+            self._wire = None
 
     async def aclose(self) -> None:
         """Close the async client of the running loop (if this transport created it)."""
         entry = self._async_clients.pop(asyncio.get_running_loop(), None)
         if entry is not None:
-            await entry[1].aclose()  # closes the client
+            await entry[2].aclose()  # closes the client and the pool
 
 
 @functools.lru_cache(maxsize=64)
@@ -799,9 +880,30 @@ def _parsed_url(url: str) -> httpx.URL:
     return httpx.URL(url)
 
 
-def _close_in_process(client: httpx.Client, pid: int) -> None:
+def _close_in_process(client: httpx.Client | SyncPool, pid: int) -> None:
     if os.getpid() == pid:  # a forked child must not close its parent's sockets
         client.close()
+
+
+def _goes_direct(request: HttpRequest, client: httpx.Client | httpx.AsyncClient) -> bool:
+    """Whether ``request`` can skip httpx: a JSON (or empty) body, and no proxy from the
+    environment for its URL (httpx's own rule decides, ``NO_PROXY`` included)."""
+    if request.files is not None or request.data is not None:
+        return False
+    mounts = getattr(client, "_mounts", None)
+    if mounts is None:
+        return False  # an httpx that keeps proxies elsewhere: let it do everything
+    if not mounts:
+        return True
+    transport_for = getattr(client, "_transport_for_url", None)
+    url = _parsed_url(request.url) if request.authenticated else httpx.URL(request.url)
+    return transport_for is not None and transport_for(url) is getattr(client, "_transport", None)
+
+
+def _length(request: HttpRequest, content: bytes | None) -> int | None:
+    if content is not None:
+        return len(content)
+    return None if request.method in ("GET", "HEAD") else 0
 
 
 # ---------------------------------------------------------------------- the drivers
@@ -819,8 +921,8 @@ class _Read:
 
     __slots__ = ("response",)
 
-    def __init__(self, response: httpx.Response) -> None:
-        self.response = response
+    def __init__(self, response: Any) -> None:
+        self.response = response  # an httpx.Response or a wire reply
 
 
 class _Failed:
@@ -844,8 +946,11 @@ class _Failed:
 _Step = _Open | _Read
 
 
-async def _close_when_loop_ends(client: httpx.AsyncClient) -> AsyncGenerator[None, None]:
+async def _close_when_loop_ends(
+    client: httpx.AsyncClient, pool: AsyncPool
+) -> AsyncGenerator[None, None]:
     try:
         yield
     finally:
+        await pool.aclose()
         await client.aclose()

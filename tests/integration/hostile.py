@@ -13,6 +13,7 @@ import contextlib
 import gzip
 import json
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -110,6 +111,8 @@ class HostileServer:
     handler: Handler
     requests: list[RawRequest] = field(default_factory=list)
     connections: int = 0
+    tls: ssl.SSLContext | None = None
+    """Serve HTTPS with this server-side context (plain HTTP without)."""
 
     def __post_init__(self) -> None:
         self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -123,7 +126,8 @@ class HostileServer:
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        scheme = "http" if self.tls is None else "https"
+        return f"{scheme}://127.0.0.1:{self.port}"
 
     def __enter__(self) -> HostileServer:
         # Set here, not in the thread: a test that ends at once closes the listener
@@ -151,6 +155,12 @@ class HostileServer:
             thread.start()
 
     def _serve(self, sock: socket.socket) -> None:
+        if self.tls is not None:
+            try:
+                sock = self.tls.wrap_socket(sock, server_side=True)
+            except OSError:  # the client refused our certificate, or went away
+                sock.close()
+                return
         conn = Conn(sock)
         reader = sock.makefile("rb")
         try:
@@ -185,6 +195,6 @@ def _read_request(reader: Any) -> RawRequest | None:
 
 
 @contextlib.contextmanager
-def hostile(handler: Handler) -> Iterator[HostileServer]:
-    with HostileServer(handler) as server:
+def hostile(handler: Handler, tls: ssl.SSLContext | None = None) -> Iterator[HostileServer]:
+    with HostileServer(handler, tls=tls) as server:
         yield server

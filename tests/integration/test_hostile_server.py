@@ -262,8 +262,10 @@ def _drop(request: RawRequest, conn: Conn) -> None:
         (reply(200, b"{not json"), BadResponseError),
         (_drop, APIConnectionError),
         (None, APIConnectionError),
+        (lambda request, conn: conn.send(b"HTTP/9 200 OK\r\n\r\n"), APIConnectionError),
+        (lambda request, conn: time.sleep(2), APITimeoutError),
     ],
-    ids=["401", "500-html", "bad-json", "dropped", "refused"],
+    ids=["401", "500-html", "bad-json", "dropped", "refused", "not-http", "stalled"],
 )  # fmt: skip
 def test_the_key_is_in_no_error_object_pickle_chain_or_frame(
     mode: str, handler: Any, expected: type[Exception]
@@ -272,7 +274,7 @@ def test_the_key_is_in_no_error_object_pickle_chain_or_frame(
         error = failure(client_for(_refused_port()), mode, ["hello"], **SPEC)
     else:
         with hostile(handler) as server:
-            error = failure(client_for(server.base_url), mode, ["hello"], **SPEC)
+            error = failure(client_for(server.base_url, timeout=0.5), mode, ["hello"], **SPEC)
             assert server.requests[0].headers["authorization"] == f"Bearer {KEY}"
     assert type(error) is expected
     assert secret_leaks(error, KEY) == []
