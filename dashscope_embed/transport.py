@@ -388,7 +388,10 @@ class _BoundedDecoder:
     def __init__(self, encoding: str, limit: int, url: str) -> None:
         self.limit = limit
         self.url = url
-        self.buffer = bytearray()
+        self.buffer = bytearray()  # what zlib decoded
+        # Undecoded replies are kept as the pieces that arrived and joined once.
+        self._pieces: list[bytes | memoryview] = []
+        self._size = 0
         encoding = encoding.strip().lower()
         if encoding in ("", "identity"):
             self._zlib = None
@@ -402,10 +405,11 @@ class _BoundedDecoder:
             )
         self.encoding = encoding
 
-    def feed(self, chunk: bytes) -> str | None:
+    def feed(self, chunk: bytes | memoryview) -> str | None:
         """Add a raw chunk; returns a problem description, or ``None`` if all is well."""
         if self._zlib is None:
-            self.buffer += chunk
+            self._pieces.append(chunk)
+            self._size += len(chunk)
             return self._over()
         data = chunk
         try:
@@ -429,8 +433,12 @@ class _BoundedDecoder:
             return f"its {self.encoding} body ends early"
         return self._over()
 
+    def body(self) -> bytes:
+        """The decoded body (call after :meth:`finish`)."""
+        return bytes(self.buffer) if self._zlib is not None else b"".join(self._pieces)
+
     def _over(self) -> str | None:
-        if len(self.buffer) > self.limit:
+        if max(self._size, len(self.buffer)) > self.limit:
             return f"it is larger than the {self.limit:,} bytes this request can need"
         return None
 
@@ -520,10 +528,8 @@ class Transport:
         self._pid = os.getpid()
         self._client: httpx.Client | None = None
         self._wire: SyncPool | None = None
-        self._async_clients: dict[
-            asyncio.AbstractEventLoop,
-            tuple[httpx.AsyncClient, AsyncPool, AsyncGenerator[None, None]],
-        ] = {}
+        self._proxy_probe: httpx.Client | None = None
+        self._async_clients: dict[asyncio.AbstractEventLoop, _LoopPools] = {}
         self._lock = threading.Lock()
         self._abandoned: object = None
         renew_after_fork(self)
@@ -601,6 +607,15 @@ class Transport:
                 weakref.finalize(self, _close_in_process, client, os.getpid())
             return self._client
 
+    def _own_client(self) -> httpx.Client:
+        """A sync httpx client of ours: the pooled one, or (when the caller passed
+        theirs) one kept only to read the environment's proxy settings."""
+        if self._given_client is None:
+            return self.client
+        if self._proxy_probe is None:
+            self._proxy_probe = httpx.Client()
+        return self._proxy_probe
+
     def _wire_pool(self) -> SyncPool:
         """This process's pool of plain-socket connections (see :mod:`dashscope_embed.wire`)."""
         with self._lock:
@@ -616,40 +631,44 @@ class Transport:
             return self._wire
 
     async def async_client(self) -> httpx.AsyncClient:
-        """The running loop's pooled client, created (and tied to the loop's end) on first use."""
-        return (await self._loop_entry())[0]
-
-    async def _loop_entry(self) -> tuple[httpx.AsyncClient, AsyncPool | None]:
-        """The running loop's httpx client and plain-socket pool (``None`` when the
-        caller passed an async httpx client: everything goes through theirs)."""
+        """The running loop's pooled httpx client, created (and tied to the loop's end)
+        on first use; most loops never need one (see :mod:`dashscope_embed.wire`)."""
         self._check_pid()
         if self._given_async_client is not None:
-            return self._given_async_client, None
+            return self._given_async_client
+        pools = await self._loop_pools()
+        if pools.http is None:
+            pools.http = httpx.AsyncClient(
+                timeout=self._timeout(), limits=self._limits(), verify=_tls_context()
+            )
+            _install_deadlines(pools.http)
+        return pools.http
+
+    async def _loop_pools(self) -> _LoopPools:
+        """The running loop's connections, created on first use and closed with the loop."""
+        self._check_pid()
         loop = asyncio.get_running_loop()
-        entry = self._async_clients.get(loop)
-        if entry is not None:
-            return entry[0], entry[1]
+        pools = self._async_clients.get(loop)
+        if pools is not None:
+            return pools
         for old in [old for old in self._async_clients if old.is_closed()]:
             # A loop closed without shutting down its async generators: its sockets can
             # no longer be closed politely; drop them so they are freed.
             del self._async_clients[old]
-        client = httpx.AsyncClient(
-            timeout=self._timeout(), limits=self._limits(), verify=_tls_context()
+        pools = _LoopPools(
+            AsyncPool(
+                _tls_context(),
+                max_connections=self._max_connections,
+                timeout=self.config.timeout,
+                connect_timeout=self.config.connect_timeout,
+                remaining=_remaining,
+            )
         )
-        _install_deadlines(client)
-        pool = AsyncPool(
-            _tls_context(),
-            max_connections=self._max_connections,
-            timeout=self.config.timeout,
-            connect_timeout=self.config.connect_timeout,
-            remaining=_remaining,
-        )
-        closer = _close_when_loop_ends(client, pool)
         # The loop's first-iteration hook registers the generator; asyncio.run closes it
-        # (and so the client) before closing the loop.
-        await closer.__anext__()
-        self._async_clients[loop] = (client, pool, closer)
-        return client, pool
+        # (and so the pools) before closing the loop.
+        await pools.closer.__anext__()
+        self._async_clients[loop] = pools
+        return pools
 
     # ------------------------------------------------------------------ requests
     def send(self, request: HttpRequest) -> bytes:
@@ -660,7 +679,7 @@ class Transport:
         exchange = self._exchange(request)
         token = _ATTEMPT_DEADLINE.set(self._deadline(request))
         response: httpx.Response | SyncReply | None = None
-        chunks: Iterator[bytes] | None = None
+        chunks: Iterator[bytes | memoryview] | None = None
         reply: Any = None
         try:
             while True:
@@ -686,11 +705,12 @@ class Transport:
 
     async def asend(self, request: HttpRequest) -> bytes:
         """Async twin of :meth:`send`: the same exchange, its I/O done on the event loop."""
-        client, pool = await self._loop_entry()
+        self._check_pid()
+        pool = None if self._given_async_client is not None else (await self._loop_pools()).pool
         exchange = self._exchange(request)
         token = _ATTEMPT_DEADLINE.set(self._deadline(request))
         response: httpx.Response | AsyncReply | None = None
-        chunks: AsyncIterator[bytes] | None = None
+        chunks: AsyncIterator[bytes | memoryview] | None = None
         reply: Any = None
         try:
             while True:
@@ -701,7 +721,7 @@ class Transport:
                     return body
                 try:
                     if isinstance(step, _Open):
-                        response = await self._aopen(step.request, client, pool)
+                        response = await self._aopen(step.request, pool)
                         reply = response
                     else:
                         chunks = chunks or step.response.aiter_raw()
@@ -730,9 +750,12 @@ class Transport:
             del head
 
     async def _aopen(
-        self, request: HttpRequest, client: httpx.AsyncClient, pool: AsyncPool | None
+        self, request: HttpRequest, pool: AsyncPool | None
     ) -> httpx.Response | AsyncReply:
-        if pool is None or not _goes_direct(request, client):
+        # The environment's proxies are the same for every client we make: the sync
+        # one's decide (a sync client the caller passed is theirs, not asked).
+        if pool is None or not _goes_direct(request, self._own_client()):
+            client = await self.async_client()
             return await client.send(
                 self._build(request, client), auth=self._auth_for(request), stream=True
             )
@@ -852,7 +875,7 @@ class Transport:
                 raise _timed_out(url, "the attempt's deadline passed while reading the reply")
         if problem := decoder.finish():
             raise _bad_reply(response, url, problem)
-        return _result(response, bytes(decoder.buffer))
+        return _result(response, decoder.body())
 
     # ------------------------------------------------------------------ closing
     def close(self) -> None:
@@ -868,9 +891,9 @@ class Transport:
 
     async def aclose(self) -> None:
         """Close the async client of the running loop (if this transport created it)."""
-        entry = self._async_clients.pop(asyncio.get_running_loop(), None)
-        if entry is not None:
-            await entry[2].aclose()  # closes the client and the pool
+        pools = self._async_clients.pop(asyncio.get_running_loop(), None)
+        if pools is not None:
+            await pools.closer.aclose()  # closes the pool and the httpx client
 
 
 @functools.lru_cache(maxsize=64)
@@ -946,11 +969,22 @@ class _Failed:
 _Step = _Open | _Read
 
 
-async def _close_when_loop_ends(
-    client: httpx.AsyncClient, pool: AsyncPool
-) -> AsyncGenerator[None, None]:
+class _LoopPools:
+    """One event loop's connections: our pool, and an httpx client made only when a
+    request needs httpx (a proxy, an upload); both closed when the loop ends."""
+
+    __slots__ = ("closer", "http", "pool")
+
+    def __init__(self, pool: AsyncPool) -> None:
+        self.pool = pool
+        self.http: httpx.AsyncClient | None = None
+        self.closer = _close_when_loop_ends(self)
+
+
+async def _close_when_loop_ends(pools: _LoopPools) -> AsyncGenerator[None, None]:
     try:
         yield
     finally:
-        await pool.aclose()
-        await client.aclose()
+        await pools.pool.aclose()
+        if pools.http is not None:
+            await pools.http.aclose()

@@ -80,7 +80,7 @@ class ReplyParser:
     def __init__(self) -> None:
         self._buffer = bytearray()
         self._searched = 0
-        self._pieces: list[bytes] = []
+        self._pieces: list[bytes | memoryview] = []
         self._mode = "head"  # head | length | chunk-size | chunk-data | chunk-end | trailer | close
         self._left = 0
         self._reusable = True
@@ -101,31 +101,61 @@ class ReplyParser:
             return max(self._left, 1)
         return 1
 
-    def take_body(self) -> bytes:
+    def take_body(self) -> bytes | memoryview:
         """The body bytes received since the last call (``b""`` if none)."""
         pieces, self._pieces = self._pieces, []
         if not pieces:
             return b""
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
-    def feed(self, data: bytes) -> None:
-        """Take the next bytes read from the connection."""
+    def feed(self, data: bytes | memoryview) -> None:
+        """Take the next bytes read from the connection.
+
+        A body with a length is handed on as the pieces that arrived (views, not
+        copies): a reply of ten 1,024-dim vectors is ~220 KB, and every copy of it
+        costs more than parsing its head."""
         if self.done:
             if data:
                 self._reusable = False  # bytes nobody asked for: never reuse
             return
-        if self._mode == "length" and not self._buffer and len(data) <= self._left:
-            # The common case, without copying: the body arriving in pieces.
-            self._pieces.append(data)
-            self._left -= len(data)
-            if self._left == 0:
-                self.done = True
+        mode = self._mode
+        if mode == "length" and not self._buffer:
+            if len(data) <= self._left:
+                self._pieces.append(data)
+                self._left -= len(data)
+                self.done = self._left == 0
+                return
+            self._pieces.append(data[: self._left])
+            self._left = 0
+            self.done = True
+            self._reusable = False  # more than it declared: the rest is nobody's reply
             return
-        if self._mode == "close":
+        if mode == "close":
             self._pieces.append(data)
+            return
+        if mode == "head" and not self._buffer and isinstance(data, bytes):
+            rest = self._heads_from(data)
+            if rest:
+                self.feed(rest)
             return
         self._buffer += data
         self._advance()
+
+    def _heads_from(self, data: bytes) -> memoryview | None:
+        """Read the head (after any interim ones) straight from ``data``; the rest of
+        it, uncopied, or ``None`` when the head is not complete (then ``data`` is kept)."""
+        offset = 0
+        while self._mode == "head":
+            end, skip = _head_end(data, offset)
+            if end < 0:
+                self._buffer += memoryview(data)[offset:]
+                self._check_head_size(len(self._buffer))
+                self._searched = len(self._buffer)
+                return None
+            self._check_head_size(end - offset)
+            self._read_head(data[offset:end].decode("latin-1"))
+            offset = end + skip
+        return memoryview(data)[offset:]
 
     def feed_eof(self) -> None:
         """The server closed its side; an unfinished reply is an error."""
@@ -208,21 +238,28 @@ class ReplyParser:
 
     def _parse_head(self) -> bool:
         buffer = self._buffer
-        end = buffer.find(b"\r\n\r\n", max(0, self._searched - 3))
-        skip = 4
+        end, skip = _head_end(buffer, max(0, self._searched - 3))
         if end < 0:
-            end = buffer.find(b"\n\n", max(0, self._searched - 1))
-            skip = 2
-        if end < 0:
-            if len(buffer) > MAX_HEAD_BYTES:
-                raise _refuse(f"its headers are longer than {MAX_HEAD_BYTES:,} bytes")
+            self._check_head_size(len(buffer))
             self._searched = len(buffer)
             return False
-        if end > MAX_HEAD_BYTES:
-            raise _refuse(f"its headers are longer than {MAX_HEAD_BYTES:,} bytes")
+        self._check_head_size(end)
         head = bytes(buffer[:end]).decode("latin-1")
         del buffer[: end + skip]
         self._searched = 0
+        self._read_head(head)
+        if self._mode == "close" and buffer:
+            self._pieces.append(bytes(buffer))
+            buffer.clear()
+        return True
+
+    @staticmethod
+    def _check_head_size(size: int) -> None:
+        if size > MAX_HEAD_BYTES:
+            raise _refuse(f"its headers are longer than {MAX_HEAD_BYTES:,} bytes")
+
+    def _read_head(self, head: str) -> None:
+        """Take a complete head (status line and headers, no blank line)."""
         lines = head.split("\n")
         status_line = lines[0].rstrip("\r")
         version, _, rest = status_line.partition(" ")
@@ -257,7 +294,7 @@ class ReplyParser:
         if 100 <= status < 200:
             if status == 101:
                 raise _refuse("the server switched protocols, which was not asked for")
-            return True  # an interim reply (100 Continue): the real one follows
+            return  # an interim reply (100 Continue): the real one follows
         self.status = status
         self.headers = headers
         connection = {t.strip().lower() for t in headers.get("connection", "").split(",")}
@@ -286,10 +323,16 @@ class ReplyParser:
         else:
             self._mode = "close"
             self._reusable = False
-            if buffer:
-                self._pieces.append(bytes(buffer))
-                buffer.clear()
-        return True
+
+
+def _head_end(data: bytes | bytearray, start: int) -> tuple[int, int]:
+    """Where the head ends in ``data`` (searching from ``start``) and the length of its
+    blank line; ``(-1, 0)`` when it has not ended yet."""
+    end = data.find(b"\r\n\r\n", start)
+    if end >= 0:
+        return end, 4
+    end = data.find(b"\n\n", start)
+    return (end, 2) if end >= 0 else (-1, 0)
 
 
 _is_token = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z").match
@@ -534,7 +577,7 @@ class SyncReply:
     def is_success(self) -> bool:
         return 200 <= self.status_code < 300
 
-    def iter_raw(self) -> Iterator[bytes]:
+    def iter_raw(self) -> Iterator[bytes | memoryview]:
         parser = self._parser
         while True:
             piece = parser.take_body()
@@ -605,9 +648,10 @@ class _AsyncConnection(asyncio.Protocol):
             or self.transport.is_closing()
         )
 
-    async def read(self, want: int, timeout: float | None) -> bytes:
-        """Bytes received (at least ``want`` unless the connection ends first); ``b""``
-        at the end. ``timeout`` bounds the wait (``httpx.ReadTimeout``)."""
+    async def read(self, want: int, timeout: float | None) -> list[bytes]:
+        """The pieces received (at least ``want`` bytes unless the connection ends
+        first), not joined; none at the end. ``timeout`` bounds the wait
+        (``httpx.ReadTimeout``)."""
         if self._size < want and not self._eof:
             loop = asyncio.get_running_loop()
             waiter = self._waiter = loop.create_future()
@@ -623,12 +667,12 @@ class _AsyncConnection(asyncio.Protocol):
         if not self._chunks:
             if self._problem is not None:
                 raise httpx.ReadError(self._problem)
-            return b""
+            return []
         chunks, self._chunks, self._size = self._chunks, [], 0
         if self._paused and self.transport is not None:
             self._paused = False
             self.transport.resume_reading()
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        return chunks
 
     def close(self) -> None:
         if self.transport is not None:
@@ -773,10 +817,10 @@ class AsyncPool:
 async def _areceive(
     connection: _AsyncConnection, parser: ReplyParser, remaining: Remaining, timeout: float
 ) -> None:
-    data = await connection.read(parser.wanted, remaining(timeout, httpx.ReadTimeout))
-    if data:
-        parser.feed(data)
-    else:
+    pieces = await connection.read(parser.wanted, remaining(timeout, httpx.ReadTimeout))
+    for piece in pieces:
+        parser.feed(piece)
+    if not pieces:
         parser.feed_eof()
 
 
@@ -797,7 +841,7 @@ class AsyncReply:
     def is_success(self) -> bool:
         return 200 <= self.status_code < 300
 
-    async def aiter_raw(self) -> AsyncIterator[bytes]:
+    async def aiter_raw(self) -> AsyncIterator[bytes | memoryview]:
         parser = self._parser
         while True:
             piece = parser.take_body()
