@@ -341,3 +341,53 @@ def test_the_pools_open_no_more_connections_than_allowed() -> None:
 
         assert asyncio.run(async_run()) == {i: body(i) for i in range(6)}
         assert server.connections == 4
+
+
+# ----------------------------------------------------------------- cancelled and large
+def test_a_cancelled_call_leaves_no_half_read_reply_for_the_next_one() -> None:
+    """A call given up while its reply is on the way (``asyncio.wait_for``, a cancelled
+    task): the next request on that loop must not read the abandoned reply."""
+
+    def late(request: RawRequest, conn: Conn) -> None:
+        time.sleep(0.3)
+        conn.send(response_bytes(200, rows_for(request)))
+
+    async def run(client: DashScopeClient) -> list[list[float]]:
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(client.aembed(TEXTS[:10], **SPEC), 0.1)
+        return (await client.aembed(TEXTS[10:20], **SPEC)).require_dense()
+
+    with hostile(late) as server:
+        assert_right(TEXTS[10:20], asyncio.run(run(client_for(server.base_url))))
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("framing", ["length", "chunked"])
+def test_a_reply_of_megabytes_arrives_whole_and_in_order(mode: str, framing: str) -> None:
+    """Larger than the async reader buffers before pausing the socket (1 MB): the
+    pause and resume must lose and reorder nothing."""
+    body = random.Random(5).randbytes(5 * 1024 * 1024)
+
+    def handler(request: RawRequest, conn: Conn) -> None:
+        if framing == "length":
+            conn.send(response_bytes(200, body, {"Content-Type": "application/octet-stream"}))
+        else:
+            conn.send(chunked_head({"Transfer-Encoding": "chunked"}))
+            conn.send(chunked(body, random.Random(6)))
+
+    with hostile(handler) as server:
+        client = client_for(server.base_url)
+        url = server.base_url + "/result.bin"
+        if mode == "sync":
+            got = client._transport.download(url)
+        else:
+
+            async def fetch() -> bytes:
+                return await client._transport.asend(
+                    transport_module.HttpRequest(
+                        "GET", url, reply_limit=len(body), authenticated=False
+                    )
+                )
+
+            got = asyncio.run(fetch())
+    assert got == body
