@@ -28,6 +28,7 @@ import ssl
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any, Generic, Protocol, TypeVar
 
 import httpx
 
@@ -49,6 +50,18 @@ _PAUSE_BYTES = 1024 * 1024
 _NO_BODY_STATUS = frozenset({204, 304})
 
 Origin = tuple[str, str, int]
+
+
+class _Pooled(Protocol):
+    origin: Origin
+    idle_since: float
+
+    def stale(self, now: float) -> bool: ...
+
+    def close(self) -> None: ...
+
+
+C = TypeVar("C", bound=_Pooled)
 
 
 class ProtocolProblem(httpx.RemoteProtocolError):
@@ -409,9 +422,10 @@ def _readable(sock: socket.socket) -> bool:
     return bool(poller.poll(0))
 
 
-class SyncPool:
-    """Keep-alive connections for one process, shared by threads; at most
-    ``max_connections`` open at once (a request waits for one within its timeout)."""
+class _PoolBook(Generic[C]):
+    """What both pools decide, without I/O or locking: which idle connection a request
+    reuses, when a new one may be opened, what is kept after a reply. The sync pool
+    calls it under its lock; the async pool on its loop."""
 
     def __init__(
         self,
@@ -427,13 +441,63 @@ class SyncPool:
         self._timeout = timeout
         self._connect_timeout = connect_timeout
         self._remaining = remaining
-        self._idle: list[_Connection] = []
+        self._idle: list[C] = []
         self._open = 0
-        self._cond = threading.Condition()
         self._closed = False
+        self._start()
+
+    def _start(self) -> None:
+        """The pool's own waiting machinery (a lock, or the loop's futures)."""
 
     def __repr__(self) -> str:
-        return f"SyncPool(open={self._open}, idle={len(self._idle)})"
+        return f"{type(self).__name__}(open={self._open}, idle={len(self._idle)})"
+
+    def _pick(self, origin: Origin) -> C | bool:
+        """An idle connection to ``origin`` to reuse (the most recent that is not
+        stale); ``True``: open a new one (counted already); ``False``: wait."""
+        if self._closed:
+            raise httpx.ConnectError("the connection pool is closed")
+        now = time.monotonic()
+        for index in range(len(self._idle) - 1, -1, -1):
+            candidate = self._idle[index]
+            if candidate.origin != origin:
+                continue
+            del self._idle[index]
+            if not candidate.stale(now):
+                return candidate
+            self._discard(candidate)
+        if self._open >= self._max and self._idle:
+            self._discard(self._idle.pop(0))  # full, but idle towards other hosts
+        if self._open < self._max:
+            self._open += 1
+            return True
+        return False
+
+    def _keep(self, connection: C, reusable: bool) -> None:
+        """After a reply: back to the idle list if it may carry another, else closed."""
+        if reusable and not self._closed:
+            connection.idle_since = time.monotonic()
+            self._idle.append(connection)
+        else:
+            self._discard(connection)
+
+    def _discard(self, connection: C) -> None:
+        connection.close()
+        self._open -= 1
+
+    def _close_idle(self) -> None:
+        self._closed = True
+        for connection in self._idle:
+            self._discard(connection)
+        self._idle.clear()
+
+
+class SyncPool(_PoolBook["_Connection"]):
+    """Keep-alive connections for one process, shared by threads; at most
+    ``max_connections`` open at once (a request waits for one within its timeout)."""
+
+    def _start(self) -> None:
+        self._cond = threading.Condition()
 
     def send(self, url: httpx.URL, head: bytes, body: bytes | None) -> SyncReply:
         """Write one request and read its reply's head; the body is read by the reply."""
@@ -462,26 +526,11 @@ class SyncPool:
     def _acquire(self, origin: Origin) -> _Connection:
         with self._cond:
             while True:
-                if self._closed:
-                    raise httpx.ConnectError("the connection pool is closed")
-                now = time.monotonic()
-                for index in range(len(self._idle) - 1, -1, -1):
-                    candidate = self._idle[index]
-                    if candidate.origin != origin:
-                        continue
-                    del self._idle[index]
-                    if candidate.stale(now):
-                        candidate.close()
-                        self._open -= 1
-                        continue
-                    return candidate
-                if self._open < self._max:
-                    self._open += 1
+                picked = self._pick(origin)
+                if isinstance(picked, _Connection):
+                    return picked
+                if picked:
                     break
-                if self._idle:  # full, but with idle connections to other hosts
-                    self._idle.pop(0).close()
-                    self._open -= 1
-                    continue
                 wait = self._remaining(self._timeout, httpx.PoolTimeout)
                 if not self._cond.wait(wait) and wait is not None:
                     raise httpx.PoolTimeout("no connection became free in time")
@@ -520,21 +569,12 @@ class SyncPool:
 
     def _release(self, connection: _Connection, *, reusable: bool) -> None:
         with self._cond:
-            if reusable and not self._closed:
-                connection.idle_since = time.monotonic()
-                self._idle.append(connection)
-            else:
-                connection.close()
-                self._open -= 1
+            self._keep(connection, reusable)
             self._cond.notify()
 
     def close(self) -> None:
         with self._cond:
-            self._closed = True
-            for connection in self._idle:
-                connection.close()
-                self._open -= 1
-            self._idle.clear()
+            self._close_idle()
             self._cond.notify_all()
 
 
@@ -559,15 +599,18 @@ def _describe(exc: OSError) -> str:
     return str(exc) or type(exc).__name__
 
 
-class SyncReply:
-    """A reply whose head is read: ``status_code``, ``headers`` (lower-case names),
-    the body through :meth:`iter_raw`, and :meth:`close` to give the connection back."""
+P = TypeVar("P", bound=_PoolBook[Any])
+
+
+class _ReplyHead(Generic[P, C]):
+    """A reply whose head is read: ``status_code``, ``headers`` (lower-case names); the
+    body is read from its connection, which goes back to ``pool`` when it is closed."""
 
     __slots__ = ("_connection", "_parser", "_pool", "headers", "status_code")
 
-    def __init__(self, pool: SyncPool, connection: _Connection, parser: ReplyParser) -> None:
+    def __init__(self, pool: P, connection: C, parser: ReplyParser) -> None:
         self._pool = pool
-        self._connection: _Connection | None = connection
+        self._connection: C | None = connection
         self._parser = parser
         assert parser.status is not None
         self.status_code: int = parser.status
@@ -576,6 +619,12 @@ class SyncReply:
     @property
     def is_success(self) -> bool:
         return 200 <= self.status_code < 300
+
+
+class SyncReply(_ReplyHead[SyncPool, _Connection]):
+    """The body through :meth:`iter_raw`; :meth:`close` gives the connection back."""
+
+    __slots__ = ()
 
     def iter_raw(self) -> Iterator[bytes | memoryview]:
         parser = self._parser
@@ -684,30 +733,11 @@ def _expire(waiter: asyncio.Future[None]) -> None:
         waiter.set_exception(httpx.ReadTimeout("timed out reading the reply"))
 
 
-class AsyncPool:
+class AsyncPool(_PoolBook["_AsyncConnection"]):
     """Keep-alive connections for one event loop; at most ``max_connections`` open."""
 
-    def __init__(
-        self,
-        ssl_context: ssl.SSLContext,
-        *,
-        max_connections: int,
-        timeout: float,
-        connect_timeout: float,
-        remaining: Remaining,
-    ) -> None:
-        self._ssl_context = ssl_context
-        self._max = max_connections
-        self._timeout = timeout
-        self._connect_timeout = connect_timeout
-        self._remaining = remaining
-        self._idle: list[_AsyncConnection] = []
-        self._open = 0
+    def _start(self) -> None:
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
-        self._closed = False
-
-    def __repr__(self) -> str:
-        return f"AsyncPool(open={self._open}, idle={len(self._idle)})"
 
     async def send(self, url: httpx.URL, head: bytes, body: bytes | None) -> AsyncReply:
         connection = await self._acquire(origin_of(url))
@@ -726,26 +756,11 @@ class AsyncPool:
 
     async def _acquire(self, origin: Origin) -> _AsyncConnection:
         while True:
-            if self._closed:
-                raise httpx.ConnectError("the connection pool is closed")
-            now = time.monotonic()
-            for index in range(len(self._idle) - 1, -1, -1):
-                candidate = self._idle[index]
-                if candidate.origin != origin:
-                    continue
-                del self._idle[index]
-                if candidate.stale(now):
-                    candidate.close()
-                    self._open -= 1
-                    continue
-                return candidate
-            if self._open < self._max:
-                self._open += 1
+            picked = self._pick(origin)
+            if isinstance(picked, _AsyncConnection):
+                return picked
+            if picked:
                 break
-            if self._idle:
-                self._idle.pop(0).close()
-                self._open -= 1
-                continue
             wait = self._remaining(self._timeout, httpx.PoolTimeout)
             waiter = asyncio.get_running_loop().create_future()
             self._waiters.append(waiter)
@@ -786,12 +801,7 @@ class AsyncPool:
         return connection
 
     def _release(self, connection: _AsyncConnection, *, reusable: bool) -> None:
-        if reusable and not self._closed:
-            connection.idle_since = time.monotonic()
-            self._idle.append(connection)
-        else:
-            connection.close()
-            self._open -= 1
+        self._keep(connection, reusable)
         self._wake_one()
 
     def _wake_one(self) -> None:
@@ -802,11 +812,7 @@ class AsyncPool:
                 return
 
     async def aclose(self) -> None:
-        self._closed = True
-        for connection in self._idle:
-            connection.close()
-            self._open -= 1
-        self._idle.clear()
+        self._close_idle()
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():
@@ -824,22 +830,10 @@ async def _areceive(
         parser.feed_eof()
 
 
-class AsyncReply:
+class AsyncReply(_ReplyHead[AsyncPool, _AsyncConnection]):
     """The async twin of :class:`SyncReply`."""
 
-    __slots__ = ("_connection", "_parser", "_pool", "headers", "status_code")
-
-    def __init__(self, pool: AsyncPool, connection: _AsyncConnection, parser: ReplyParser) -> None:
-        self._pool = pool
-        self._connection: _AsyncConnection | None = connection
-        self._parser = parser
-        assert parser.status is not None
-        self.status_code: int = parser.status
-        self.headers = parser.headers
-
-    @property
-    def is_success(self) -> bool:
-        return 200 <= self.status_code < 300
+    __slots__ = ()
 
     async def aiter_raw(self) -> AsyncIterator[bytes | memoryview]:
         parser = self._parser
