@@ -701,10 +701,13 @@ class _AsyncConnection(asyncio.Protocol):
         """The pieces received (at least ``want`` bytes unless the connection ends
         first), not joined; none at the end. ``timeout`` bounds the wait
         (``httpx.ReadTimeout``)."""
+        # Never wait for more than pauses the socket: past that, nothing more arrives
+        # until this read takes what is buffered.
+        want = min(want, _PAUSE_BYTES)
         if self._size < want and not self._eof:
             loop = asyncio.get_running_loop()
             waiter = self._waiter = loop.create_future()
-            self._want = min(want, _PAUSE_BYTES)
+            self._want = want
             timer = None if timeout is None else loop.call_later(timeout, _expire, waiter)
             try:
                 await waiter

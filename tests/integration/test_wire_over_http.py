@@ -391,3 +391,31 @@ def test_a_reply_of_megabytes_arrives_whole_and_in_order(mode: str, framing: str
 
             got = asyncio.run(fetch())
     assert got == body
+
+
+def test_a_reply_that_fills_the_buffer_while_nobody_reads_is_still_read_whole() -> None:
+    """The async reader pauses the socket past 1 MB buffered. If that happens while the
+    caller is busy elsewhere (nobody waiting), the next read must take what is there and
+    resume the socket, not wait for more bytes than a paused socket can deliver."""
+    body = random.Random(8).randbytes(5 * 1024 * 1024)
+
+    def remaining(timeout: float | None, failure: type[Exception]) -> float | None:
+        return timeout
+
+    with hostile(lambda request, conn: conn.send(response_bytes(200, body))) as server:
+        url = transport_module.httpx.URL(server.base_url + "/big")
+        head = b"GET /big HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+
+        async def fetch() -> bytes:
+            pool = AsyncPool(
+                ssl.create_default_context(), max_connections=2, timeout=5, connect_timeout=5,
+                remaining=remaining,
+            )  # fmt: skip
+            reply = await pool.send(url, head, None)
+            await asyncio.sleep(0.5)  # busy elsewhere while the reply arrives
+            data = b"".join([piece async for piece in reply.aiter_raw()])
+            await reply.aclose()
+            await pool.aclose()
+            return data
+
+        assert asyncio.run(fetch()) == body
