@@ -30,7 +30,6 @@ import json
 import logging
 import os
 import platform
-import select
 import ssl
 import threading
 import time
@@ -54,7 +53,15 @@ from dashscope_embed.errors import (
 from dashscope_embed.forksafe import renew_after_fork
 from dashscope_embed.protocol.base import HttpRequest
 from dashscope_embed.protocol.common import parse_error_reply
-from dashscope_embed.wire import AsyncPool, AsyncReply, Reply, SyncPool, SyncReply, request_head
+from dashscope_embed.wire import (
+    AsyncPool,
+    AsyncReply,
+    Reply,
+    SyncPool,
+    SyncReply,
+    request_head,
+    socket_readable,
+)
 
 logger = logging.getLogger("dashscope_embed")
 
@@ -209,23 +216,11 @@ class _AsyncDeadlineStream(httpcore.AsyncNetworkStream):
             # builds a dict of all its attributes per question. The socket is asked once.
             if self._socket is _UNKNOWN:
                 self._socket = self._stream.get_extra_info("socket")
-            return _is_readable(self._socket)
+            return self._socket is None or socket_readable(self._socket)
         return self._stream.get_extra_info(info)
 
 
 _UNKNOWN = object()
-
-
-def _is_readable(sock: Any) -> bool:
-    """Whether a read would return at once (data, or the end of a closed connection)."""
-    fileno = -1 if sock is None else sock.fileno()
-    if fileno < 0:
-        return True  # gone: the next read returns the end
-    if not hasattr(select, "poll"):  # Windows
-        return bool(select.select([fileno], [], [], 0)[0])
-    poller = select.poll()
-    poller.register(fileno, select.POLLIN)
-    return bool(poller.poll(0))
 
 
 class _AsyncDeadlineBackend(httpcore.AsyncNetworkBackend):
@@ -616,17 +611,19 @@ class Transport:
             self._proxy_probe = httpx.Client()
         return self._proxy_probe
 
+    def _pool_limits(self) -> dict[str, Any]:
+        return {
+            "max_connections": self._max_connections,
+            "timeout": self.config.timeout,
+            "connect_timeout": self.config.connect_timeout,
+            "remaining": _remaining,
+        }
+
     def _wire_pool(self) -> SyncPool:
         """This process's pool of plain-socket connections (see :mod:`dashscope_embed.wire`)."""
         with self._lock:
             if self._wire is None:
-                self._wire = SyncPool(
-                    _tls_context(),
-                    max_connections=self._max_connections,
-                    timeout=self.config.timeout,
-                    connect_timeout=self.config.connect_timeout,
-                    remaining=_remaining,
-                )
+                self._wire = SyncPool(_tls_context(), **self._pool_limits())
                 weakref.finalize(self, _close_in_process, self._wire, os.getpid())
             return self._wire
 
@@ -655,15 +652,7 @@ class Transport:
             # A loop closed without shutting down its async generators: its sockets can
             # no longer be closed politely; drop them so they are freed.
             del self._async_clients[old]
-        pools = _LoopPools(
-            AsyncPool(
-                _tls_context(),
-                max_connections=self._max_connections,
-                timeout=self.config.timeout,
-                connect_timeout=self.config.connect_timeout,
-                remaining=_remaining,
-            )
-        )
+        pools = _LoopPools(AsyncPool(_tls_context(), **self._pool_limits()))
         # The loop's first-iteration hook registers the generator; asyncio.run closes it
         # (and so the pools) before closing the loop.
         await pools.closer.__anext__()
@@ -740,10 +729,7 @@ class Transport:
             return client.send(
                 self._build(request, client), auth=self._auth_for(request), stream=True
             )
-        url, content = self._wire_request(request)
-        head = self._auth.head_for(
-            request, url, self._headers_for(request), _length(request, content)
-        )
+        url, head, content = self._wire_parts(request)
         try:
             return self._wire_pool().send(url, head, content)
         finally:
@@ -759,21 +745,19 @@ class Transport:
             return await client.send(
                 self._build(request, client), auth=self._auth_for(request), stream=True
             )
-        url, content = self._wire_request(request)
-        head = self._auth.head_for(
-            request, url, self._headers_for(request), _length(request, content)
-        )
+        url, head, content = self._wire_parts(request)
         try:
             return await pool.send(url, head, content)
         finally:
             del head
 
-    @staticmethod
-    def _wire_request(request: HttpRequest) -> tuple[httpx.URL, bytes | None]:
-        # Service URLs repeat; a signed download URL is used once and not kept.
-        url = _parsed_url(request.url) if request.authenticated else httpx.URL(request.url)
+    def _wire_parts(self, request: HttpRequest) -> tuple[httpx.URL, bytes, bytes | None]:
+        """URL, head (the key in it, for the service) and body for :mod:`~.wire`."""
+        url = _url_of(request)
         content = encode_body(request.json) if request.json is not None else None
-        return url, content
+        length = len(content) if content is not None else _empty_length(request)
+        head = self._auth.head_for(request, url, self._headers_for(request), length)
+        return url, head, content
 
     def _auth_for(self, request: HttpRequest) -> httpx.Auth | None:
         return self._auth if request.authenticated else None
@@ -837,8 +821,7 @@ class Transport:
         headers = self._headers_for(request)
         return client.build_request(
             request.method,
-            # Service URLs repeat; a signed download URL is used once and not kept.
-            _parsed_url(request.url) if request.authenticated else request.url,
+            _url_of(request),
             content=encode_body(request.json) if request.json is not None else None,
             files=request.files,
             data=request.data,
@@ -886,8 +869,11 @@ class Transport:
                     self._client.close()
                 if self._wire is not None:
                     self._wire.close()
+                if self._proxy_probe is not None:
+                    self._proxy_probe.close()
             self._client = None
             self._wire = None
+            self._proxy_probe = None
 
     async def aclose(self) -> None:
         """Close the async client of the running loop (if this transport created it)."""
@@ -919,13 +905,18 @@ def _goes_direct(request: HttpRequest, client: httpx.Client | httpx.AsyncClient)
     if not mounts:
         return True
     transport_for = getattr(client, "_transport_for_url", None)
-    url = _parsed_url(request.url) if request.authenticated else httpx.URL(request.url)
-    return transport_for is not None and transport_for(url) is getattr(client, "_transport", None)
+    return transport_for is not None and transport_for(_url_of(request)) is getattr(
+        client, "_transport", None
+    )
 
 
-def _length(request: HttpRequest, content: bytes | None) -> int | None:
-    if content is not None:
-        return len(content)
+def _url_of(request: HttpRequest) -> httpx.URL:
+    # Service URLs repeat: parsed once. A signed download URL is used once, not kept.
+    return _parsed_url(request.url) if request.authenticated else httpx.URL(request.url)
+
+
+def _empty_length(request: HttpRequest) -> int | None:
+    """``Content-Length`` of a request without a body: none for a GET, 0 otherwise."""
     return None if request.method in ("GET", "HEAD") else 0
 
 

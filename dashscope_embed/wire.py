@@ -23,6 +23,7 @@ import asyncio
 import collections
 import contextlib
 import re
+import select
 import socket
 import ssl
 import threading
@@ -406,15 +407,14 @@ class _Connection:
         sock = self.sock
         if isinstance(sock, ssl.SSLSocket) and sock.pending():
             return True
-        return _readable(sock)
+        return socket_readable(sock)
 
 
-def _readable(sock: socket.socket) -> bool:
-    import select
-
+def socket_readable(sock: socket.socket) -> bool:
+    """Whether a read would return at once: data, or the end of a closed connection."""
     fileno = sock.fileno()
     if fileno < 0:
-        return True
+        return True  # gone: the next read returns the end
     if not hasattr(select, "poll"):  # Windows
         return bool(select.select([fileno], [], [], 0)[0])
     poller = select.poll()
@@ -866,4 +866,5 @@ __all__ = [
     "SyncReply",
     "origin_of",
     "request_head",
+    "socket_readable",
 ]
