@@ -500,7 +500,9 @@ def _result(response: Reply, body: bytes) -> bytes:
 @functools.cache
 def _tls_context() -> ssl.SSLContext:
     """One TLS context for every pool: loading the certificate store takes ~30 ms, which
-    each new event loop's pool (every ``asyncio.run``) would otherwise pay again."""
+    each new event loop's pool (every ``asyncio.run``) would otherwise pay again. The
+    pools build it on their first https connection, so a plain-HTTP base URL (the
+    emulator, a self-hosted server inside a cluster) never pays for it."""
     return httpx.create_ssl_context()
 
 
@@ -602,14 +604,18 @@ class Transport:
                 weakref.finalize(self, _close_in_process, client, os.getpid())
             return self._client
 
-    def _own_client(self) -> httpx.Client:
-        """A sync httpx client of ours: the pooled one, or (when the caller passed
-        theirs) one kept only to read the environment's proxy settings."""
-        if self._given_client is None:
-            return self.client
-        if self._proxy_probe is None:
-            self._proxy_probe = httpx.Client()
-        return self._proxy_probe
+    def _proxy_router(self) -> httpx.Client:
+        """An httpx client that never sends: it only says, by httpx's own rule, whether
+        the environment routes a URL through a proxy. Its TLS context loads no
+        certificates (a request it sent to an https URL would fail verification)."""
+        router = self._proxy_probe
+        if router is None:
+            with self._lock:
+                if self._proxy_probe is None:
+                    bare = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+                    self._proxy_probe = httpx.Client(verify=bare)
+                router = self._proxy_probe
+        return router
 
     def _pool_limits(self) -> dict[str, Any]:
         return {
@@ -623,7 +629,7 @@ class Transport:
         """This process's pool of plain-socket connections (see :mod:`dashscope_embed.wire`)."""
         with self._lock:
             if self._wire is None:
-                self._wire = SyncPool(_tls_context(), **self._pool_limits())
+                self._wire = SyncPool(_tls_context, **self._pool_limits())
                 weakref.finalize(self, _close_in_process, self._wire, os.getpid())
             return self._wire
 
@@ -652,7 +658,7 @@ class Transport:
             # A loop closed without shutting down its async generators: its sockets can
             # no longer be closed politely; drop them so they are freed.
             del self._async_clients[old]
-        pools = _LoopPools(AsyncPool(_tls_context(), **self._pool_limits()))
+        pools = _LoopPools(AsyncPool(_tls_context, **self._pool_limits()))
         # The loop's first-iteration hook registers the generator; asyncio.run closes it
         # (and so the pools) before closing the loop.
         await pools.closer.__anext__()
@@ -664,7 +670,7 @@ class Transport:
         """Send ``request``; return the 2xx body (bounded) or raise the typed error.
 
         The exchange (:meth:`_exchange`) decides everything; this only does its I/O."""
-        client = self.client
+        self._check_pid()
         exchange = self._exchange(request)
         token = _ATTEMPT_DEADLINE.set(self._deadline(request))
         response: httpx.Response | SyncReply | None = None
@@ -679,7 +685,7 @@ class Transport:
                     return body
                 try:
                     if isinstance(step, _Open):
-                        response = self._open(step.request, client)
+                        response = self._open(step.request)
                         reply = response
                     else:
                         chunks = chunks or step.response.iter_raw()
@@ -723,9 +729,13 @@ class Transport:
                 await response.aclose()
             _ATTEMPT_DEADLINE.reset(token)
 
-    def _open(self, request: HttpRequest, client: httpx.Client) -> httpx.Response | SyncReply:
-        """Send ``request`` on our own sockets when nothing needs httpx, else through it."""
-        if client is self._given_client or not _goes_direct(request, client):
+    def _open(self, request: HttpRequest) -> httpx.Response | SyncReply:
+        """Send ``request`` on our own sockets when nothing needs httpx, else through it.
+
+        Only a request that goes through httpx creates its client: a plain-HTTP base URL
+        never loads the certificate store."""
+        if self._given_client is not None or not _goes_direct(request, self._proxy_router()):
+            client = self.client
             return client.send(
                 self._build(request, client), auth=self._auth_for(request), stream=True
             )
@@ -738,9 +748,8 @@ class Transport:
     async def _aopen(
         self, request: HttpRequest, pool: AsyncPool | None
     ) -> httpx.Response | AsyncReply:
-        # The environment's proxies are the same for every client we make: the sync
-        # one's decide (a sync client the caller passed is theirs, not asked).
-        if pool is None or not _goes_direct(request, self._own_client()):
+        # The environment's proxies are the same for every client we make.
+        if pool is None or not _goes_direct(request, self._proxy_router()):
             client = await self.async_client()
             return await client.send(
                 self._build(request, client), auth=self._auth_for(request), stream=True

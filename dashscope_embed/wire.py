@@ -429,14 +429,14 @@ class _PoolBook(Generic[C]):
 
     def __init__(
         self,
-        ssl_context: ssl.SSLContext,
+        tls_context: Callable[[], ssl.SSLContext],
         *,
         max_connections: int,
         timeout: float,
         connect_timeout: float,
         remaining: Remaining,
     ) -> None:
-        self._ssl_context = ssl_context
+        self._tls_context = tls_context  # called on the first https connection only
         self._max = max_connections
         self._timeout = timeout
         self._connect_timeout = connect_timeout
@@ -555,7 +555,7 @@ class SyncPool(_PoolBook["_Connection"]):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if scheme == "https":
                 sock.settimeout(self._remaining(self._connect_timeout, httpx.ConnectTimeout))
-                sock = self._ssl_context.wrap_socket(sock, server_hostname=host)
+                sock = self._tls_context().wrap_socket(sock, server_hostname=host)
         except TimeoutError:
             sock.close()
             raise httpx.ConnectTimeout(f"the TLS handshake with {host} timed out") from None
@@ -785,7 +785,7 @@ class AsyncPool(_PoolBook["_AsyncConnection"]):
         scheme, host, port = origin
         loop = asyncio.get_running_loop()
         timeout = self._remaining(self._connect_timeout, httpx.ConnectTimeout)
-        tls = self._ssl_context if scheme == "https" else None
+        tls = self._tls_context() if scheme == "https" else None
         try:
             _, connection = await asyncio.wait_for(
                 loop.create_connection(

@@ -286,6 +286,22 @@ def test_https_to_a_server_nobody_vouches_for_is_refused_without_the_key(
     assert secret_leaks(info.value, KEY) == []
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_plain_http_never_loads_the_certificate_store(
+    mode: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh_tls_context: None
+) -> None:
+    """The emulator in CI and a self-hosted server inside a cluster speak plain HTTP:
+    they work on a machine whose certificate setting is broken, and pay nothing for it."""
+    broken = tmp_path / "not-a-certificate.pem"
+    broken.write_text("this is not PEM")
+    monkeypatch.setenv("SSL_CERT_FILE", str(broken))
+    with hostile(lambda request, conn: conn.send(response_bytes(200, rows_for(request)))) as server:
+        assert_right(TEXTS, embed(client_for(server.base_url), mode, TEXTS))
+    assert transport_module._tls_context.cache_info().currsize == 0
+    with pytest.raises(ssl.SSLError):  # what an https URL would have met
+        transport_module._tls_context()
+
+
 # ----------------------------------------------------------------- the pool's limit
 def test_the_pools_open_no_more_connections_than_allowed() -> None:
     """Six requests at once through pools of two: two connections, six right replies."""
@@ -304,7 +320,7 @@ def test_the_pools_open_no_more_connections_than_allowed() -> None:
         url = transport_module.httpx.URL(server.base_url + "/x")
         head = b"POST /x HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 8\r\n\r\n"
         sync = SyncPool(
-            ssl.create_default_context(), max_connections=2, timeout=10, connect_timeout=10,
+            ssl.create_default_context, max_connections=2, timeout=10, connect_timeout=10,
             remaining=remaining,
         )  # fmt: skip
         got: dict[int, bytes] = {}
@@ -325,7 +341,7 @@ def test_the_pools_open_no_more_connections_than_allowed() -> None:
 
         async def async_run() -> dict[int, bytes]:
             pool = AsyncPool(
-                ssl.create_default_context(), max_connections=2, timeout=10,
+                ssl.create_default_context, max_connections=2, timeout=10,
                 connect_timeout=10, remaining=remaining,
             )  # fmt: skip
 
@@ -408,7 +424,7 @@ def test_a_reply_that_fills_the_buffer_while_nobody_reads_is_still_read_whole() 
 
         async def fetch() -> bytes:
             pool = AsyncPool(
-                ssl.create_default_context(), max_connections=2, timeout=5, connect_timeout=5,
+                ssl.create_default_context, max_connections=2, timeout=5, connect_timeout=5,
                 remaining=remaining,
             )  # fmt: skip
             reply = await pool.send(url, head, None)
