@@ -8,6 +8,7 @@ about any particular endpoint: a new endpoint (or protocol) is a codec registere
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, TypeVar
@@ -69,6 +70,9 @@ class Endpoint(Generic[Item, Params]):
                 f"extra_parameters may not set {', '.join(map(repr, clashes))}: this package "
                 "sends them itself from their own options"
             )
+        problem = json_problem(extra, "extra_parameters")
+        if problem is not None:
+            raise InvalidInputError(problem)
 
     def body(self, items: Sequence[Item], params: Params) -> dict[str, Any]:
         raise NotImplementedError
@@ -129,3 +133,27 @@ def endpoint_for(family: str, protocol: str, model: str = "") -> Endpoint[Any, A
             + (f"; use protocol={served[0]!r}" if served else "")
         )
     return endpoint
+
+
+def json_problem(value: Any, where: str) -> str | None:
+    """What in ``value`` JSON cannot carry (named by its path), or ``None``.
+
+    Checked before sending: a NaN or a set would otherwise surface as the service's
+    parse error (or, with some encoders, be sent as ``null``)."""
+    if value is None or isinstance(value, (str, bool, int)):
+        return None
+    if isinstance(value, float):
+        return None if math.isfinite(value) else f"{where} is {value!r}, which JSON cannot carry"
+    if isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            if (problem := json_problem(item, f"{where}[{index}]")) is not None:
+                return problem
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                return f"{where} has the key {key!r}; JSON object keys are strings"
+            if (problem := json_problem(item, f"{where}[{key!r}]")) is not None:
+                return problem
+        return None
+    return f"{where} is a {type(value).__name__}, which JSON cannot carry"

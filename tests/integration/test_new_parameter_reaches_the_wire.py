@@ -10,6 +10,7 @@ refused before anything is sent.
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any
 
 import pytest
@@ -114,3 +115,32 @@ def test_extra_parameters_are_merged_last_into_what_is_sent(
     with pytest.raises(InvalidInputError, match=f"may not set '{clash}'"):
         client.embed(["y"], extra_parameters={clash: 512})
     assert len(dashscope_emulator.requests("embedding")) == 1
+
+
+@pytest.mark.parametrize(
+    ("extra", "where"),
+    [
+        ({"weights": [0.5, float("nan")]}, "extra_parameters['weights'][1] is nan"),
+        ({"cutoff": float("inf")}, "extra_parameters['cutoff'] is inf"),
+        ({"tags": {"a", "b"}}, "extra_parameters['tags'] is a set"),
+        ({"by_id": {1: "x"}}, "extra_parameters['by_id'] has the key 1"),
+    ],
+)
+def test_extra_parameters_json_cannot_carry_are_refused_by_path_before_sending(
+    dashscope_emulator: Emulator, extra: dict[str, Any], where: str
+) -> None:
+    """Encoders differ on what JSON lacks (one writes NaN, which the service cannot
+    parse; another writes null, which changes the parameter), so neither is sent."""
+    client = DashScopeClient()
+    with pytest.raises(InvalidInputError, match=re.escape(where)):
+        client.embed(["x"], extra_parameters=extra)
+    assert dashscope_emulator.requests("embedding") == []
+
+
+def test_request_bodies_say_what_the_texts_say(dashscope_emulator: Emulator) -> None:
+    """The request encoder writes UTF-8 as is: quotes, backslashes, control characters,
+    line and paragraph separators and astral characters reach the service unchanged."""
+    texts = ['say "hi"\\n', "tab\there\x01\x1f", "\u2028\u2029 sep", "😀 𝔘𝔫𝔦", "中文 ü"]
+    DashScopeClient().embed(texts)
+    (sent,) = dashscope_emulator.requests("embedding")
+    assert sent["json"]["input"]["texts"] == texts
