@@ -225,16 +225,20 @@ def measure(
 ) -> dict[str, Any]:
     """One client's run: wall and CPU time, and whether every vector is right."""
     cpu0, wall0 = time.process_time(), time.monotonic()
-    error = ""
+    error = why = ""
     try:
         vectors = fn(base, texts)
     except Exception as exc:  # a crash is a result here
         vectors, error = [], f"{type(exc).__name__}"
+        # What failed for good (a partial error's first request), kept in the run's log.
+        first = getattr(exc, "errors", None)
+        why = f"{first[0]!r:.300}" if first else f"{exc!s:.300}"
     wall, cpu = time.monotonic() - wall0, time.process_time() - cpu0
     return {
         "wall": wall,
         "cpu": cpu,
         "error": error,
+        "why": why,
         "done": len(texts) if not error else 0,
         "lost": lost_or_misplaced(vectors, expected) if not error else len(texts),
     }
@@ -312,6 +316,7 @@ def run_one(
                 if not run["error"]
                 else None,
                 "error": run["error"],
+                "why": run["why"],
             }
         )
     if len(runs) > 1:
@@ -326,6 +331,7 @@ def run_one(
                 "lost": sum(r["lost"] for r in runs),
                 "cpu_ms_per_1k": None,
                 "error": "",
+                "why": "",
             }
         )
     return rows
@@ -433,7 +439,7 @@ def main() -> None:
                 print(
                     f"{scenario.name:45} {row['client']:62} {row['texts_per_s']:6.0f}/s "
                     f"ratio {row['ratio']:.2f} 429s {row['4xx']}/{row['requests']} "
-                    f"dup {row['duplicates']} lost {row['lost']} {row['error']}",
+                    f"dup {row['duplicates']} lost {row['lost']} {row['error']} {row['why']}",
                     file=sys.stderr,
                     flush=True,
                 )
