@@ -827,7 +827,9 @@ class _RerankCall:
         if not hits and errors:
             raise errors[0]
         failed = [p for p, slot in enumerate(self.plan.slot_of) if scores[slot] is None]
-        raise PartialRerankError(result, failed, errors) from (errors[0] if errors else None)
+        raise PartialRerankError(result, failed, errors, outcome.unsent) from (
+            errors[0] if errors else None
+        )
 
 
 def validate_documents(documents: Any, modalities: Sequence[str]) -> list[str | Content]:
@@ -939,7 +941,7 @@ def _raise_or_return(result: EmbeddingResult | PartialResult, outcome: Outcome) 
     if len(result.missing_positions) == len(result) and errors:
         # Nothing was embedded: the typed error says it best.
         raise errors[0]
-    raise PartialEmbeddingError(result, result.missing_positions, errors) from (
+    raise PartialEmbeddingError(result, result.missing_positions, errors, outcome.unsent) from (
         errors[0] if errors else None
     )
 

@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from dashscope_embed.errors import BadRequestError, RateLimitError
+from dashscope_embed.errors import APIError, BadRequestError, RateLimitError
 from dashscope_embed.limits import AdaptivePace, ConcurrencyGate, RateBudget
 from dashscope_embed.protocol.base import HttpRequest
 from dashscope_embed.retry import RetryPolicy
@@ -44,6 +44,7 @@ class Outcome:
 
     replies: list[object | None]
     errors: list[tuple[int, BaseException]] = field(default_factory=list)
+    unsent: int = 0  # jobs never sent (or never finished) because the call stopped
 
     @property
     def complete(self) -> bool:
@@ -237,10 +238,10 @@ class Engine:
             attempt += 1
             delay = self.retry.delay_before_retry(error, attempt, time.monotonic() - started)
             if delay is None or stop.is_set():
-                raise error
+                raise _final(error, attempt)
             _log_retry(index, attempt, delay, error)
             if (yield Backoff(delay)):
-                raise error
+                raise _final(error, attempt)
 
     def _release(
         self, epoch: int, sent_at: float, rtt: float, load: int, error: BaseException | None
@@ -274,6 +275,7 @@ class Engine:
     ) -> None:
         """Record how job ``index`` ended; an account-level failure stops the call."""
         if isinstance(error, _Stopped):
+            outcome.unsent += 1
             return
         if error is not None:
             outcome.errors.append((index, error))
@@ -412,6 +414,13 @@ class Engine:
             except asyncio.CancelledError:
                 flow.close()  # the flow gives its slot back on the way out
                 raise
+
+
+def _final(error: Exception, attempts: int) -> Exception:
+    """``error`` as the end of its request: it says how many times the request was sent."""
+    if isinstance(error, APIError):
+        error.gave_up_after(attempts)
+    return error
 
 
 def _is_throttle(error: BaseException) -> bool:

@@ -159,6 +159,8 @@ class APIError(DashScopeError):
         code: the service's error code, e.g. ``"InvalidParameter"``.
         request_id: the service's request id, when it sent one.
         retry_after: seconds the service asked us to wait (``Retry-After``), if any.
+        attempts: how many times the request was sent before it failed for good (1 plus
+            its retries); the message says so when it is more than one.
     """
 
     def __init__(
@@ -170,6 +172,7 @@ class APIError(DashScopeError):
         request_id: str | None = None,
         retry_after: float | None = None,
         should_retry: bool | None = None,
+        attempts: int = 1,
     ) -> None:
         self.message = message
         self.status_code = status_code
@@ -177,6 +180,7 @@ class APIError(DashScopeError):
         self.request_id = request_id
         self.retry_after = retry_after
         self.should_retry = should_retry
+        self.attempts = attempts
         super().__init__(self._render())
 
     def _render(self) -> str:
@@ -188,7 +192,14 @@ class APIError(DashScopeError):
         text = f"[{' '.join(head)}] {self.message}" if head else self.message
         if self.request_id:
             text += f" (request_id={self.request_id})"
+        if self.attempts > 1:
+            text += f"; sent {self.attempts} times"
         return text
+
+    def gave_up_after(self, attempts: int) -> None:
+        """Record that this error ended the last of ``attempts`` tries of its request."""
+        self.attempts = attempts
+        self.args = (self._render(),)
 
     @property
     def retryable(self) -> bool:
@@ -205,6 +216,7 @@ class APIError(DashScopeError):
             "request_id": self.request_id,
             "retry_after": self.retry_after,
             "should_retry": self.should_retry,
+            "attempts": self.attempts,
         }
 
 
@@ -335,6 +347,8 @@ class PartialEmbeddingError(DashScopeError):
             vector of input ``i`` if it was embedded and ``None`` if not.
         failed_positions: input positions that have no vector, in order.
         errors: the final error of each failed request.
+        unsent_requests: requests never sent because a failure stopped the call (a
+            request that fails for good, other than for its own input, stops the rest).
 
     To finish the job, send only what is missing and merge::
 
@@ -350,18 +364,20 @@ class PartialEmbeddingError(DashScopeError):
         partial: PartialResult,
         failed_positions: Sequence[int],
         errors: Sequence[BaseException],
+        unsent_requests: int = 0,
     ) -> None:
         self.partial = partial
         self.failed_positions = list(failed_positions)
         self.errors = list(errors)
+        self.unsent_requests = unsent_requests
         total = len(partial)
         done = total - len(self.failed_positions)
         first = self.errors[0] if self.errors else None
         preview = _positions_preview(self.failed_positions)
         super().__init__(
             f"{done} of {total} inputs embedded; {len(self.failed_positions)} failed "
-            f"(positions {preview}) after {len(self.errors)} failed request(s); first error: "
-            f"{first}"
+            f"(positions {preview}) after {len(self.errors)} failed request(s)"
+            f"{_unsent(unsent_requests)}; first error: {first}"
         )
 
     @property
@@ -371,7 +387,16 @@ class PartialEmbeddingError(DashScopeError):
         return [i for i in range(len(self.partial)) if i not in failed]
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.partial, self.failed_positions, self.errors))
+        return (
+            type(self),
+            (self.partial, self.failed_positions, self.errors, self.unsent_requests),
+        )
+
+
+def _unsent(requests: int) -> str:
+    if not requests:
+        return ""
+    return f", which stopped the call: {requests} request(s) were never sent"
 
 
 def _positions_preview(positions: Sequence[int], shown: int = 10) -> str:
@@ -387,21 +412,30 @@ class PartialRerankError(DashScopeError):
             query compare across requests, so this ranking is sound for them).
         failed_positions: the documents that were not scored, by position.
         errors: the final error of each failed request.
+        unsent_requests: requests never sent because a failure stopped the call.
     """
 
     def __init__(
-        self, partial: Any, failed_positions: Sequence[int], errors: Sequence[BaseException]
+        self,
+        partial: Any,
+        failed_positions: Sequence[int],
+        errors: Sequence[BaseException],
+        unsent_requests: int = 0,
     ) -> None:
         self.partial = partial
         self.failed_positions = list(failed_positions)
         self.errors = list(errors)
+        self.unsent_requests = unsent_requests
         first = self.errors[0] if self.errors else None
         preview = _positions_preview(self.failed_positions)
         super().__init__(
             f"{len(self.failed_positions)} documents not scored (positions {preview}) after "
-            f"{len(self.errors)} failed request(s); the others are ranked and attached; "
-            f"first error: {first}"
+            f"{len(self.errors)} failed request(s){_unsent(unsent_requests)}; the others are "
+            f"ranked and attached; first error: {first}"
         )
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.partial, self.failed_positions, self.errors))
+        return (
+            type(self),
+            (self.partial, self.failed_positions, self.errors, self.unsent_requests),
+        )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import pickle
 import threading
 import time
 import tracemalloc
@@ -22,6 +23,7 @@ from dashscope_embed import (
     BadResponseError,
     DashScopeClient,
     DashScopeError,
+    PartialEmbeddingError,
     RateLimitError,
     RetryPolicy,
     ServerError,
@@ -303,6 +305,44 @@ def test_a_partial_failure_keeps_the_key_out_of_every_attached_error() -> None:
         client = client_for(server.base_url, max_concurrency=1)
         error = failure(client, "sync", [f"t{i}" for i in range(30)], **SPEC)
     assert secret_leaks(error, KEY) == []
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_request_that_fails_for_good_says_how_often_it_was_sent_and_what_it_stopped(
+    mode: str,
+) -> None:
+    """A request that fails for good (other than for its own input) stops the call. The
+    caller must be able to tell bad luck from a broken service: the error says how many
+    times its request was sent, the partial error how many requests were never sent."""
+
+    def answer(request: RawRequest, conn: Conn) -> None:
+        texts = json.loads(request.body)["input"]["texts"]
+        time.sleep(0.05)  # slow replies: the other slot keeps working meanwhile
+        if "t30" in texts:
+            conn.send(response_bytes(500, b'{"code":"InternalError","message":"down"}'))
+        else:
+            rows = [row(str(int(text[1:]) / 1000)) for text in texts]
+            conn.send(response_bytes(200, native_reply(rows)))
+
+    texts = [f"t{i}" for i in range(100)]  # ten requests; the fourth always fails
+    with hostile(answer) as server:
+        retry = RetryPolicy(max_retries=2, initial_delay=0)
+        error = failure(
+            client_for(server.base_url, max_concurrency=2, retry=retry), mode, texts, **SPEC
+        )
+        sent = {json.loads(r.body)["input"]["texts"][0] for r in server.requests}
+    assert isinstance(error, PartialEmbeddingError)
+    (cause,) = error.errors
+    assert isinstance(cause, ServerError) and cause.attempts == 3
+    assert "sent 3 times" in str(cause) and "sent 3 times" in str(error)
+    assert 1 <= error.unsent_requests == 10 - len(sent)
+    assert f"{error.unsent_requests} request(s) were never sent" in str(error)
+    assert len(error.failed_positions) == 10 * (1 + error.unsent_requests)
+    for position in error.completed_positions:
+        assert error.partial.dense[position][0] == position / 1000
+    again = pickle.loads(pickle.dumps(error))
+    assert str(again) == str(error) and again.unsent_requests == error.unsent_requests
+    assert again.errors[0].attempts == 3
 
 
 @pytest.mark.parametrize("mode", MODES)
