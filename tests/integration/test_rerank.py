@@ -285,6 +285,8 @@ def test_a_failed_request_leaves_the_rest_ranked_and_names_what_is_missing() -> 
             client.rerank("q", docs)
     assert info.value.failed_positions == list(range(500, 1000))
     assert info.value.partial.indices == [*range(500), *range(1000, 1200)]
+    # A refusal of one request's own input stops nothing: every other request was sent.
+    assert info.value.unsent_requests == 0 and "never sent" not in str(info.value)
 
 
 @pytest.mark.parametrize(
