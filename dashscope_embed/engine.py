@@ -44,7 +44,7 @@ class Outcome:
 
     replies: list[object | None]
     errors: list[tuple[int, BaseException]] = field(default_factory=list)
-    unsent: int = 0  # jobs never sent (or never finished) because the call stopped
+    unsent: int = 0  # jobs never sent because the call had stopped
 
     @property
     def complete(self) -> bool:

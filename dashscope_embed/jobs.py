@@ -29,7 +29,7 @@ from dashscope_embed.errors import (
     PartialEmbeddingError,
 )
 from dashscope_embed.models import ModelSpec, TextType, resolve_model
-from dashscope_embed.protocol.common import load_json
+from dashscope_embed.protocol.common import encode_json, load_json
 from dashscope_embed.protocol.native import TEXT_EMBEDDING_PATH
 from dashscope_embed.types import EmbeddingResult, PartialResult, Usage
 
@@ -439,7 +439,7 @@ def batch_file(
         if dimension is not None:
             body["dimensions"] = dimension
         request = {"custom_id": str(i), "method": "POST", "url": "/v1/embeddings", "body": body}
-        line = json.dumps(request, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+        line = encode_json(request) + b"\n"
         size += len(line)
         if size > max_file_bytes:
             raise InvalidInputError(

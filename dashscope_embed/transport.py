@@ -26,7 +26,6 @@ import asyncio
 import contextlib
 import contextvars
 import functools
-import json
 import logging
 import os
 import platform
@@ -52,7 +51,7 @@ from dashscope_embed.errors import (
 )
 from dashscope_embed.forksafe import renew_after_fork
 from dashscope_embed.protocol.base import HttpRequest
-from dashscope_embed.protocol.common import parse_error_reply
+from dashscope_embed.protocol.common import encode_json, parse_error_reply
 from dashscope_embed.wire import (
     AsyncPool,
     AsyncReply,
@@ -77,26 +76,6 @@ DOWNLOAD_MAX_BYTES = 4 * 1024 * 1024 * 1024
 
 ERROR_REPLY_MAX_BYTES = 1024 * 1024
 """An error reply is a short JSON object; more than this is not read."""
-
-
-def _encode_with_json(body: dict[str, Any]) -> bytes:
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-
-
-try:  # ~10x faster than json on a request of ten texts, and the same JSON
-    import orjson
-
-    def encode_body(body: dict[str, Any]) -> bytes:
-        """Compact UTF-8 JSON, non-ASCII kept as is (smaller than ``\\u`` escapes)."""
-        try:
-            return orjson.dumps(body)
-        except TypeError:
-            # What orjson refuses and json writes (an int past 64 bits, a non-string
-            # key) is written, or refused, exactly as before.
-            return _encode_with_json(body)
-
-except ImportError:  # pragma: no cover - depends on the environment
-    encode_body = _encode_with_json
 
 
 # ---------------------------------------------------------------------- deadlines
@@ -778,7 +757,7 @@ class Transport:
     def _wire_parts(self, request: HttpRequest) -> tuple[httpx.URL, bytes, bytes | None]:
         """URL, head (the key in it, for the service) and body for :mod:`~.wire`."""
         url = _url_of(request)
-        content = encode_body(request.json) if request.json is not None else None
+        content = encode_json(request.json) if request.json is not None else None
         length = len(content) if content is not None else _empty_length(request)
         head = self._auth.head_for(request, url, self._headers_for(request), length)
         return url, head, content
@@ -846,7 +825,7 @@ class Transport:
         return client.build_request(
             request.method,
             _url_of(request),
-            content=encode_body(request.json) if request.json is not None else None,
+            content=encode_json(request.json) if request.json is not None else None,
             files=request.files,
             data=request.data,
             headers=headers,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email.utils
+import json
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -57,16 +58,31 @@ def reply_byte_limit(texts: Sequence[str], params: TextParams) -> int:
     return limit
 
 
-try:  # the fastest parser there is for float-heavy JSON, if installed
+def _encode_with_json(body: Any) -> bytes:
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+try:  # the fastest parser there is for float-heavy JSON, and ~20x json's encoder
     import orjson
 
     def _fast_loads(content: bytes) -> Any:
         return orjson.loads(content)
 
+    def encode_json(body: Any) -> bytes:
+        """Compact UTF-8 JSON, non-ASCII kept as is (smaller than ``\\u`` escapes)."""
+        try:
+            return orjson.dumps(body)
+        except TypeError:
+            # What orjson refuses and json writes (an int past 64 bits, a non-string
+            # key) is written, or refused, exactly as json does.
+            return _encode_with_json(body)
+
 except ImportError:  # pragma: no cover - depends on the environment
 
     def _fast_loads(content: bytes) -> Any:
         return pydantic_core.from_json(content)
+
+    encode_json = _encode_with_json
 
 
 def load_json(content: bytes, request_id: str | None = None) -> Any:
