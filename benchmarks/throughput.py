@@ -129,6 +129,22 @@ def ours_async(base: str, texts: list[str]) -> list[Any]:
     return result.require_dense()
 
 
+def ours_numpy_stream(base: str, texts: list[str]) -> list[Any]:
+    client = DashScopeClient(api_key=KEY, base_url=base)
+    chunks = client.embed_stream(texts, text_type="document", as_numpy=True)
+    return list(np.concatenate([chunk.array for chunk in chunks]))
+
+
+def ours_numpy_stream_async(base: str, texts: list[str]) -> list[Any]:
+    client = DashScopeClient(api_key=KEY, base_url=base)
+
+    async def run() -> list[Any]:
+        chunks = client.aembed_stream(texts, text_type="document", as_numpy=True)
+        return [chunk.array async for chunk in chunks]
+
+    return list(np.concatenate(asyncio.run(run())))
+
+
 def ours_llama_index(base: str, texts: list[str]) -> list[Any]:
     from llama_index_ext import DashScopeEmbedding
 
@@ -191,6 +207,8 @@ def langchain_openai_compatible(base: str, texts: list[str]) -> list[Any]:
 OURS: dict[str, Callable[[str, list[str]], list[Any]]] = {
     "dashscope-embed (sync)": ours_sync,
     "dashscope-embed (async)": ours_async,
+    "dashscope-embed stream, as_numpy=True (sync)": ours_numpy_stream,
+    "dashscope-embed stream, as_numpy=True (async)": ours_numpy_stream_async,
     "dashscope-embed LlamaIndex DashScopeEmbedding (sync)": ours_llama_index,
     "dashscope-embed LlamaIndex DashScopeEmbedding (async)": ours_llama_index_async,
     "dashscope-embed LangChain DashScopeEmbeddings (sync)": ours_langchain,

@@ -16,7 +16,7 @@ EXTRA_MODULES: dict[str, frozenset[str]] = {
     "llama-index": frozenset({"llama_index"}),
     "langchain": frozenset({"langchain_core"}),
     "emulator": frozenset({"uvicorn", "numpy", "orjson"}),
-    "bulk": frozenset({"numpy", "pyarrow"}),
+    "bulk": frozenset({"numpy", "pyarrow", "simdjson"}),
     "tokenizer": frozenset({"dashscope", "tiktoken"}),
     "ray": frozenset({"ray", "pyarrow", "numpy"}),
 }

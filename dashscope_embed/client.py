@@ -81,7 +81,7 @@ from dashscope_embed.planner import (
 from dashscope_embed.protocol import Endpoint, HttpRequest, ParsedBatch, endpoint_for
 from dashscope_embed.protocol.multimodal import fused_alone
 from dashscope_embed.protocol.rerank import ParsedScores
-from dashscope_embed.stream import EmbeddingChunk, float32_array, stream_async, stream_sync
+from dashscope_embed.stream import EmbeddingChunk, require_numpy, stream_async, stream_sync
 from dashscope_embed.tokens import (
     LongTextPlan,
     LongTextPolicy,
@@ -263,6 +263,29 @@ class DashScopeClient:
         call = self._text_call(texts, model, text_type, batch_size, long_text, options)
         return call.finish(self._engine.run(call.jobs(self, progress), self._transport.send))
 
+    def _embed_float32(
+        self,
+        texts: list[str],
+        model: ModelSpec,
+        text_type: TextType | None,
+        long_text: LongTextPolicy | None,
+        options: dict[str, Any],
+    ) -> EmbeddingResult:
+        """:meth:`embed` with dense rows as float32 arrays (for NumPy streams)."""
+        call = self._text_call(texts, model, text_type, None, long_text, options, float32=True)
+        return call.finish(self._engine.run(call.jobs(self, None), self._transport.send))
+
+    async def _aembed_float32(
+        self,
+        texts: list[str],
+        model: ModelSpec,
+        text_type: TextType | None,
+        long_text: LongTextPolicy | None,
+        options: dict[str, Any],
+    ) -> EmbeddingResult:
+        call = self._text_call(texts, model, text_type, None, long_text, options, float32=True)
+        return call.finish(await self._engine.arun(call.jobs(self, None), self._transport.asend))
+
     async def aembed(
         self,
         texts: Sequence[str],
@@ -287,6 +310,8 @@ class DashScopeClient:
         batch_size: int | None,
         long_text: LongTextPolicy | None,
         options: dict[str, Any],
+        *,
+        float32: bool = False,
     ) -> _Call[str, TextParams]:
         spec, endpoint, params = self._text_params(model, text_type, options)
         valid = validate_texts(texts)
@@ -306,6 +331,7 @@ class DashScopeClient:
             self.settings,
             plan(long_plan.rows if long_plan else valid, rows),
             long_plan,
+            float32,
         )
 
     def check_texts(
@@ -606,14 +632,25 @@ class DashScopeClient:
             EmbedStreamError: a request failed for good; every earlier input was yielded.
         """
         spec, _, _ = self._text_params(model, text_type, options)  # checked before reading
+        if as_numpy:
+            require_numpy()
+
+            def embed_slice(batch: list[str]) -> EmbeddingResult:
+                return self._embed_float32(batch, spec, text_type, long_text, options)
+
+        else:
+
+            def embed_slice(batch: list[str]) -> EmbeddingResult:
+                return self.embed(
+                    batch, model=spec, text_type=text_type, long_text=long_text, **options
+                )
+
         return stream_sync(
             texts,
-            lambda batch: self.embed(
-                batch, model=spec, text_type=text_type, long_text=long_text, **options
-            ),
+            embed_slice,
             slice_size=spec.max_rows,
             lookahead=lookahead or self._lookahead,
-            to_array=float32_array if as_numpy else None,
+            as_numpy=as_numpy,
             on_complete=on_complete,
         )
 
@@ -634,14 +671,25 @@ class DashScopeClient:
         Use as ``async for chunk in client.aembed_stream(texts): ...``.
         """
         spec, _, _ = self._text_params(model, text_type, options)
+        if as_numpy:
+            require_numpy()
+
+            def embed_slice(batch: list[str]) -> Awaitable[EmbeddingResult]:
+                return self._aembed_float32(batch, spec, text_type, long_text, options)
+
+        else:
+
+            def embed_slice(batch: list[str]) -> Awaitable[EmbeddingResult]:
+                return self.aembed(
+                    batch, model=spec, text_type=text_type, long_text=long_text, **options
+                )
+
         return stream_async(
             texts,
-            lambda batch: self.aembed(
-                batch, model=spec, text_type=text_type, long_text=long_text, **options
-            ),
+            embed_slice,
             slice_size=spec.max_rows,
             lookahead=lookahead or self._lookahead,
-            to_array=float32_array if as_numpy else None,
+            as_numpy=as_numpy,
             on_complete=on_complete,
         )
 
@@ -700,6 +748,8 @@ class _Call(Generic[Item, Params]):
     settings: ClientSettings
     plan: Plan[Item]
     long_plan: LongTextPlan | None
+    # Dense vectors as float32 matrices, never Python lists (streams with as_numpy=True).
+    float32: bool = False
 
     def jobs(
         self, client: DashScopeClient, progress: Callable[[int], None] | None
@@ -716,7 +766,8 @@ class _Call(Generic[Item, Params]):
         return self.endpoint.request(self.settings, self.plan.batch_items(batch), self.params)
 
     def decode(self, batch: range, content: bytes) -> ParsedBatch:
-        parsed: ParsedBatch = self.endpoint.parse(content, len(batch), self.params)
+        parse = self.endpoint.parse_float32 if self.float32 else self.endpoint.parse
+        parsed: ParsedBatch = parse(content, len(batch), self.params)
         return parsed
 
     def _cost(self, client: DashScopeClient) -> Callable[[range], int] | None:

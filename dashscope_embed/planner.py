@@ -10,13 +10,16 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, replace
-from typing import Any, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from dashscope_embed.errors import InputProblem, InvalidInputError
 from dashscope_embed.models import ModelSpec
 from dashscope_embed.protocol.common import ParsedBatch
 from dashscope_embed.tokens import LongTextPlan, combine_dense, combine_sparse
 from dashscope_embed.types import EmbeddingResult, PartialResult, SparseEmbedding, Usage
+
+if TYPE_CHECKING:
+    from numpy.typing import NDArray
 
 Item = TypeVar("Item")
 
@@ -154,13 +157,13 @@ def plan_with_solos(
 
 def _fan_out(values: list[Any], slot_of: Sequence[int]) -> list[Any]:
     # A text that appeared twice gets its own copy, so mutating one vector in place never
-    # changes another input's vector.
+    # changes another input's vector (a list, or a float32 row of a reply's matrix).
     used = bytearray(len(values))
     out = []
     for slot in slot_of:
         value = values[slot]
-        if used[slot] and isinstance(value, list):
-            value = list(value)
+        if used[slot] and value is not None and not isinstance(value, SparseEmbedding):
+            value = value.copy()
         used[slot] = 1
         out.append(value)
     return out
@@ -217,7 +220,7 @@ def assemble(
 
 def _put(
     column: list[Any] | None,
-    rows: list[list[float]] | list[SparseEmbedding] | None,
+    rows: Sequence[Any] | NDArray[Any] | None,
     batch: range,
     name: str,
 ) -> None:

@@ -13,7 +13,7 @@ import itertools
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from dashscope_embed._extras import needs_extra
@@ -97,7 +97,7 @@ def _slices(texts: Iterable[str], size: int) -> Iterator[tuple[int, list[str]]]:
 @dataclass
 class _Pending:
     start: int
-    future: Future[EmbeddingResult]
+    future: Future[EmbeddingChunk]
 
 
 OnComplete = Callable[[EmbeddingChunk], None]
@@ -117,20 +117,24 @@ def stream_sync(
     *,
     slice_size: int,
     lookahead: int | Callable[[], int],
-    to_array: Callable[[EmbeddingResult], Any] | None = None,
+    as_numpy: bool = False,
     on_complete: OnComplete | None = None,
 ) -> Iterator[EmbeddingChunk]:
-    """Ordered pipeline of ``embed`` calls over consecutive slices of ``texts``."""
+    """Ordered pipeline of ``embed`` calls over consecutive slices of ``texts``.
+
+    With ``as_numpy`` the results' dense rows are float32 arrays (see
+    :func:`array_chunk`)."""
     slices = _slices(texts, slice_size)
     pending: deque[_Pending] = deque()
     stopped = CancelScope()
 
-    def run(start: int, batch: list[str]) -> EmbeddingResult:
+    def run(start: int, batch: list[str]) -> EmbeddingChunk:
         with cancel_scope(stopped):
             result = embed(batch)
+        chunk = array_chunk(start, result) if as_numpy else EmbeddingChunk(start, result)
         if on_complete is not None:
-            on_complete(EmbeddingChunk(start, result))
-        return result
+            on_complete(chunk)
+        return chunk
 
     window = _window(lookahead)
     # Threads start as slices are submitted: as many as the window holds at its widest.
@@ -151,14 +155,14 @@ def stream_sync(
             while pending:
                 head = pending.popleft()
                 try:
-                    result = head.future.result()
+                    chunk = head.future.result()
                 except InvalidInputError as exc:
                     _drain(pending)
                     raise _shift(exc, head.start) from None
                 except Exception as exc:
                     completed = _drain(pending)
                     raise EmbedStreamError(head.start, exc, completed) from exc
-                yield EmbeddingChunk(head.start, result, to_array(result) if to_array else None)
+                yield chunk
                 top_up()
         finally:
             # The consumer stopped (Ctrl-C, an error, or it broke off): requests already
@@ -174,7 +178,7 @@ def _drain(pending: deque[_Pending]) -> list[EmbeddingChunk]:
     completed = []
     for item in pending:
         try:
-            completed.append(EmbeddingChunk(item.start, item.future.result()))
+            completed.append(item.future.result())
         except Exception:  # noqa: S112 - a later failure adds nothing to the first one
             continue
     pending.clear()
@@ -184,7 +188,7 @@ def _drain(pending: deque[_Pending]) -> list[EmbeddingChunk]:
 @dataclass
 class _AsyncPending:
     start: int
-    task: asyncio.Task[EmbeddingResult]
+    task: asyncio.Task[EmbeddingChunk]
 
 
 async def stream_async(
@@ -193,7 +197,7 @@ async def stream_async(
     *,
     slice_size: int,
     lookahead: int | Callable[[], int],
-    to_array: Callable[[EmbeddingResult], Any] | None = None,
+    as_numpy: bool = False,
     on_complete: OnComplete | None = None,
 ) -> AsyncIterator[EmbeddingChunk]:
     """Async twin of :func:`stream_sync`; ``texts`` may be an async iterable."""
@@ -201,11 +205,12 @@ async def stream_async(
     pending: deque[_AsyncPending] = deque()
     exhausted = False
 
-    async def run(start: int, batch: list[str]) -> EmbeddingResult:
+    async def run(start: int, batch: list[str]) -> EmbeddingChunk:
         result = await embed(batch)
+        chunk = array_chunk(start, result) if as_numpy else EmbeddingChunk(start, result)
         if on_complete is not None:
-            on_complete(EmbeddingChunk(start, result))
-        return result
+            on_complete(chunk)
+        return chunk
 
     window = _window(lookahead)
 
@@ -224,14 +229,14 @@ async def stream_async(
         while pending:
             head = pending.popleft()
             try:
-                result = await head.task
+                chunk = await head.task
             except InvalidInputError as exc:
                 await _adrain(pending)
                 raise _shift(exc, head.start) from None
             except Exception as exc:
                 completed = await _adrain(pending)
                 raise EmbedStreamError(head.start, exc, completed) from exc
-            yield EmbeddingChunk(head.start, result, to_array(result) if to_array else None)
+            yield chunk
             await top_up()
     finally:
         for item in pending:  # the consumer stopped early: do not leave work running
@@ -242,7 +247,7 @@ async def _adrain(pending: deque[_AsyncPending]) -> list[EmbeddingChunk]:
     completed = []
     for item in pending:
         try:
-            completed.append(EmbeddingChunk(item.start, await item.task))
+            completed.append(await item.task)
         except Exception:  # noqa: S112 - a later failure adds nothing to the first one
             continue
     pending.clear()
@@ -268,8 +273,18 @@ async def _aslices(
         yield start, batch
 
 
-def float32_array(result: EmbeddingResult) -> Any:
-    """Dense vectors as a float32 ``numpy`` array (needs numpy)."""
+def require_numpy() -> None:
+    """Raise :class:`MissingExtraError` before anything is sent if numpy is missing."""
     with needs_extra("as_numpy=True", "bulk"):
-        import numpy as np
-    return np.asarray(result.require_dense(), dtype=np.float32)
+        import numpy  # noqa: F401
+
+
+def array_chunk(start: int, result: EmbeddingResult) -> EmbeddingChunk:
+    """A chunk whose dense vectors are one float32 array, from a result whose dense rows
+    are float32 arrays already (the client parsed them so); the result keeps no rows."""
+    import numpy as np
+
+    if result.dense is None:  # sparse output only: nothing for an array to hold
+        return EmbeddingChunk(start, result)
+    array = np.stack(result.dense).astype(np.float32, copy=False)
+    return EmbeddingChunk(start, replace(result, dense=None, dense_in_chunk_array=True), array)

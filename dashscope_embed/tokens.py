@@ -251,6 +251,9 @@ def combine_dense(
         if len(rows) == 1:  # not chunked: the service's vector, untouched
             out.append(vectors[rows[0]])
             continue
+        if not isinstance(vectors[rows[0]], list):  # float32 rows, for NumPy callers
+            out.append(_combine_arrays([vectors[r] for r in rows], [weight[r] for r in rows]))
+            continue
         total = [0.0] * len(vectors[rows[0]])
         for row in rows:
             w = weight[row]
@@ -259,6 +262,17 @@ def combine_dense(
         norm = math.sqrt(sum(x * x for x in total)) or 1.0
         out.append([x / norm for x in total])
     return out
+
+
+def _combine_arrays(rows: list[Any], weights: list[int]) -> Any:
+    """:func:`combine_dense` for float32 array rows: summed in float64, as the lists are."""
+    import numpy as np
+
+    total = np.zeros(len(rows[0]), dtype=np.float64)
+    for row, w in zip(rows, weights, strict=True):
+        total += w * row.astype(np.float64)
+    norm = float(np.sqrt(total @ total)) or 1.0
+    return (total / norm).astype(np.float32)
 
 
 def combine_sparse(

@@ -82,6 +82,8 @@ class EmbeddingResult:
         request_ids: one per request sent, for support tickets.
         model: the model that produced the vectors.
         dimension: the dense vector length (``None`` with sparse-only output).
+        dense_in_chunk_array: the result of a stream chunk asked for NumPy output, whose
+            dense vectors are in the chunk's float32 ``array`` (``dense`` is ``None``).
     """
 
     dense: list[list[float]] | None
@@ -91,6 +93,7 @@ class EmbeddingResult:
     model: str
     dimension: int | None
     count: int
+    dense_in_chunk_array: bool = False
 
     def __len__(self) -> int:
         return self.count
@@ -111,6 +114,11 @@ class EmbeddingResult:
 
     def require_dense(self) -> list[list[float]]:
         """The dense vectors; raises if the call asked for sparse output only."""
+        if self.dense_in_chunk_array:
+            raise InvalidInputError(
+                "this stream was asked for NumPy output (as_numpy=True): its dense vectors "
+                "are in chunk.array, a float32 array with one row per input"
+            )
         if self.dense is None:
             raise InvalidInputError(
                 "this result has no dense vectors: it was requested with output_type='sparse'; "
@@ -133,6 +141,7 @@ class PartialResult:
     """The finished part of a call that failed in places (see ``PartialEmbeddingError``).
 
     ``dense[i]`` / ``sparse[i]`` is input ``i``'s vector, or ``None`` where it failed.
+    (In a stream asked for NumPy output, the dense vectors are float32 array rows.)
     """
 
     dense: list[list[float] | None] | None

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Generic, TypeVar
 
 from dashscope_embed.config import Api, ClientSettings
@@ -88,6 +88,16 @@ class Endpoint(Generic[Item, Params]):
         """The reply's results for ``count`` items, checked complete (embedding
         endpoints return a :class:`ParsedBatch`)."""
         raise NotImplementedError
+
+    def parse_float32(self, content: bytes, count: int, params: Params) -> Any:
+        """:meth:`parse`, with the dense vectors as one float32 matrix (for callers who
+        asked for NumPy arrays; embedding endpoints only)."""
+        from dashscope_embed.protocol.arrays import float32_matrix
+
+        parsed = self.parse(content, count, params)
+        if parsed.dense is None:
+            return parsed
+        return replace(parsed, dense=float32_matrix(parsed.dense, parsed.request_id))
 
     def request(
         self, settings: ClientSettings, items: Sequence[Item], params: Params

@@ -8,7 +8,7 @@ import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pydantic_core
 
@@ -16,12 +16,17 @@ from dashscope_embed.errors import APIError, BadResponseError, error_class_for
 from dashscope_embed.options import TextParams
 from dashscope_embed.types import SparseEmbedding
 
+if TYPE_CHECKING:
+    import numpy as np
+    from numpy.typing import NDArray
+
 
 @dataclass(frozen=True, slots=True)
 class ParsedBatch:
-    """One request's reply, rows in request order, checked complete."""
+    """One request's reply, rows in request order, checked complete. ``dense`` is one
+    float32 matrix when the caller asked for arrays (see ``protocol.arrays``)."""
 
-    dense: list[list[float]] | None
+    dense: list[list[float]] | NDArray[np.float32] | None
     sparse: list[SparseEmbedding] | None
     total_tokens: int
     request_id: str | None
@@ -104,7 +109,11 @@ def reply_object(content: bytes) -> tuple[dict[str, Any], str | None]:
     and ``message``, or OpenAI's ``error`` object) is the service's answer, not a broken
     reply: it is raised as the typed error it names, as if it had come with its status.
     """
-    body = load_json(content)
+    return checked_reply(load_json(content))
+
+
+def checked_reply(body: Any) -> tuple[dict[str, Any], str | None]:
+    """:func:`reply_object` for a body already parsed."""
     if not isinstance(body, dict):
         raise BadResponseError(f"reply is not a JSON object: {body!r:.80}")
     request_id = _as_str(body.get("request_id")) or _as_str(body.get("id"))

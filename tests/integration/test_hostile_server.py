@@ -23,6 +23,7 @@ from dashscope_embed import (
     BadResponseError,
     DashScopeClient,
     DashScopeError,
+    EmbedStreamError,
     PartialEmbeddingError,
     RateLimitError,
     RetryPolicy,
@@ -83,6 +84,34 @@ def test_a_row_that_is_not_finite_numbers_is_never_returned(mode: str, first: st
     # Named where it is, or (NaN and Infinity are not JSON: a strict parser stops there)
     # the reply refused whole.
     assert "component 0" in str(error) or "not valid JSON" in str(error)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("first", ["[0.1]", "[[0.1]]", "true", '"0.01"', "null", "1e999", "1e39"])
+def test_a_numpy_stream_never_holds_a_component_the_reply_did_not_give(
+    mode: str, first: str
+) -> None:
+    # The array path reads replies its own way (pysimdjson, float32): a nested array is
+    # not flattened, a boolean not made 1.0, a float past float32's range not made inf.
+    def consume(client: DashScopeClient) -> None:
+        if mode == "sync":
+            list(client.embed_stream(["hello"], as_numpy=True, **SPEC))
+            return
+
+        async def drain() -> None:
+            async for _ in client.aembed_stream(["hello"], as_numpy=True, **SPEC):
+                pass
+
+        asyncio.run(drain())
+
+    with (
+        hostile(reply(200, native_reply([row(first)]))) as server,
+        pytest.raises(EmbedStreamError) as info,
+    ):
+        consume(client_for(server.base_url))
+    cause = info.value.cause
+    assert isinstance(cause, BadResponseError) and info.value.position == 0
+    assert "component 0" in str(cause) or "not valid JSON" in str(cause)
 
 
 @pytest.mark.parametrize("mode", MODES)

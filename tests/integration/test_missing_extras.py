@@ -162,6 +162,28 @@ def test_as_numpy_without_numpy_names_the_extra(dashscope_emulator: Emulator) ->
     assert "pip install 'dashscope-embed[bulk]'" in run.stderr.strip().splitlines()[-1]
 
 
+def test_as_numpy_without_pysimdjson_reads_replies_the_reference_way(
+    dashscope_emulator: Emulator,
+) -> None:
+    """numpy alone (no pysimdjson) is enough: replies go through the reference parser."""
+    run = run_without(
+        {"simdjson"},
+        f"""
+        import numpy as np
+        from dashscope_embed import DashScopeClient
+        from dashscope_embed.protocol import arrays
+        assert not arrays.HAVE_SIMDJSON
+        client = DashScopeClient(api_key={dashscope_emulator.api_key!r},
+                                 base_url={dashscope_emulator.base_url!r})
+        texts = [f"t{{i}}" for i in range(25)]
+        got = np.concatenate([c.array for c in client.embed_stream(texts, as_numpy=True)])
+        want = np.asarray(client.embed(texts).require_dense(), dtype=np.float32)
+        assert got.dtype == np.float32 and np.array_equal(got, want)
+        """,
+    )
+    assert run.returncode == 0, run.stderr
+
+
 def test_the_error_is_an_import_error_and_survives_pickling() -> None:
     import pickle
 
@@ -183,6 +205,7 @@ def test_the_extras_table_matches_pyproject() -> None:
         "numpy": "numpy",
         "orjson": "orjson",
         "pyarrow": "pyarrow",
+        "pysimdjson": "simdjson",
         "dashscope": "dashscope",
         "tiktoken": "tiktoken",
         "ray": "ray",

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import pytest
 
 from dashscope_embed import (
     DashScopeClient,
+    EmbeddingChunk,
     EmbedStreamError,
     InvalidInputError,
     RetryPolicy,
@@ -58,12 +61,70 @@ def test_stream_is_ordered_complete_and_lazy(
     assert vectors == whole.require_dense()
 
 
-def test_stream_as_numpy(make_client: Factory) -> None:
-    chunks = list(
-        make_client().embed_stream([f"n{i}" for i in range(25)], dimension=128, as_numpy=True)
+def numpy_stream(
+    client: DashScopeClient, mode: str, texts: list[str], **options: Any
+) -> list[EmbeddingChunk]:
+    if mode == "sync":
+        return list(client.embed_stream(texts, as_numpy=True, **options))
+
+    async def run() -> list[EmbeddingChunk]:
+        return [c async for c in client.aembed_stream(texts, as_numpy=True, **options)]
+
+    return asyncio.run(run())
+
+
+@pytest.mark.parametrize("protocol", ["native", "openai-compatible"])
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_numpy_stream_holds_exactly_the_vectors_embed_returns(
+    mode: str, protocol: str, make_client: Factory, dashscope_emulator: Emulator
+) -> None:
+    texts = [f"numpy {i % 7}" for i in range(95)]  # repeats inside every request
+    want = np.asarray(
+        make_client(protocol=protocol).embed(texts, dimension=128).require_dense(),
+        dtype=np.float32,
     )
-    assert [c.array.shape for c in chunks] == [(10, 128), (10, 128), (5, 128)]
-    assert all(c.array.dtype == np.float32 for c in chunks)
+    # Slow, jittered replies, several in flight: requests finish out of order.
+    dashscope_emulator.configure(latency=0.05, latency_jitter=0.1, seed=4)
+    client = make_client(protocol=protocol, max_concurrency=4)
+    chunks = numpy_stream(client, mode, texts, dimension=128)
+    assert [(c.start, c.count) for c in chunks] == [(i, min(10, 95 - i)) for i in range(0, 95, 10)]
+    assert all(c.array.dtype == np.float32 and c.array.shape == (c.count, 128) for c in chunks)
+    got = np.concatenate([c.array for c in chunks])
+    np.testing.assert_array_equal(got, want)
+    # A repeated text's row is its own: writing into one changes no other.
+    chunks[0].array[0] = 0.0
+    assert chunks[0].array[7].any()
+    # The result keeps no second copy of the vectors, and says where they are.
+    assert chunks[0].result.dense is None and len(chunks[0].result) == 10
+    with pytest.raises(InvalidInputError, match=r"chunk\.array"):
+        chunks[0].result.require_dense()
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_numpy_stream_combines_a_chunked_long_text_as_embed_does(
+    mode: str, make_client: Factory
+) -> None:
+    texts = ["short", "retrieval augmented generation " * 3000, "also short"]
+    client = make_client(long_text="chunk", max_concurrency=3)
+    want = np.asarray(client.embed(texts, dimension=128).require_dense(), dtype=np.float32)
+    (chunk,) = numpy_stream(client, mode, texts, dimension=128)
+    # The pieces are averaged from float32 rows here, from the reply's floats there.
+    np.testing.assert_allclose(chunk.array, want, rtol=0, atol=1e-6)
+    assert np.allclose(np.linalg.norm(chunk.array, axis=1), 1.0, atol=1e-6)
+
+
+def test_a_numpy_stream_hands_on_complete_the_same_array_it_yields(
+    make_client: Factory,
+) -> None:
+    completed: dict[int, Any] = {}
+    chunks = list(
+        make_client(max_concurrency=3).embed_stream(
+            [f"c{i}" for i in range(45)],
+            as_numpy=True,
+            on_complete=lambda chunk: completed.__setitem__(chunk.start, chunk.array),
+        )
+    )
+    assert all(completed[c.start] is c.array for c in chunks)
 
 
 def test_stream_names_bad_inputs_by_their_corpus_position(make_client: Factory) -> None:
