@@ -14,6 +14,7 @@ command and only the missing inputs are embedded again.
 from __future__ import annotations
 
 import argparse
+import base64
 import csv
 import itertools
 import json
@@ -29,8 +30,8 @@ from dashscope_embed.client import DashScopeClient
 from dashscope_embed.errors import DashScopeError
 from dashscope_embed.jobs import write_whole
 from dashscope_embed.models import resolve_model
+from dashscope_embed.protocol.common import encode_json
 from dashscope_embed.stream import EmbeddingChunk
-from dashscope_embed.types import EmbeddingResult
 
 
 def read_texts(path: Path, field: str) -> Iterator[str]:
@@ -161,25 +162,31 @@ class Journal:
                     entry = json.loads(line)
                 except ValueError:
                     continue  # the line being written when the process died
+                vectors = _journal_dense(entry["dense"])
                 for i, position in enumerate(entry["positions"]):
                     highest = max(highest, position)
                     if saved <= position < total:
-                        dense = entry["dense"][i] if entry["dense"] is not None else None
+                        dense = vectors[i] if vectors is not None else None
                         sparse = entry["sparse"][i] if entry["sparse"] is not None else None
                         self.rows[position] = (dense, sparse)
             self._last_position[segment] = highest
 
-    def add(self, positions: list[int], result: EmbeddingResult) -> None:
+    def add(self, positions: list[int], chunk: EmbeddingChunk) -> None:
         """Keep one request's vectors (called from the worker that received them)."""
+        result = chunk.result
         sparse = (
             [{"indices": v.indices, "values": v.values} for v in result.sparse]
             if result.sparse is not None
             else None
         )
-        line = json.dumps(
-            {"positions": positions, "dense": result.dense, "sparse": sparse},
-            separators=(",", ":"),
-        )
+        dense: Any = result.dense
+        if chunk.array is not None:
+            # float32 as base64: 0.02 ms per 10 vectors, where JSON floats took 7 ms.
+            dense = {
+                "float32": base64.b64encode(chunk.array.astype("<f4").tobytes()).decode(),
+                "shape": list(chunk.array.shape),
+            }
+        line = encode_json({"positions": positions, "dense": dense, "sparse": sparse}).decode()
         with self._lock:
             if self._handle is None or self._segment_bytes > self.SEGMENT_BYTES:
                 self._start_segment()
@@ -190,9 +197,10 @@ class Journal:
             self._last_position[self._segment] = max(
                 self._last_position.get(self._segment, -1), *positions
             )
+            vectors = chunk.array if chunk.array is not None else result.dense
             for i, position in enumerate(positions):
                 self.rows[position] = (
-                    result.dense[i] if result.dense is not None else None,
+                    vectors[i] if vectors is not None else None,
                     sparse[i] if sparse is not None else None,
                 )
 
@@ -261,6 +269,11 @@ class Output:
         else:
             raise SystemExit(f"--out must end in .jsonl, .npy or .parquet, got {path.name}")
         self.saved = self.done
+
+    @property
+    def takes_arrays(self) -> bool:
+        """Whether vectors can come as float32 arrays (.npy and .parquet hold float32)."""
+        return self._matrix is not None or self._parts is not None
 
     PART_ROWS = 1000  # Parquet rows buffered per part file
 
@@ -368,7 +381,7 @@ class Output:
                 line["embedding"] = dense
             if sparse is not None:
                 line["sparse"] = dict(zip(sparse["indices"], sparse["values"], strict=True))
-            self._handle.write(json.dumps(line, separators=(",", ":")) + "\n")
+            self._handle.write(encode_json(line).decode() + "\n")
         else:
             if dense is None:
                 raise SystemExit(".npy output needs dense vectors (--output-type dense)")
@@ -407,6 +420,16 @@ class Output:
             if self.done == self.total:
                 self._progress.unlink(missing_ok=True)
         self.saved = self.done
+
+
+def _journal_dense(saved: Any) -> Any:
+    """A journal entry's dense vectors: JSON floats, or float32 rows saved as base64."""
+    if not isinstance(saved, dict):
+        return saved
+    import numpy as np
+
+    raw = base64.b64decode(saved["float32"])
+    return np.frombuffer(raw, dtype="<f4").reshape(saved["shape"]).astype(np.float32)
 
 
 def _check_output_modules(suffix: str) -> None:
@@ -597,7 +620,7 @@ def _embed_sync(
     def keep(chunk: EmbeddingChunk) -> None:
         with lock:
             where = fed[chunk.start : chunk.stop]
-        journal.add(where, chunk.result)
+        journal.add(where, chunk)
 
     chunks = client.embed_stream(
         unsaved_texts(),
@@ -607,6 +630,7 @@ def _embed_sync(
         instruct=args.instruct if args.text_type == "query" else None,
         output_type=args.output_type,
         long_text=args.long_text,
+        as_numpy=output.takes_arrays,
         on_complete=keep,
     )
     try:

@@ -411,10 +411,45 @@ def test_a_killed_run_resumes_paying_again_at_most_for_requests_in_flight(
     client = DashScopeClient(
         api_key=dashscope_emulator.api_key, base_url=dashscope_emulator.base_url
     )
-    expected = client.embed([corpus[0], corpus[1777]], text_type="document").require_dense()
-    assert rows[1777]["embedding"] == expected[1]
-    matrix = np.load(tmp_path / "k.npy")
-    assert np.allclose(matrix[[0, 1777]], expected, atol=1e-6)
+    expected = client.embed(corpus, text_type="document").require_dense()
+    assert [r["embedding"] for r in rows] == expected
+    # The arrays kept in the journal (float32, base64) and those written directly are
+    # the vectors of the service, every one at its place.
+    want = np.asarray(expected, dtype=np.float32)
+    assert np.array_equal(np.load(tmp_path / "k.npy"), want)
+    import pyarrow.parquet as pq
+
+    column = pq.read_table(tmp_path / "k.parquet").column("embedding").to_pylist()
+    assert np.array_equal(np.asarray(column, dtype=np.float32), want)
+
+
+def test_journaled_arrays_read_back_bit_for_bit_and_a_cut_line_is_ignored(
+    tmp_path: Path,
+) -> None:
+    from dashscope_embed.cli import Journal
+    from dashscope_embed.stream import EmbeddingChunk
+    from dashscope_embed.types import EmbeddingResult, Usage
+
+    rng = np.random.default_rng(3)
+    arrays = [rng.standard_normal((3, 8)).astype(np.float32) for _ in range(2)]
+    arrays[0][1, 2] = np.float32(1e-45)  # a subnormal survives too
+    journal = Journal(tmp_path / "v.npy")
+    for start, array in zip((10, 0), arrays, strict=True):
+        result = EmbeddingResult(
+            None, None, Usage(3), ("r",), "text-embedding-v4", 8, 3, dense_in_chunk_array=True
+        )
+        journal.add(list(range(start, start + 3)), EmbeddingChunk(start, result, array))
+    journal.close(finished=False)
+    segment = next(tmp_path.glob("v.npy.pending.*"))
+    whole = segment.read_bytes()
+    segment.write_bytes(whole[: len(whole) - 40])  # a kill while the last line was written
+
+    again = Journal(tmp_path / "v.npy")
+    again.load(saved=0, total=100)
+    assert sorted(again.rows) == [10, 11, 12]  # the cut record is not guessed at
+    for offset in range(3):
+        row = again.rows[10 + offset][0]
+        assert row.dtype == np.float32 and np.array_equal(row, arrays[0][offset])
 
 
 def test_the_npy_progress_count_is_whole_whenever_a_kill_could_read_it(tmp_path: Path) -> None:
