@@ -265,23 +265,26 @@ class DashScopeClient:
 
     def _embed_float32(
         self,
-        texts: list[str],
-        model: ModelSpec,
-        text_type: TextType | None,
-        long_text: LongTextPolicy | None,
-        options: dict[str, Any],
+        texts: Sequence[str],
+        *,
+        model: str | ModelSpec = DEFAULT_MODEL,
+        text_type: TextType | None = None,
+        long_text: LongTextPolicy | None = None,
+        **options: Any,
     ) -> EmbeddingResult:
-        """:meth:`embed` with dense rows as float32 arrays (for NumPy streams)."""
+        """:meth:`embed`, the dense rows float32 arrays parsed straight from the replies
+        (for NumPy streams, the bulk command and Ray; partial results alike)."""
         call = self._text_call(texts, model, text_type, None, long_text, options, float32=True)
         return call.finish(self._engine.run(call.jobs(self, None), self._transport.send))
 
     async def _aembed_float32(
         self,
-        texts: list[str],
-        model: ModelSpec,
-        text_type: TextType | None,
-        long_text: LongTextPolicy | None,
-        options: dict[str, Any],
+        texts: Sequence[str],
+        *,
+        model: str | ModelSpec = DEFAULT_MODEL,
+        text_type: TextType | None = None,
+        long_text: LongTextPolicy | None = None,
+        **options: Any,
     ) -> EmbeddingResult:
         call = self._text_call(texts, model, text_type, None, long_text, options, float32=True)
         return call.finish(await self._engine.arun(call.jobs(self, None), self._transport.asend))
@@ -634,16 +637,10 @@ class DashScopeClient:
         spec, _, _ = self._text_params(model, text_type, options)  # checked before reading
         if as_numpy:
             require_numpy()
+        embed = self._embed_float32 if as_numpy else self.embed
 
-            def embed_slice(batch: list[str]) -> EmbeddingResult:
-                return self._embed_float32(batch, spec, text_type, long_text, options)
-
-        else:
-
-            def embed_slice(batch: list[str]) -> EmbeddingResult:
-                return self.embed(
-                    batch, model=spec, text_type=text_type, long_text=long_text, **options
-                )
+        def embed_slice(batch: list[str]) -> EmbeddingResult:
+            return embed(batch, model=spec, text_type=text_type, long_text=long_text, **options)
 
         return stream_sync(
             texts,
@@ -673,16 +670,10 @@ class DashScopeClient:
         spec, _, _ = self._text_params(model, text_type, options)
         if as_numpy:
             require_numpy()
+        aembed = self._aembed_float32 if as_numpy else self.aembed
 
-            def embed_slice(batch: list[str]) -> Awaitable[EmbeddingResult]:
-                return self._aembed_float32(batch, spec, text_type, long_text, options)
-
-        else:
-
-            def embed_slice(batch: list[str]) -> Awaitable[EmbeddingResult]:
-                return self.aembed(
-                    batch, model=spec, text_type=text_type, long_text=long_text, **options
-                )
+        def embed_slice(batch: list[str]) -> Awaitable[EmbeddingResult]:
+            return aembed(batch, model=spec, text_type=text_type, long_text=long_text, **options)
 
         return stream_async(
             texts,

@@ -31,6 +31,7 @@ passed as an argument: constructor arguments are pickled into Ray's object store
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -271,15 +272,15 @@ class DashScopeEmbedder:
 
         def save(chunk: Any) -> None:
             positions = missing[chunk.start : chunk.stop]
-            journal.save(positions, chunk.result.dense, chunk.result.sparse)
+            journal.save(positions, chunk.array, chunk.result.sparse)
 
         try:
             for chunk in self.client.embed_stream(
-                [texts[i] for i in missing], on_complete=save, **self.options
+                [texts[i] for i in missing], on_complete=save, as_numpy=True, **self.options
             ):
                 for offset, position in enumerate(missing[chunk.start : chunk.stop]):
-                    if chunk.result.dense is not None:
-                        dense[position] = chunk.result.dense[offset]
+                    if chunk.array is not None:
+                        dense[position] = chunk.array[offset]
                     if sparse is not None and chunk.result.sparse is not None:
                         sparse[position] = chunk.result.sparse[offset]
         except EmbedStreamError:
@@ -299,7 +300,8 @@ class DashScopeEmbedder:
         got_dense: Sequence[Any] | None
         got_sparse: Sequence[Any] | None
         try:
-            result = self.client.embed([texts[i] for i in missing], **self.options)
+            # Dense rows as float32 arrays straight from the replies: the column is float32.
+            result = self.client._embed_float32([texts[i] for i in missing], **self.options)
             got_dense, got_sparse, failed = result.dense, result.sparse, []
             reasons: list[str] = []
         except PartialEmbeddingError as exc:
@@ -402,18 +404,13 @@ def _with_columns(batch: Any, kind: str, added: dict[str, pa.Array]) -> Any:
         out = dict(batch)
         for name, array in added.items():
             if pa.types.is_fixed_size_list(array.type):
-                out[name] = (
-                    np.stack(
-                        [
-                            np.asarray(v, dtype=np.float32)
-                            if v is not None
-                            else np.full(array.type.list_size, np.nan, dtype=np.float32)
-                            for v in array.to_pylist()
-                        ]
-                    )
-                    if len(array)
-                    else np.zeros((0, array.type.list_size), np.float32)
-                )
+                # The float32 values as they are (no Python lists); a row without a
+                # vector (on_error="column") is NaN.
+                size = array.type.list_size
+                values = array.values.slice(array.offset * size, len(array) * size)
+                matrix = values.to_numpy(zero_copy_only=False).reshape(-1, size).copy()
+                matrix[array.is_null().to_numpy(zero_copy_only=False)] = np.nan
+                out[name] = matrix
             else:
                 out[name] = np.array(array.to_pylist(), dtype=object)
         return out
@@ -449,7 +446,9 @@ class _Journal:
             index = k if relative else position
             row: dict[str, Any] = {"p": position}
             if dense is not None and dense[index] is not None:
-                row["d"] = [float(x) for x in dense[index]]
+                # float32 as base64: the column's own values, without JSON floats' cost.
+                vector = np.asarray(dense[index], dtype="<f4")
+                row["f"] = base64.b64encode(vector.tobytes()).decode()
             if sparse is not None and sparse[index] is not None:
                 row["i"] = list(sparse[index].indices)
                 row["v"] = list(sparse[index].values)
@@ -469,7 +468,10 @@ class _Journal:
             except json.JSONDecodeError:
                 continue  # the last line of a killed writer
             sparse = SparseEmbedding(indices=row["i"], values=row["v"]) if "i" in row else None
-            rows.append((int(row["p"]), row.get("d"), sparse))
+            vector = row.get("d")  # JSON floats, as journals before 2026-12 kept them
+            if "f" in row:
+                vector = np.frombuffer(base64.b64decode(row["f"]), dtype="<f4").astype(np.float32)
+            rows.append((int(row["p"]), vector, sparse))
         return rows
 
 

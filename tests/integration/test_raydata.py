@@ -92,10 +92,9 @@ def test_an_actor_pool_returns_every_row_with_its_own_vector(
     client = DashScopeClient(
         api_key=dashscope_emulator.api_key, base_url=dashscope_emulator.base_url
     )
-    sample = [0, 1234, 2999]
-    expected = client.embed([texts[i] for i in sample], text_type="document", dimension=64)
-    for i, vector in zip(sample, expected.require_dense(), strict=True):
-        assert np.allclose(vectors[ids.index(i)], vector, atol=1e-6)
+    expected = client.embed(texts, text_type="document", dimension=64).require_dense()
+    # Every row its own vector, as float32 holds the service's floats.
+    assert np.array_equal(vectors, np.asarray(expected, dtype=np.float32)[ids])
 
 
 def test_the_shared_quota_keeps_actors_under_a_cap_none_would_pass_alone(
@@ -189,6 +188,14 @@ def test_a_killed_actors_block_is_redone_without_paying_again_for_what_it_receiv
     assert stats["duplicate_embeddings"] <= 20, stats
     assert stats["texts_embedded"] <= 1600 + 20, stats
     assert list((tmp_path / "checkpoints").glob("*.jsonl"))
+    # What the dead actor had saved (float32 in the checkpoint) is each row's vector.
+    client = DashScopeClient(
+        api_key=dashscope_emulator.api_key, base_url=dashscope_emulator.base_url
+    )
+    want = client.embed(texts, text_type="document", dimension=64).require_dense()
+    got = np.asarray(table.column("embedding").to_pylist(), dtype=np.float32)
+    ids = table.column("id").to_pylist()
+    assert np.array_equal(got, np.asarray(want, dtype=np.float32)[ids])
 
 
 def test_bad_rows_are_named_by_id_before_any_request(
@@ -239,6 +246,11 @@ def test_failed_rows_get_an_error_column_when_asked(
     assert all(len(vectors[i]) == 64 for i in [*range(10), *range(20, 25)])
     indices = table.column("embedding_sparse_indices").to_pylist()
     assert indices[0] and indices[13] is None
+    # A NumPy batch: a float32 matrix, NaN where a row has no vector.
+    matrix = embedder({"text": np.array(texts)})["embedding"]
+    assert matrix.dtype == np.float32 and matrix.shape == (25, 64)
+    assert np.isnan(matrix[10:20]).all() and not np.isnan(matrix[:10]).any()
+    assert np.array_equal(matrix[[0, 24]], np.asarray([vectors[0], vectors[24]], np.float32))
     raising = DashScopeEmbedder(base_url=dashscope_emulator.base_url, shared_quota=False)
     with pytest.raises(RuntimeError, match=r"10 rows have no vector .*ids \[10, 11"):
         raising(pa.table({"text": texts}))
