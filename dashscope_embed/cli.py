@@ -630,7 +630,7 @@ def _embed_sync(
         instruct=args.instruct if args.text_type == "query" else None,
         output_type=args.output_type,
         long_text=args.long_text,
-        as_numpy=output.takes_arrays,
+        as_numpy=output.takes_arrays and args.output_type != "sparse",
         on_complete=keep,
     )
     try:

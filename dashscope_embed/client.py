@@ -81,7 +81,12 @@ from dashscope_embed.planner import (
 from dashscope_embed.protocol import Endpoint, HttpRequest, ParsedBatch, endpoint_for
 from dashscope_embed.protocol.multimodal import fused_alone
 from dashscope_embed.protocol.rerank import ParsedScores
-from dashscope_embed.stream import EmbeddingChunk, require_numpy, stream_async, stream_sync
+from dashscope_embed.stream import (
+    EmbeddingChunk,
+    check_numpy_output,
+    stream_async,
+    stream_sync,
+)
 from dashscope_embed.tokens import (
     LongTextPlan,
     LongTextPolicy,
@@ -634,9 +639,9 @@ class DashScopeClient:
             InvalidInputError: a bad text (positions count from the start of ``texts``).
             EmbedStreamError: a request failed for good; every earlier input was yielded.
         """
-        spec, _, _ = self._text_params(model, text_type, options)  # checked before reading
+        spec, _, params = self._text_params(model, text_type, options)  # before reading
         if as_numpy:
-            require_numpy()
+            check_numpy_output(params.wants_dense)
         embed = self._embed_float32 if as_numpy else self.embed
 
         def embed_slice(batch: list[str]) -> EmbeddingResult:
@@ -667,9 +672,9 @@ class DashScopeClient:
 
         Use as ``async for chunk in client.aembed_stream(texts): ...``.
         """
-        spec, _, _ = self._text_params(model, text_type, options)
+        spec, _, params = self._text_params(model, text_type, options)
         if as_numpy:
-            require_numpy()
+            check_numpy_output(params.wants_dense)
         aembed = self._aembed_float32 if as_numpy else self.aembed
 
         def embed_slice(batch: list[str]) -> Awaitable[EmbeddingResult]:

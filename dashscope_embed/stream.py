@@ -273,8 +273,14 @@ async def _aslices(
         yield start, batch
 
 
-def require_numpy() -> None:
-    """Raise :class:`MissingExtraError` before anything is sent if numpy is missing."""
+def check_numpy_output(wants_dense: bool) -> None:
+    """Before anything is read or sent: ``as_numpy=True`` needs dense vectors to hold,
+    and numpy (:class:`MissingExtraError` names the extra)."""
+    if not wants_dense:
+        raise InvalidInputError(
+            "as_numpy=True holds dense vectors, and output_type='sparse' asks for none: use "
+            "output_type='dense&sparse', or as_numpy=False for sparse vectors alone"
+        )
     with needs_extra("as_numpy=True", "bulk"):
         import numpy  # noqa: F401
 
@@ -284,7 +290,6 @@ def array_chunk(start: int, result: EmbeddingResult) -> EmbeddingChunk:
     are float32 arrays already (the client parsed them so); the result keeps no rows."""
     import numpy as np
 
-    if result.dense is None:  # sparse output only: nothing for an array to hold
-        return EmbeddingChunk(start, result)
+    assert result.dense is not None  # check_numpy_output refused sparse-only output
     array = np.stack(result.dense).astype(np.float32, copy=False)
     return EmbeddingChunk(start, replace(result, dense=None, dense_in_chunk_array=True), array)

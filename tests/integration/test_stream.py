@@ -113,6 +113,17 @@ def test_a_numpy_stream_combines_a_chunked_long_text_as_embed_does(
     assert np.allclose(np.linalg.norm(chunk.array, axis=1), 1.0, atol=1e-6)
 
 
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_numpy_stream_of_sparse_vectors_alone_is_refused_before_anything_is_sent(
+    mode: str, make_client: Factory, dashscope_emulator: Emulator
+) -> None:
+    client = make_client()
+    start = client.embed_stream if mode == "sync" else client.aembed_stream
+    with pytest.raises(InvalidInputError, match="as_numpy=True holds dense vectors"):
+        start(["a"], output_type="sparse", as_numpy=True)  # type: ignore[operator]
+    assert dashscope_emulator.stats()["requests"] == 0
+
+
 def test_a_numpy_stream_hands_on_complete_the_same_array_it_yields(
     make_client: Factory,
 ) -> None:

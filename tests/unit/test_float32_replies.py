@@ -50,6 +50,19 @@ def row(index: Any = 0, vector: list[str] | str = GOOD, key: str = "text_index")
     return f'{{"{key}":{json.dumps(index)},"embedding":{values}}}'
 
 
+def fast_native(content: bytes, count: int) -> ParsedBatch | None:
+    """The fast path alone on a native reply (``None``: it leaves the reply to the
+    reference parser)."""
+    return fast_dense_batch(
+        content,
+        count,
+        DIM,
+        rows_at=("output", "embeddings"),
+        index_key="text_index",
+        token_keys=("total_tokens",),
+    )
+
+
 def reference(endpoint: Any, content: bytes, count: int) -> ParsedBatch | str:
     """What the reference parser makes of a reply, float32 included, or its error."""
     try:
@@ -240,14 +253,7 @@ def test_random_replies_read_identically() -> None:
 def test_a_clean_reply_takes_the_fast_path(case: str) -> None:
     # Otherwise every comparison above would hold with the fast path never taken.
     content, count = HOSTILE_NATIVE[case]
-    taken = fast_dense_batch(
-        content,
-        count,
-        DIM,
-        rows_at=("output", "embeddings"),
-        index_key="text_index",
-        token_keys=("total_tokens",),
-    )
+    taken = fast_native(content, count)
     assert taken is not None and taken.request_id == "r-1" and taken.total_tokens == 7
 
 
@@ -266,16 +272,7 @@ def test_replies_parsed_at_once_on_many_threads_all_take_the_fast_path() -> None
 
     def parse_many() -> None:
         for _ in range(200):
-            results.append(
-                fast_dense_batch(
-                    content,
-                    10,
-                    DIM,
-                    rows_at=("output", "embeddings"),
-                    index_key="text_index",
-                    token_keys=("total_tokens",),
-                )
-            )
+            results.append(fast_native(content, 10))
 
     threads = [threading.Thread(target=parse_many) for _ in range(8)]
     for thread in threads:
