@@ -226,6 +226,10 @@ class DashScopeEmbedder:
         added = self._columns_out(dense, sparse, errors)
         return _with_columns(batch, kind, added)
 
+    @property
+    def _wants_dense(self) -> bool:
+        return bool(self.options.get("output_type", "dense") != "sparse")
+
     def _check(self, texts: list[Any], ids: list[Any]) -> None:
         """Bad rows named by id before any request for this batch."""
         try:
@@ -256,7 +260,7 @@ class DashScopeEmbedder:
         return dense, sparse, errors
 
     def _done(self, i: int, dense: list[Any], sparse: list[Any] | None) -> bool:
-        dense_done = dense[i] is not None or self.options.get("output_type") == "sparse"
+        dense_done = dense[i] is not None or not self._wants_dense
         return dense_done and (sparse is None or sparse[i] is not None)
 
     def _stream(
@@ -276,7 +280,10 @@ class DashScopeEmbedder:
 
         try:
             for chunk in self.client.embed_stream(
-                [texts[i] for i in missing], on_complete=save, as_numpy=True, **self.options
+                [texts[i] for i in missing],
+                on_complete=save,
+                as_numpy=self._wants_dense,  # arrays hold dense vectors only
+                **self.options,
             ):
                 for offset, position in enumerate(missing[chunk.start : chunk.stop]):
                     if chunk.array is not None:
@@ -341,7 +348,7 @@ class DashScopeEmbedder:
         self, dense: list[Any], sparse: list[Any] | None, errors: list[str | None]
     ) -> dict[str, pa.Array]:
         out: dict[str, pa.Array] = {}
-        if self.options.get("output_type", "dense") != "sparse":
+        if self._wants_dense:
             out[self.output_column] = _fixed_size_vectors(dense, self.dimension)
         if sparse is not None:
             out[f"{self.output_column}_sparse_indices"] = pa.array(

@@ -256,6 +256,45 @@ def test_failed_rows_get_an_error_column_when_asked(
         raising(pa.table({"text": texts}))
 
 
+@pytest.mark.parametrize("output_type", ["sparse", "dense&sparse"])
+def test_a_checkpointed_block_keeps_every_kind_of_vector_it_asked_for(
+    cluster: None,
+    dashscope_emulator: Emulator,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    output_type: str,
+) -> None:
+    # Sparse output has no dense rows for an array: the float32 path must not be asked
+    # for them (it refuses, before sending anything).
+    monkeypatch.setenv("DASHSCOPE_API_KEY", dashscope_emulator.api_key)
+    texts = [f"sparse text {i}" for i in range(25)]
+    settings = {"output_type": output_type, "checkpoint_dir": str(tmp_path), "dimension": 64}
+    table = DashScopeEmbedder(base_url=dashscope_emulator.base_url, shared_quota=False, **settings)(
+        pa.table({"text": texts})
+    )
+    client = DashScopeClient(
+        api_key=dashscope_emulator.api_key, base_url=dashscope_emulator.base_url
+    )
+    want = client.embed(texts, text_type="document", output_type=output_type, dimension=64)
+    assert table.column("embedding_sparse_indices").to_pylist() == [
+        list(v.indices) for v in want.require_sparse()
+    ]
+    if output_type == "dense&sparse":
+        got = np.asarray(table.column("embedding").to_pylist(), dtype=np.float32)
+        assert np.array_equal(got, np.asarray(want.require_dense(), dtype=np.float32))
+    # A retried block reads everything back from the checkpoint and pays for nothing.
+    paid = dashscope_emulator.stats()["texts_embedded"]
+    again = DashScopeEmbedder(base_url=dashscope_emulator.base_url, shared_quota=False, **settings)(
+        pa.table({"text": texts})
+    )
+    assert dashscope_emulator.stats()["texts_embedded"] == paid
+    assert again.column("embedding_sparse_indices").to_pylist() == (
+        table.column("embedding_sparse_indices").to_pylist()
+    )
+    if output_type == "dense&sparse":
+        assert again.column("embedding").to_pylist() == table.column("embedding").to_pylist()
+
+
 def test_a_restarting_keeper_slows_no_one_to_a_stall(
     cluster: None, dashscope_emulator: Emulator
 ) -> None:
