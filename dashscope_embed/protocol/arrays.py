@@ -17,6 +17,7 @@ can make a call cheaper, never different.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeGuard
 
 from dashscope_embed.errors import BadResponseError
@@ -59,23 +60,27 @@ def float32_matrix(vectors: Sequence[Sequence[float]], request_id: str | None) -
     return matrix
 
 
-def fast_dense_batch(
-    content: bytes,
-    expected_rows: int,
-    dimension: int,
-    *,
-    rows_at: tuple[str, ...],
-    index_key: str,
-    token_keys: tuple[str, ...],
-) -> ParsedBatch | None:
-    """A dense-only reply read straight into a float32 matrix (rows placed by
-    ``index_key``), or ``None`` when the reference parser must read it (pysimdjson
-    missing, or anything unusual about the reply).
+@dataclass(frozen=True, slots=True)
+class DenseReplyLayout:
+    """Where a protocol's reply keeps what the fast path reads.
 
-    ``rows_at`` is the path of keys to the list of row objects (``("output",
-    "embeddings")`` natively, ``("data",)`` OpenAI-compatible); ``token_keys`` the
-    ``usage`` fields that count the billed tokens, first present wins.
+    ``rows_at``: the path of keys to the list of row objects (``("output",
+    "embeddings")`` natively, ``("data",)`` OpenAI-compatible); ``index_key``: the row's
+    position field; ``token_keys``: the ``usage`` fields that count the billed tokens,
+    first present wins.
     """
+
+    rows_at: tuple[str, ...]
+    index_key: str
+    token_keys: tuple[str, ...]
+
+
+def fast_dense_batch(
+    content: bytes, expected_rows: int, dimension: int, layout: DenseReplyLayout
+) -> ParsedBatch | None:
+    """A dense-only reply read straight into a float32 matrix (rows placed by the
+    layout's index), or ``None`` when the reference parser must read it (pysimdjson
+    missing, or anything unusual about the reply)."""
     if not HAVE_SIMDJSON or content.startswith(_BYTE_ORDER_MARK):  # orjson refuses a BOM
         return None
     import numpy as np
@@ -89,20 +94,15 @@ def fast_dense_batch(
         return None
     parser = _take_parser()
     try:
-        read = _read(parser, content, expected_rows, dimension, rows_at, index_key)
-        if read is None:
-            return None
-        matrix, fields = read
-        body, request_id = checked_reply(fields)
-        tokens = usage_tokens(body.get("usage"), *token_keys, request_id=request_id)
+        parsed = _read(parser, content, expected_rows, dimension, layout)
     except (ValueError, TypeError, KeyError, AttributeError, RuntimeError, BadResponseError):
         # Not a number, not an object, a number simdjson cannot hold, a bad usage, a
         # parser still in use: all the reference parser's to judge and to report.
-        return None
-    # Only now, with the document's objects gone (the error's traceback too), may the
-    # parser parse again.
+        parsed = None
+    # Past the handler, the document's objects are gone (the error's traceback too), so
+    # the parser may parse again.
     _give_back(parser)
-    return ParsedBatch(dense=matrix, sparse=None, total_tokens=tokens, request_id=request_id)
+    return parsed
 
 
 # Parsers keep their buffers (about twice the largest reply they read), so a few are
@@ -126,18 +126,14 @@ def _give_back(parser: Any) -> None:
 
 
 def _read(
-    parser: Any,
-    content: bytes,
-    expected_rows: int,
-    dimension: int,
-    rows_at: tuple[str, ...],
-    index_key: str,
-) -> tuple[Float32Matrix, dict[str, Any]] | None:
+    parser: Any, content: bytes, expected_rows: int, dimension: int, layout: DenseReplyLayout
+) -> ParsedBatch | None:
     import numpy as np
 
     document = parser.parse(content)
     if not _plain_object(document):
         return None
+    rows_at = layout.rows_at
     fields = {key: _small_value(document[key]) for key in document if key != rows_at[0]}
     fields[rows_at[0]] = {}
     container = document
@@ -156,7 +152,7 @@ def _read(
         vector = row.get("embedding")
         if not isinstance(vector, simdjson.Array) or len(vector) != dimension:
             return None
-        rows.append((row.get(index_key), vector.as_buffer(of_type="d")))
+        rows.append((row.get(layout.index_key), vector.as_buffer(of_type="d")))
     placed = place_rows(rows, expected_rows, None)
     matrix = np.empty((expected_rows, dimension), dtype=np.float32)
     with np.errstate(over="ignore"):
@@ -164,7 +160,10 @@ def _read(
             matrix[position] = np.frombuffer(floats, dtype=np.float64)
     if not np.isfinite(matrix).all():  # beyond float32: the reference path says where
         return None
-    return matrix, fields
+    # The reply-level checks are the reference parser's own, on the fields beside the rows.
+    body, request_id = checked_reply(fields)
+    tokens = usage_tokens(body.get("usage"), *layout.token_keys, request_id=request_id)
+    return ParsedBatch(dense=matrix, sparse=None, total_tokens=tokens, request_id=request_id)
 
 
 def _plain_object(value: Any) -> TypeGuard[simdjson.Object]:

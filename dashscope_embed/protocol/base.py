@@ -15,6 +15,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 from dashscope_embed.config import Api, ClientSettings
 from dashscope_embed.errors import InvalidInputError
+from dashscope_embed.protocol.arrays import DenseReplyLayout, fast_dense_batch, float32_matrix
 
 Params = TypeVar("Params")
 Item = TypeVar("Item")
@@ -52,6 +53,8 @@ class Endpoint(Generic[Item, Params]):
     # What the codec itself writes there: extra_parameters may not override it (the
     # reply would then not be what the parser checks it against).
     own_parameters: ClassVar[frozenset[str]] = frozenset()
+    # Where a dense reply keeps its rows, for the float32 fast path (None: no fast path).
+    dense_layout: ClassVar[DenseReplyLayout | None] = None
 
     def url(self, settings: ClientSettings) -> str:
         return settings.api_base(self.api) + self.path
@@ -91,9 +94,17 @@ class Endpoint(Generic[Item, Params]):
 
     def parse_float32(self, content: bytes, count: int, params: Params) -> Any:
         """:meth:`parse`, with the dense vectors as one float32 matrix (for callers who
-        asked for NumPy arrays; embedding endpoints only)."""
-        from dashscope_embed.protocol.arrays import float32_matrix
-
+        asked for NumPy arrays; embedding endpoints only). A dense-only reply of an
+        endpoint with a :attr:`dense_layout` is read by the fast path when it can be."""
+        if self.dense_layout is not None and getattr(params, "output_type", None) == "dense":
+            fast = fast_dense_batch(
+                content,
+                count,
+                params.expected_dimension,  # type: ignore[attr-defined]
+                self.dense_layout,
+            )
+            if fast is not None:
+                return fast
         parsed = self.parse(content, count, params)
         if parsed.dense is None:
             return parsed

@@ -19,7 +19,7 @@ from typing import Any
 
 from dashscope_embed.errors import BadResponseError
 from dashscope_embed.options import TextParams
-from dashscope_embed.protocol.arrays import fast_dense_batch
+from dashscope_embed.protocol.arrays import DenseReplyLayout
 from dashscope_embed.protocol.base import Endpoint, register
 from dashscope_embed.protocol.common import (
     ParsedBatch,
@@ -41,6 +41,7 @@ class NativeTextEmbedding(Endpoint[str, TextParams]):
     api = "native"
     path = TEXT_EMBEDDING_PATH
     own_parameters = frozenset({"text_type", "dimension", "output_type", "instruct"})
+    dense_layout = DenseReplyLayout(("output", "embeddings"), "text_index", ("total_tokens",))
 
     def body(self, items: Sequence[str], params: TextParams) -> dict[str, Any]:
         return {
@@ -54,21 +55,6 @@ class NativeTextEmbedding(Endpoint[str, TextParams]):
 
     def parse(self, content: bytes, count: int, params: TextParams) -> ParsedBatch:
         return parse_reply(content, count, params)
-
-    def parse_float32(self, content: bytes, count: int, params: TextParams) -> ParsedBatch:
-        if params.output_type == "dense":
-            fast = fast_dense_batch(
-                content,
-                count,
-                params.expected_dimension,
-                rows_at=("output", "embeddings"),
-                index_key="text_index",
-                token_keys=("total_tokens",),
-            )
-            if fast is not None:
-                return fast
-        parsed: ParsedBatch = super().parse_float32(content, count, params)
-        return parsed
 
 
 NATIVE_TEXT = register(NativeTextEmbedding())

@@ -18,7 +18,7 @@ from typing import Any
 
 from dashscope_embed.errors import BadResponseError, InvalidInputError
 from dashscope_embed.options import TextParams
-from dashscope_embed.protocol.arrays import fast_dense_batch
+from dashscope_embed.protocol.arrays import DenseReplyLayout
 from dashscope_embed.protocol.base import Endpoint, register
 from dashscope_embed.protocol.common import (
     ParsedBatch,
@@ -39,6 +39,7 @@ class CompatibleTextEmbedding(Endpoint[str, TextParams]):
     path = EMBEDDINGS_PATH
     parameters_key = None  # extra_parameters go at the top level, as OpenAI's extra_body
     own_parameters = frozenset({"model", "input", "dimensions", "encoding_format"})
+    dense_layout = DenseReplyLayout(("data",), "index", ("total_tokens", "prompt_tokens"))
 
     def check(self, params: TextParams) -> None:
         super().check(params)
@@ -52,20 +53,6 @@ class CompatibleTextEmbedding(Endpoint[str, TextParams]):
 
     def parse(self, content: bytes, count: int, params: TextParams) -> ParsedBatch:
         return parse_reply(content, count, params)
-
-    def parse_float32(self, content: bytes, count: int, params: TextParams) -> ParsedBatch:
-        fast = fast_dense_batch(
-            content,
-            count,
-            params.expected_dimension,
-            rows_at=("data",),
-            index_key="index",
-            token_keys=("total_tokens", "prompt_tokens"),
-        )
-        if fast is not None:
-            return fast
-        parsed: ParsedBatch = super().parse_float32(content, count, params)
-        return parsed
 
 
 COMPATIBLE_TEXT = register(CompatibleTextEmbedding())

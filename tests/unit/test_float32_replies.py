@@ -53,14 +53,9 @@ def row(index: Any = 0, vector: list[str] | str = GOOD, key: str = "text_index")
 def fast_native(content: bytes, count: int) -> ParsedBatch | None:
     """The fast path alone on a native reply (``None``: it leaves the reply to the
     reference parser)."""
-    return fast_dense_batch(
-        content,
-        count,
-        DIM,
-        rows_at=("output", "embeddings"),
-        index_key="text_index",
-        token_keys=("total_tokens",),
-    )
+    layout = NATIVE.dense_layout
+    assert layout is not None
+    return fast_dense_batch(content, count, DIM, layout)
 
 
 def reference(endpoint: Any, content: bytes, count: int) -> ParsedBatch | str:
