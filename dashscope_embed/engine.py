@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import functools
 import logging
 import threading
 import time
@@ -29,7 +30,7 @@ from typing import Any, Generic, TypeVar
 from dashscope_embed.errors import APIError, BadRequestError, RateLimitError
 from dashscope_embed.limits import AdaptivePace, ConcurrencyGate, RateBudget
 from dashscope_embed.protocol.base import HttpRequest
-from dashscope_embed.retry import RetryPolicy
+from dashscope_embed.retry import RetryAllowance, RetryPolicy
 from dashscope_embed.transport import call_deadline
 
 logger = logging.getLogger("dashscope_embed")
@@ -191,6 +192,7 @@ class Engine:
         self.gate = gate
         self.budget = budget if budget is not None and budget.active else None
         self.pace = pace
+        self.allowance = RetryAllowance()
 
     # ---------------------------------------------------------------- the algorithm
     def flow(
@@ -220,6 +222,7 @@ class Engine:
                         raise _Stopped
                 load = self.gate.begin_send()
                 sent_at = time.monotonic()
+                successes_before = self.allowance.successes
                 result = yield Send(jobs.request(job))
             except BaseException:  # cancelled while holding the slot
                 self.gate.release(epoch, load=load)
@@ -229,14 +232,22 @@ class Engine:
             if isinstance(result, Sent):
                 self._release(epoch, sent_at, rtt, load, None)
                 try:
-                    return jobs.decode(job, result.raw)
+                    reply = jobs.decode(job, result.raw)
                 except Exception as exc:  # a reply that broke the protocol: retried
                     error: Exception = exc
+                else:
+                    self.allowance.earn()
+                    return reply
             else:
                 error = result.error
                 self._release(epoch, sent_at, rtt, load, error)
             attempt += 1
-            delay = self.retry.delay_before_retry(error, attempt, time.monotonic() - started)
+            delay = self.retry.delay_before_retry(
+                error,
+                attempt,
+                time.monotonic() - started,
+                extra=functools.partial(self.allowance.grant, successes_before),
+            )
             if delay is None or stop.is_set():
                 raise _final(error, attempt)
             _log_retry(index, attempt, delay, error)

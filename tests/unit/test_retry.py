@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import random
+import threading
 
 import pytest
 
@@ -12,6 +13,7 @@ from dashscope_embed import (
     RetryPolicy,
     ServerError,
 )
+from dashscope_embed.retry import RetryAllowance
 
 
 def test_backoff_is_full_jitter_under_an_exponential_ceiling() -> None:
@@ -69,3 +71,94 @@ def test_retries_stop_at_max_retries_and_at_the_total_time_bound() -> None:
     assert policy.delay_before_retry(error, 3, 0.0) is None
     slow = RateLimitError("x", status_code=429, retry_after=3.0)
     assert policy.delay_before_retry(slow, 1, 8.0) is None  # 8 + 3 > 10
+
+
+# ---------------------------------------------------------------- extra retries
+def test_past_max_retries_only_a_granted_extra_retry_happens() -> None:
+    policy = RetryPolicy(max_retries=2, extra_retries=2, total_timeout=None)
+    error = ServerError("boom", status_code=500)
+    assert policy.delay_before_retry(error, 3, 0.0) is None  # nobody to grant it
+    assert policy.delay_before_retry(error, 3, 0.0, extra=lambda: False) is None
+    assert policy.delay_before_retry(error, 3, 0.0, extra=lambda: True) is not None
+    assert policy.delay_before_retry(error, 4, 0.0, extra=lambda: True) is not None
+    assert policy.delay_before_retry(error, 5, 0.0, extra=lambda: True) is None  # 2 + 2 used
+    # Within max_retries nothing is asked for.
+    asked: list[int] = []
+    assert policy.delay_before_retry(error, 2, 0.0, extra=lambda: bool(asked.append(1))) is not None
+    assert asked == []
+
+
+def test_an_extra_retry_waits_no_longer_than_the_last_regular_one() -> None:
+    policy = RetryPolicy(max_retries=3, initial_delay=1.0, max_delay=100.0, extra_retries=4)
+    error = ServerError("boom", status_code=500)
+    top = random.Random(0)
+    top.random = lambda: 1.0  # type: ignore[method-assign]  # the ceiling itself
+    assert policy.delay_before_retry(error, 3, 0.0, top) == 4.0
+    for attempt in (4, 5, 6, 7):
+        assert policy.delay_before_retry(error, attempt, 0.0, top, extra=lambda: True) == 4.0
+    # A dropped connection's immediate resend is the first retry's, never an extra one's.
+    once = RetryPolicy(max_retries=1, initial_delay=1.0, extra_retries=1)
+    dropped = APIConnectionError("dropped")
+    assert once.delay_before_retry(dropped, 2, 0.0, top, extra=lambda: True) == 1.0
+
+
+def test_no_token_is_spent_on_an_extra_retry_that_would_not_happen() -> None:
+    policy = RetryPolicy(max_retries=1, extra_retries=3, total_timeout=10.0, max_retry_after=5)
+    spent: list[int] = []
+
+    def spend() -> bool:
+        spent.append(1)
+        return True
+
+    assert (
+        policy.delay_before_retry(AuthenticationError("no", status_code=401), 2, 0, None, spend)
+        is None
+    )
+    assert (
+        policy.delay_before_retry(RateLimitError("x", retry_after=6.0), 2, 0.0, None, spend) is None
+    )
+    assert (
+        policy.delay_before_retry(RateLimitError("x", retry_after=3.0), 2, 8.0, None, spend) is None
+    )
+    assert spent == []
+
+
+def test_max_retries_zero_means_no_retry_at_all() -> None:
+    policy = RetryPolicy(max_retries=0)
+    assert (
+        policy.delay_before_retry(ServerError("b", status_code=500), 1, 0.0, extra=lambda: True)
+        is None
+    )
+    with pytest.raises(ValueError, match="extra_retries must be >= 0"):
+        RetryPolicy(extra_retries=-1)
+
+
+def test_the_allowance_grants_only_after_a_success_since_and_a_whole_token() -> None:
+    allowance = RetryAllowance()
+    seen = allowance.successes
+    assert not allowance.grant(seen)  # nothing earned yet
+    for _ in range(9):
+        allowance.earn()
+    assert not allowance.grant(seen)  # 0.9 of a token
+    allowance.earn()
+    assert not allowance.grant(allowance.successes)  # a token, but no success since
+    assert allowance.grant(seen)
+    assert not allowance.grant(seen)  # spent
+    for _ in range(1000):
+        allowance.earn()
+    granted = sum(allowance.grant(seen) for _ in range(50))
+    assert granted == 10  # at most ten saved, however long the healthy run
+
+
+def test_the_allowance_counts_every_success_across_threads() -> None:
+    allowance = RetryAllowance()
+    threads = [
+        threading.Thread(target=lambda: [allowance.earn() for _ in range(2000)]) for _ in range(8)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert allowance.successes == 16000
+    granted = sum(allowance.grant(0) for _ in range(20))
+    assert granted == 10
