@@ -11,7 +11,8 @@ client, and reports:
 * requests, 4xx and 5xx replies, dropped connections, duplicate embeddings (finished
   work paid for twice);
 * lost or misplaced vectors, checked against the emulator's deterministic vectors;
-* client CPU milliseconds per 1,000 vectors.
+* client CPU milliseconds per 1,000 vectors (each run starts after a full garbage
+  collection, so one run's garbage is not charged to the next).
 
 Run: ``.venv/bin/python benchmarks/throughput.py [--texts 2000] [--latency 0.3]``
 (needs the ``bench`` extra: ``pip install -e .[bench]``). Writes a Markdown table to
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import os
 import subprocess
@@ -242,6 +244,9 @@ def measure(
     fn: Callable[[str, list[str]], list[Any]], base: str, texts: list[str], expected: np.ndarray
 ) -> dict[str, Any]:
     """One client's run: wall and CPU time, and whether every vector is right."""
+    # Every run starts after a full collection: the last run's garbage, and where the
+    # collector's counts happen to stand, are not charged to this one.
+    gc.collect()
     cpu0, wall0 = time.process_time(), time.monotonic()
     error = why = ""
     try:
