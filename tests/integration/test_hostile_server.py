@@ -344,11 +344,17 @@ def test_a_request_that_fails_for_good_says_how_often_it_was_sent_and_what_it_st
     caller must be able to tell bad luck from a broken service: the error says how many
     times its request was sent, the partial error how many requests were never sent."""
 
+    another_arrived = threading.Event()
+
     def answer(request: RawRequest, conn: Conn) -> None:
         texts = json.loads(request.body)["input"]["texts"]
         if "t0" in texts:  # the first request fails at once, every time
+            # ... once another request is in flight, so that one finishes after the call
+            # stopped (a thread started late must not make it "never sent" instead).
+            another_arrived.wait(10)
             conn.send(response_bytes(500, b'{"code":"InternalError","message":"down"}'))
             return
+        another_arrived.set()
         time.sleep(1.0)  # the others are slow: most are still waiting when it gives up
         rows = [row(str(int(text[1:]) / 1000)) for text in texts]
         conn.send(response_bytes(200, native_reply(rows)))
