@@ -266,7 +266,7 @@ class DashScopeClient:
             PartialEmbeddingError: some requests failed for good; the rest is attached.
         """
         call = self._text_call(texts, model, text_type, batch_size, long_text, options)
-        return call.finish(self._engine.run(call.jobs(self, progress), self._transport.send))
+        return self._run(call, progress)
 
     def _embed_float32(
         self,
@@ -280,7 +280,7 @@ class DashScopeClient:
         """:meth:`embed`, the dense rows float32 arrays parsed straight from the replies
         (for NumPy streams, the bulk command and Ray; partial results alike)."""
         call = self._text_call(texts, model, text_type, None, long_text, options, float32=True)
-        return call.finish(self._engine.run(call.jobs(self, None), self._transport.send))
+        return self._run(call, None)
 
     async def _aembed_float32(
         self,
@@ -292,7 +292,7 @@ class DashScopeClient:
         **options: Any,
     ) -> EmbeddingResult:
         call = self._text_call(texts, model, text_type, None, long_text, options, float32=True)
-        return call.finish(await self._engine.arun(call.jobs(self, None), self._transport.asend))
+        return await self._arun(call, None)
 
     async def aembed(
         self,
@@ -307,8 +307,19 @@ class DashScopeClient:
     ) -> EmbeddingResult:
         """Async twin of :meth:`embed`, with the same arguments, result and errors."""
         call = self._text_call(texts, model, text_type, batch_size, long_text, options)
-        outcome = await self._engine.arun(call.jobs(self, progress), self._transport.asend)
-        return call.finish(outcome)
+        return await self._arun(call, progress)
+
+    def _run(
+        self, call: _Call[Any, Any], progress: Callable[[int], None] | None
+    ) -> EmbeddingResult:
+        return call.finish(self._engine.run(call.jobs(self, progress), self._transport.send))
+
+    async def _arun(
+        self, call: _Call[Any, Any], progress: Callable[[int], None] | None
+    ) -> EmbeddingResult:
+        return call.finish(
+            await self._engine.arun(call.jobs(self, progress), self._transport.asend)
+        )
 
     def _text_call(
         self,
@@ -321,7 +332,20 @@ class DashScopeClient:
         *,
         float32: bool = False,
     ) -> _Call[str, TextParams]:
-        spec, endpoint, params = self._text_params(model, text_type, options)
+        checked = self._text_params(model, text_type, options)
+        return self._planned_text_call(checked, texts, batch_size, long_text, float32)
+
+    def _planned_text_call(
+        self,
+        checked: tuple[ModelSpec, Endpoint[str, TextParams], TextParams],
+        texts: Sequence[str],
+        batch_size: int | None,
+        long_text: LongTextPolicy | None,
+        float32: bool,
+    ) -> _Call[str, TextParams]:
+        """A call for ``texts`` with parameters :func:`check_text_call` already checked
+        (a stream checks them once, not once per slice)."""
+        spec, endpoint, params = checked
         valid = validate_texts(texts)
         rows = endpoint.rows_per_request(spec.max_rows)
         if batch_size is not None:
@@ -398,7 +422,7 @@ class DashScopeClient:
             urls = _uploaded_urls(pending, self._engine.run(jobs, send))
             items = [with_uploads(item, urls) for item in items]
         call = self._multimodal_call(spec, params, items)
-        return call.finish(self._engine.run(call.jobs(self, None), self._transport.send))
+        return self._run(call, None)
 
     async def aembed_multimodal(
         self,
@@ -420,7 +444,7 @@ class DashScopeClient:
             urls = _uploaded_urls(pending, await self._engine.arun(jobs, asend))
             items = [with_uploads(item, urls) for item in items]
         call = self._multimodal_call(spec, params, items)
-        return call.finish(await self._engine.arun(call.jobs(self, None), self._transport.asend))
+        return await self._arun(call, None)
 
     def _multimodal_checks(
         self, contents: Sequence[Content | Fused], model: str | ModelSpec, options: dict[str, Any]
@@ -639,13 +663,15 @@ class DashScopeClient:
             InvalidInputError: a bad text (positions count from the start of ``texts``).
             EmbedStreamError: a request failed for good; every earlier input was yielded.
         """
-        spec, _, params = self._text_params(model, text_type, options)  # before reading
+        checked = self._text_params(model, text_type, options)  # before reading
+        spec, _, params = checked
         if as_numpy:
             check_numpy_output(params.wants_dense)
-        embed = self._embed_float32 if as_numpy else self.embed
 
         def embed_slice(batch: list[str]) -> EmbeddingResult:
-            return embed(batch, model=spec, text_type=text_type, long_text=long_text, **options)
+            call = self._planned_text_call(checked, batch, None, long_text, as_numpy)
+            result: EmbeddingResult = self._run(call, None)
+            return result
 
         return stream_sync(
             texts,
@@ -672,13 +698,15 @@ class DashScopeClient:
 
         Use as ``async for chunk in client.aembed_stream(texts): ...``.
         """
-        spec, _, params = self._text_params(model, text_type, options)
+        checked = self._text_params(model, text_type, options)
+        spec, _, params = checked
         if as_numpy:
             check_numpy_output(params.wants_dense)
-        aembed = self._aembed_float32 if as_numpy else self.aembed
 
         def embed_slice(batch: list[str]) -> Awaitable[EmbeddingResult]:
-            return aembed(batch, model=spec, text_type=text_type, long_text=long_text, **options)
+            return self._arun(
+                self._planned_text_call(checked, batch, None, long_text, as_numpy), None
+            )
 
         return stream_async(
             texts,

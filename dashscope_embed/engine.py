@@ -381,7 +381,10 @@ class Engine:
             else:
                 self._settle(outcome, index, jobs, stop, reply=reply)
 
-        await asyncio.gather(*(work(i) for i in range(len(jobs.items))))
+        if len(jobs.items) == 1:  # a query, a stream's slice: no task of its own needed
+            await work(0)
+        else:
+            await asyncio.gather(*(work(i) for i in range(len(jobs.items))))
         outcome.errors.sort(key=lambda pair: pair[0])
         return outcome
 

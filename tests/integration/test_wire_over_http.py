@@ -377,6 +377,33 @@ def test_a_cancelled_call_leaves_no_half_read_reply_for_the_next_one() -> None:
         assert_right(TEXTS[10:20], asyncio.run(run(client_for(server.base_url))))
 
 
+def test_cancelled_lone_requests_give_their_slot_back_in_flight_and_queued() -> None:
+    """A one-request call runs in its caller's task (no task of its own): cancelled on
+    the wire or while queued for the only slot, it must still give the slot back, or the
+    next call would wait for ever."""
+
+    def late(request: RawRequest, conn: Conn) -> None:
+        time.sleep(0.3)
+        conn.send(response_bytes(200, rows_for(request)))
+
+    async def run(client: DashScopeClient) -> list[list[float]]:
+        on_the_wire = asyncio.ensure_future(client.aembed(TEXTS[:10], **SPEC))
+        queued = asyncio.ensure_future(client.aembed(TEXTS[10:20], **SPEC))
+        await asyncio.sleep(0.1)
+        assert client.gate.in_flight == 1  # the second waits for the only slot
+        queued.cancel()
+        on_the_wire.cancel()
+        for task in (on_the_wire, queued):
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        assert client.gate.in_flight == 0
+        return (await asyncio.wait_for(client.aembed(TEXTS[20:30], **SPEC), 5)).require_dense()
+
+    with hostile(late) as server:
+        client = client_for(server.base_url, max_concurrency=1)
+        assert_right(TEXTS[20:30], asyncio.run(run(client)))
+
+
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("framing", ["length", "chunked"])
 def test_a_reply_of_megabytes_arrives_whole_and_in_order(mode: str, framing: str) -> None:
