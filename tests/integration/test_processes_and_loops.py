@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -44,6 +45,45 @@ def slow_emulator() -> object:
     # 300 ms a request: parent and child are surely waiting on the same socket at once.
     with emulator_process("--api-key", "sk-emulator", "--latency", "0.3") as url:
         yield url
+
+
+def test_a_forked_child_has_its_own_slots_and_retry_allowance() -> None:
+    """Forked while a parent thread holds the retry allowance's lock (a request of the
+    parent finishing) and a slot: the child must neither wait on that lock for ever nor
+    spend the parent's saved retries, and its gate starts empty. Only a child's own
+    successes earn its extra retries."""
+    client = DashScopeClient(api_key="sk-fork-allowance", base_url="http://127.0.0.1:9")
+    allowance = client._engine.allowance
+    for _ in range(100):
+        allowance.earn()
+    client.gate.acquire()  # a request of the parent in flight
+    read_end, write_end = os.pipe()
+    with allowance._lock:  # as a parent thread recording a success holds it
+        pid = os.fork()
+        if pid == 0:
+            signal.alarm(5)  # a child stuck on the parent's lock dies instead of hanging
+            try:
+                own = client._engine.allowance
+                spent_parents = own.grant(0)
+                own.earn()
+                report = {
+                    "spent_parents": spent_parents,
+                    "successes": own.successes,
+                    "in_flight": client.gate.in_flight,
+                }
+                os.write(write_end, json.dumps(report).encode())
+            finally:
+                os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        answer = pipe.read()
+    os.waitpid(pid, 0)
+    assert json.loads(answer or b"null") == {
+        "spent_parents": False,
+        "successes": 1,
+        "in_flight": 0,
+    }
+    assert allowance.successes == 100 and client.gate.in_flight == 1  # the parent's own
 
 
 def test_parent_and_child_of_a_bare_fork_each_get_their_own_vectors(slow_emulator: str) -> None:
