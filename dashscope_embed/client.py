@@ -669,9 +669,9 @@ class DashScopeClient:
             check_numpy_output(params.wants_dense)
 
         def embed_slice(batch: list[str]) -> EmbeddingResult:
-            call = self._planned_text_call(checked, batch, None, long_text, as_numpy)
-            result: EmbeddingResult = self._run(call, None)
-            return result
+            return self._run(
+                self._planned_text_call(checked, batch, None, long_text, as_numpy), None
+            )
 
         return stream_sync(
             texts,

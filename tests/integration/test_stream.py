@@ -124,6 +124,53 @@ def test_a_numpy_stream_of_sparse_vectors_alone_is_refused_before_anything_is_se
     assert dashscope_emulator.stats()["requests"] == 0
 
 
+@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize(
+    ("options", "says"),
+    [({"dimensoin": 64}, "dimensoin"), ({"dimension": 100}, "dimension")],
+    ids=["misspelled keyword", "a dimension the model lacks"],
+)
+def test_a_stream_refuses_bad_options_before_reading_a_text(
+    mode: str,
+    options: dict[str, Any],
+    says: str,
+    make_client: Factory,
+    dashscope_emulator: Emulator,
+) -> None:
+    """Options are checked once, when the stream is made (not per slice): a corpus
+    generator is not touched and nothing is sent."""
+    client = make_client()
+    corpus = CountingCorpus(50)
+    start = client.embed_stream if mode == "sync" else client.aembed_stream
+    with pytest.raises(InvalidInputError, match=says):
+        start(corpus, **options)  # type: ignore[operator]
+    assert corpus.read == 0
+    assert dashscope_emulator.stats()["requests"] == 0
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_every_slice_of_a_stream_is_sent_with_the_streams_options(
+    mode: str, make_client: Factory, dashscope_emulator: Emulator
+) -> None:
+    """Checked once, the options must still reach each slice's request: the query
+    type and the dimension, on every one of many slices run concurrently."""
+    texts = [f"stream query {i}" for i in range(95)]
+    options: dict[str, Any] = {"text_type": "query", "dimension": 128}
+    if mode == "sync":
+        chunks = list(make_client(max_concurrency=4).embed_stream(texts, **options))
+    else:
+
+        async def run() -> list[EmbeddingChunk]:
+            client = make_client(max_concurrency=4)
+            return [c async for c in client.aembed_stream(texts, **options)]
+
+        chunks = asyncio.run(run())
+    streamed = [v for chunk in chunks for v in chunk.result.require_dense()]
+    assert dashscope_emulator.stats()["requests"] == 10
+    assert streamed == make_client().embed(texts, **options).require_dense()
+    assert {len(v) for v in streamed} == {128}
+
+
 def test_a_numpy_stream_hands_on_complete_the_same_array_it_yields(
     make_client: Factory,
 ) -> None:
